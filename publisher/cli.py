@@ -1,0 +1,341 @@
+"""The `publisher` command: a thin layer over the pipeline. Each command's --help has an example."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from subscribers import add_subscriber, export_csv, import_csv
+
+from . import __version__
+from .config import Config, DevelopmentKeyWarning, load_config
+from .errors import PublisherError
+from .models import SubscriberStatus
+from .store import Store
+
+
+class Context:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._cfg: Config | None = None
+        self._store: Store | None = None
+
+    @property
+    def cfg(self) -> Config:
+        if self._cfg is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DevelopmentKeyWarning)
+                self._cfg = load_config(self.config_path)
+            for w in caught:
+                click.echo(f"warning: {w.message}", err=True)
+        return self._cfg
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from .pipeline import open_project_store
+
+            self._store = open_project_store(self.cfg)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+class PublisherGroup(click.Group):
+    """Turns a PublisherError anywhere below into one clear line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PublisherError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(cls=PublisherGroup)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="PUBLISHER_CONFIG",
+              help="Config file (default: ./config.toml, or $PUBLISHER_CONFIG).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every step.")
+@click.version_option(__version__, prog_name="publisher")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """Newsletters and feeds for teams that publish research and commentary.
+
+    \b
+    Example:
+      publisher run --once      # ingest, build feeds, send the digest if due
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = Context(config_path)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _now():  # noqa: ANN202 - one clock for the CLI
+    from .pipeline import now_utc
+
+    return now_utc()
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run one full cycle now and exit, instead of the scheduler.")
+@click.option("--force-digest", is_flag=True, help="With --once: send the digest even if it is not due by the schedule.")
+@pass_ctx
+def run(c: Context, once: bool, force_digest: bool) -> None:
+    """The main job: ingest, feeds, and the weekly digest.
+
+    Without --once it runs the scheduler in the foreground until stopped (Ctrl-C or SIGTERM).
+
+    \b
+    Example:
+      publisher run --once
+      publisher run             # on a server, under systemd or similar
+    """
+    if not once:
+        if force_digest:
+            raise click.UsageError("--force-digest only goes with --once.")
+        from .scheduler import run_forever
+
+        logging.getLogger().setLevel(logging.INFO)
+        run_forever(c.cfg, c.store)
+        return
+    from .pipeline import run_cycle
+
+    report = run_cycle(c.cfg, c.store, _now(), force_digest=force_digest)
+    _print_ingest(report.ingest)
+    if report.feeds_dir is not None:
+        click.echo(f"feeds: {len(report.feeds_changed)} written, all in {report.feeds_dir}/")
+    if report.digest is None:
+        click.echo(f"digest: not due ({report.digest_skipped_reason}); use --force-digest to send now")
+    else:
+        _print_send(report.digest)
+
+
+def _print_ingest(report: Any) -> None:
+    click.echo(f"ingest: {len(report.new)} new, {len(report.updated)} updated, {report.unchanged} unchanged, {len(report.errors)} skipped")
+    for err in report.errors:
+        click.echo(f"  skipped {err}", err=True)
+    for warning in report.warnings:
+        click.echo(f"  warning: {warning}", err=True)
+
+
+def _print_send(outcome: Any) -> None:
+    if outcome.reason:
+        click.echo(f"digest {outcome.issue_id}: not sent ({outcome.reason})")
+        return
+    click.echo(f"digest {outcome.issue_id}: {outcome.sent} sent, {outcome.skipped} skipped, {outcome.failed} failed")
+    if outcome.outbox is not None:
+        click.echo(f"  delivered to the outbox: {outcome.outbox}/new/")
+    if outcome.archive is not None:
+        click.echo(f"  web copy: {outcome.archive}")
+
+
+@main.command("ingest")
+@pass_ctx
+def ingest_cmd(c: Context) -> None:
+    """Pull new publications from every source and print what is new.
+
+    \b
+    Example:
+      publisher ingest
+    """
+    from .pipeline import run_ingest
+
+    report = run_ingest(c.cfg, c.store, _now())
+    _print_ingest(report)
+    for pub_id in report.new:
+        click.echo(f"  new: {pub_id}")
+
+
+# -- feeds ---------------------------------------------------------------------------------------
+
+@main.group()
+def feeds() -> None:
+    """RSS, Atom and JSON feeds."""
+
+
+@feeds.command("build")
+@pass_ctx
+def feeds_build(c: Context) -> None:
+    """Write every feed (all, per topic, per content type) under [feeds].output_dir.
+
+    \b
+    Example:
+      publisher feeds build
+    """
+    from .pipeline import run_feeds
+
+    changed = run_feeds(c.cfg, c.store)
+    click.echo(f"feeds: {len(changed)} written ({'the rest unchanged' if changed else 'all unchanged'}) in {c.cfg.path(c.cfg.feeds.output_dir)}/")
+
+
+# -- digest ----------------------------------------------------------------------------------------
+
+@main.group()
+def digest() -> None:
+    """The weekly digest email."""
+
+
+@digest.command("preview")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of standard output.")
+@click.option("--email", "email", help="Render the variant this subscriber gets (their topics, their links).")
+@click.option("--text", "as_text", is_flag=True, help="The plain-text part instead of the HTML.")
+@pass_ctx
+def digest_preview(c: Context, out: Path | None, email: str | None, as_text: bool) -> None:
+    """Render the next issue as a subscriber would get it.
+
+    \b
+    Example:
+      publisher digest preview --out next.html
+      publisher digest preview --text --email reader@example.com
+    """
+    from .delivery.send import links_for, plan_issue, render_variants
+    from .models import Subscriber
+    from subscribers import normalise_email
+
+    plan = plan_issue(c.cfg, c.store, _now())
+    if email:
+        sub = c.store.subscriber(normalise_email(email))
+        if sub is None:
+            raise PublisherError(f"no subscriber {email!r}; see `publisher subscribers list`.")
+    else:
+        now = _now()
+        sub = Subscriber(0, "subscriber@example.com", SubscriberStatus.ACTIVE, now, now)
+    rendered = render_variants(c.cfg, plan, [sub])[sub.topics]
+    html, text = rendered.personalise({**links_for(c.cfg, sub), "email": sub.email})
+    body = text if as_text else html
+    if out is None:
+        click.echo(body)
+    else:
+        from .fsutil import write_atomic
+
+        write_atomic(out, body.encode("utf-8"))
+        click.echo(f"issue {plan.id}: {len(rendered.issue.publications)} publications ({len(rendered.issue.featured)} featured) → {out}", err=True)
+
+
+@digest.command("send")
+@click.option("--dry-run", is_flag=True, help="Select and render, count the recipients, send nothing.")
+@pass_ctx
+def digest_send(c: Context, dry_run: bool) -> None:
+    """Send the due issue to every active subscriber (an interrupted issue is resumed).
+
+    \b
+    Example:
+      publisher digest send --dry-run
+      publisher digest send
+    """
+    from .delivery.send import plan_issue, render_variants, send_issue
+
+    if dry_run:
+        plan = plan_issue(c.cfg, c.store, _now())
+        recipients = c.store.subscribers(status=SubscriberStatus.ACTIVE)
+        variants = render_variants(c.cfg, plan, recipients)
+        click.echo(f"digest {plan.id}: {len(plan.base.publications)} publications, {len(recipients)} recipients, {len(variants)} variants (dry run: nothing sent)")
+        return
+    _print_send(send_issue(c.cfg, c.store, _now()))
+
+
+# -- subscribers -------------------------------------------------------------------------------------
+
+@main.group("subscribers")
+def subscribers_group() -> None:
+    """Manage the audience."""
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--confirmed", is_flag=True, help="Active at once (consent collected elsewhere); otherwise pending until confirmed.")
+@click.option("--topic", "topics", multiple=True, help="A topic slug to limit the digest to; repeat for several.")
+@pass_ctx
+def subscribers_add(c: Context, email: str, confirmed: bool, topics: tuple[str, ...]) -> None:
+    """Add one subscriber.
+
+    \b
+    Example:
+      publisher subscribers add reader@example.com --confirmed --topic security-cooperation
+    """
+    sub, created = add_subscriber(c.store, email, _now(), topics=topics, confirmed=confirmed)
+    click.echo(f"{'added' if created else 'already known'}: {sub.email} ({sub.status.value})")
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--confirmed", is_flag=True, help="Import as active: only for lists whose consent was collected elsewhere.")
+@pass_ctx
+def subscribers_import(c: Context, file: Any, confirmed: bool) -> None:
+    """Import a CSV with an `email` column (and optional `topics`, separated by ';').
+
+    \b
+    Example:
+      publisher subscribers import list.csv --confirmed
+    """
+    report = import_csv(c.store, file, _now(), confirmed=confirmed)
+    click.echo(f"imported: {report.added} added, {report.existing} already known, {len(report.rejected)} rejected")
+    for line, reason in report.rejected:
+        click.echo(f"  line {line}: {reason}", err=True)
+
+
+@subscribers_group.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@pass_ctx
+def subscribers_export(c: Context, file: Path | None) -> None:
+    """Export everyone as CSV (email, status, topics, created_at, confirmed_at).
+
+    \b
+    Example:
+      publisher subscribers export subscribers.csv
+      publisher subscribers export > subscribers.csv
+    """
+    data = export_csv(c.store.subscribers())
+    if file is None:
+        click.echo(data, nl=False)
+    else:
+        from .fsutil import write_atomic
+
+        write_atomic(file, data.encode("utf-8"))
+        click.echo(f"exported to {file}", err=True)
+
+
+@subscribers_group.command("list")
+@click.option("--status", type=click.Choice([s.value for s in SubscriberStatus]), help="Only subscribers with this status.")
+@pass_ctx
+def subscribers_list(c: Context, status: str | None) -> None:
+    """List subscribers, one per line: email, status, topics.
+
+    \b
+    Example:
+      publisher subscribers list --status active
+    """
+    subs = c.store.subscribers(status=SubscriberStatus(status) if status else None)
+    for s in subs:
+        click.echo(f"{s.email}\t{s.status.value}\t{','.join(s.topics) or 'all topics'}")
+    click.echo(f"{len(subs)} subscriber(s)", err=True)
+
+
+@subscribers_group.command("remove")
+@click.argument("email")
+@pass_ctx
+def subscribers_remove(c: Context, email: str) -> None:
+    """Unsubscribe an address (it stays suppressed: no import brings it back).
+
+    \b
+    Example:
+      publisher subscribers remove reader@example.com
+    """
+    from subscribers import normalise_email
+
+    addr = normalise_email(email)
+    if not c.store.set_subscriber_status(addr, SubscriberStatus.UNSUBSCRIBED, _now()):
+        raise PublisherError(f"no subscriber {addr!r}; see `publisher subscribers list`.")
+    click.echo(f"unsubscribed: {addr}")

@@ -1,0 +1,374 @@
+"""config.toml → frozen dataclasses.
+
+Every key has a default here (the embedded defaults), so the publisher runs with no
+config file at all. ``config.toml`` in the repository repeats these defaults with a
+comment on every key. Any key can be overridden from the environment with
+``PUBLISHER_<SECTION>__<KEY>`` (double underscore for nesting), e.g.
+``PUBLISHER_DELIVERY__SMTP__PORT=2525``. Secrets are never read from the file: they
+come from the environment only and are wrapped in :class:`Secret` so they never show
+in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import secrets
+import tomllib
+import types
+import typing
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "PUBLISHER_"
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    name: str = "Publisher Sample Institute"
+    base_url: str = "https://www.example.org"
+    language: str = "en"
+    timezone: str = "UTC"
+    postal_address: str = "1 Example Square, Springfield, EX 00000, USA"
+    templates_dir: str = "templates"
+    public_dir: str = "public"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str = "sqlite:///var/publisher.db"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str = "files"
+    path: str = "content"
+    url: str = ""
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class FeedsConfig:
+    output_dir: str = "public/feeds"
+    item_limit: int = 50
+    formats: tuple[str, ...] = ("rss", "atom", "json")
+
+
+@dataclass(frozen=True)
+class DigestConfig:
+    schedule: str = "0 8 * * mon"
+    subject: str = "{site} weekly: {date}"
+    from_name: str = "Publisher Sample Institute"
+    from_address: str = "digest@example.org"
+    reply_to: str = ""
+    max_items: int = 40
+    send_empty: bool = False
+    type_order: tuple[str, ...] = ("Commentary", "Research Brief", "Report", "Multimedia")
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "localhost"
+    port: int = 587
+    security: str = "starttls"
+    username: str = ""
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    backend: str = "outbox"
+    outbox_dir: str = "var/outbox"
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+
+
+@dataclass(frozen=True)
+class SubscribersConfig:
+    double_opt_in: bool = True
+    sample_subscribers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    ingest_every: str = "15m"
+
+
+def _default_sources() -> dict[str, SourceConfig]:
+    return {"content": SourceConfig()}
+
+
+@dataclass(frozen=True)
+class Config:
+    site: SiteConfig = field(default_factory=SiteConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    sources: Mapping[str, SourceConfig] = field(default_factory=_default_sources)
+    feeds: FeedsConfig = field(default_factory=FeedsConfig)
+    digest: DigestConfig = field(default_factory=DigestConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    subscribers: SubscribersConfig = field(default_factory=SubscribersConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Where relative paths are resolved from: the directory of the config file.
+    root: Path = field(default=Path("."), compare=False)
+    file: Path | None = field(default=None, compare=False)
+    secret_key: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
+    smtp_password: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
+
+    def path(self, relative: str) -> Path:
+        """A configured path, absolute, resolved against the config file's directory."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path made absolute against ``root``."""
+        url = self.store.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str(self.path(url[len(prefix):]))
+        return url
+
+
+# Keys that are never read from the file, only from these environment variables.
+SECRET_ENV = {"secret_key": "PUBLISHER_SECRET_KEY", "smtp_password": "PUBLISHER_SMTP_PASSWORD"}
+_NOT_FROM_FILE = {"root", "file", *SECRET_ENV}
+
+
+def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config file (or the embedded defaults when there is none) and the environment.
+
+    ``path`` defaults to ``$PUBLISHER_CONFIG`` or ``./config.toml``. An explicitly named
+    file that does not exist is an error; the implicit ``./config.toml`` may be absent.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or "PUBLISHER_CONFIG" in env
+    file = Path(path if path is not None else env.get("PUBLISHER_CONFIG", "config.toml")).resolve()
+    data: dict[str, Any] = {}
+    if file.is_file():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"is not valid TOML: {exc}. Fix the syntax at that line.", file=file) from None
+        except UnicodeDecodeError:
+            raise ConfigError("is not UTF-8 text.", file=file) from None
+    elif explicit:
+        raise ConfigError("config file not found. Pass an existing file with --config, or unset PUBLISHER_CONFIG.", file=file)
+    else:
+        file = None  # embedded defaults
+    _apply_env_overrides(data, env)
+    values = _build(Config, data, "", file)
+    root = file.parent if file else Path.cwd()
+    cfg = dataclasses.replace(values, root=root, file=file, smtp_password=Secret(env.get(SECRET_ENV["smtp_password"], "")))
+    _validate(cfg)
+    return dataclasses.replace(cfg, secret_key=_secret_key(cfg, env))
+
+
+def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        if any(not p for p in parts):
+            raise ConfigError(f"environment variable {name} has an empty part; use PUBLISHER_<SECTION>__<KEY>.")
+        node = data
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"environment variable {name} goes into {part!r}, which is not a section.")
+            node = nxt
+        node[parts[-1]] = _EnvValue(raw, name)
+
+
+class _EnvValue(str):
+    """A string from the environment, converted to the field's type when the config is built."""
+
+    def __new__(cls, value: str, var: str) -> _EnvValue:
+        obj = super().__new__(cls, value)
+        obj.var = var  # type: ignore[attr-defined]
+        return obj
+
+
+def _build(cls: type, data: Any, prefix: str, file: Path | None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a table (section), got {type(data).__name__}.", file=file, key=prefix or None)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _NOT_FROM_FILE}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(key, list(fields), prefix), file=file, key=dotted)
+        kwargs[key] = _convert(hints[key], value, dotted, file)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(key: str, known: list[str], prefix: str) -> str:
+    if key in SECRET_ENV:
+        return f"{key!r} is a secret and is never read from the file; set {SECRET_ENV[key]} in the environment."
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    where = f"in [{prefix}]" if prefix else "at the top level"
+    return f"unknown key {key!r} {where}.{hint} Known keys: {', '.join(sorted(known))}."
+
+
+def _convert(tp: Any, value: Any, key: str, file: Path | None) -> Any:
+    origin = typing.get_origin(tp)
+    source = f" (from ${value.var})" if isinstance(value, _EnvValue) else ""  # type: ignore[attr-defined]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, file)
+    if origin in (Mapping, dict):
+        value_type = typing.get_args(tp)[1]
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a table of named entries, got {value!r}{source}.", file=file, key=key)
+        return types.MappingProxyType({name: _convert(value_type, v, f"{key}.{name}", file) for name, v in value.items()})
+    if origin is tuple:
+        if isinstance(value, _EnvValue):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"expected a list of strings, got {value!r}{source}.", file=file, key=key)
+        return tuple(value)
+    if tp is bool:
+        if isinstance(value, _EnvValue):
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        elif isinstance(value, bool):
+            return value
+        raise ConfigError(f"expected true or false, got {value!r}{source}.", file=file, key=key)
+    if tp in (int, float):
+        if isinstance(value, _EnvValue):
+            try:
+                return tp(value)
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or isinstance(value, int)):
+            return tp(value)
+        raise ConfigError(f"expected {'an integer' if tp is int else 'a number'}, got {value!r}{source}.", file=file, key=key)
+    if tp is str:
+        if isinstance(value, str):
+            return str(value)
+        raise ConfigError(f"expected a string, got {value!r}{source}.", file=file, key=key)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+
+
+def parse_duration(text: str, key: str = "") -> int:
+    """'90s', '15m', '6h', '1d' → seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(f"expected a duration like '15m', '6h' or '90s', got {text!r}.", key=key or None)
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+_CHOICES = {
+    "delivery.backend": ("outbox", "smtp"),
+    "delivery.smtp.security": ("starttls", "tls", "none"),
+}
+
+
+def _validate(cfg: Config) -> None:
+    f = cfg.file
+    if not re.match(r"^https?://[^/\s]+", cfg.site.base_url):
+        raise ConfigError(f"expected an absolute http(s) URL like 'https://www.example.org', got {cfg.site.base_url!r}.", file=f, key="site.base_url")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(cfg.site.timezone)
+    except Exception:
+        raise ConfigError(f"unknown time zone {cfg.site.timezone!r}; use an IANA name like 'Europe/Berlin' or 'UTC'.", file=f, key="site.timezone") from None
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"expected one of {', '.join(allowed)}, got {value!r}.", file=f, key=key)
+    for name, src in cfg.sources.items():
+        if src.kind != "files":
+            raise ConfigError(f"unknown source kind {src.kind!r}; this version reads 'files' (a folder of Markdown).", file=f, key=f"sources.{name}.kind")
+    bad_formats = set(cfg.feeds.formats) - {"rss", "atom", "json"}
+    if bad_formats:
+        raise ConfigError(f"unknown feed format(s) {sorted(bad_formats)}; choose from rss, atom, json.", file=f, key="feeds.formats")
+    if cfg.feeds.item_limit < 1:
+        raise ConfigError("expected a positive number of items.", file=f, key="feeds.item_limit")
+    if cfg.digest.max_items < 1:
+        raise ConfigError("expected a positive number of items.", file=f, key="digest.max_items")
+    parse_duration(cfg.scheduler.ingest_every, "scheduler.ingest_every")
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(cfg.digest.schedule, timezone=cfg.site.timezone)
+    except ValueError as exc:
+        raise ConfigError(f"expected a crontab line like '0 8 * * mon', got {cfg.digest.schedule!r} ({exc}).", file=f, key="digest.schedule") from None
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _secret_key(cfg: Config, env: Mapping[str, str]) -> Secret:
+    """PUBLISHER_SECRET_KEY, or a development key generated once under var/ (with a warning)."""
+    value = env.get(SECRET_ENV["secret_key"], "")
+    if value:
+        return Secret(value)
+    key_file = cfg.path("var/secret_key")
+    if key_file.is_file():
+        value = key_file.read_text(encoding="ascii").strip()
+    else:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            value = key_file.read_text(encoding="ascii").strip()
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(value + "\n")
+    warnings.warn(
+        f"PUBLISHER_SECRET_KEY is not set; using the development key in {key_file}. "
+        "Set PUBLISHER_SECRET_KEY in production so links survive a new server.",
+        DevelopmentKeyWarning,
+        stacklevel=3,
+    )
+    return Secret(value)
+
+
+class DevelopmentKeyWarning(UserWarning):
+    pass

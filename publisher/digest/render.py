@@ -1,0 +1,119 @@
+"""Render an issue: Jinja2 (autoescape on) → MJML → HTML via mjml-python; text from its own template.
+
+An issue variant is rendered once. What differs per recipient (their address, their
+unsubscribe and preferences links) is left as placeholders that delivery substitutes,
+so sending never re-renders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+from babel.dates import format_date
+from mjml import mjml2html
+
+from ..config import Config
+from ..errors import TemplateError
+from ..models import DigestIssue
+
+# Per-recipient placeholders: plain ASCII that survives HTML escaping, MJML and quoted-printable unchanged.
+PLACEHOLDERS = {
+    "unsubscribe_url": "%%UNSUBSCRIBE_URL%%",
+    "preferences_url": "%%PREFERENCES_URL%%",
+    "email": "%%EMAIL%%",
+}
+HTML_TEMPLATE = "email/digest.mjml.j2"
+TEXT_TEMPLATE = "email/digest.txt.j2"
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    issue: DigestIssue
+    subject: str
+    html: str
+    text: str
+
+    def personalise(self, values: dict[str, str]) -> tuple[str, str]:
+        html, text = self.html, self.text
+        for key, marker in PLACEHOLDERS.items():
+            html = html.replace(marker, _html_attr(values[key]))
+            text = text.replace(marker, values[key])
+        return html, text
+
+
+def _html_attr(value: str) -> str:
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class Renderer:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.templates_dir = cfg.path(cfg.site.templates_dir)
+        loader = jinja2.FileSystemLoader(self.templates_dir)
+        self.html_env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, auto_reload=True)
+        self.text_env = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, auto_reload=True, keep_trailing_newline=True)
+        for env in (self.html_env, self.text_env):
+            env.filters["date"] = self._format_date
+
+    def _format_date(self, value: datetime, fmt: str = "medium") -> str:
+        local = value.astimezone(ZoneInfo(self.cfg.site.timezone))
+        return format_date(local.date(), format=fmt, locale=self.cfg.site.language.replace("-", "_"))
+
+    def context(self, issue: DigestIssue) -> dict[str, Any]:
+        site = self.cfg.site
+        return {
+            "issue": issue,
+            "site": site,
+            "base_url": site.base_url.rstrip("/"),
+            "view_url": f"{site.base_url.rstrip('/')}/digests/{issue.id}.html",
+            "preheader": _preheader(issue),
+            "placeholders": PLACEHOLDERS,
+            "subject": self.subject(issue),
+        }
+
+    def subject(self, issue: DigestIssue) -> str:
+        return self.cfg.digest.subject.format(site=self.cfg.site.name, date=self._format_date(issue.created_at, "long"), issue=issue.id)
+
+    def render(self, issue: DigestIssue) -> RenderedIssue:
+        ctx = self.context(issue)
+        mjml_source = self._render(self.html_env, HTML_TEMPLATE, ctx)
+        try:
+            html = mjml2html(mjml_source)
+        except ValueError as exc:
+            raise TemplateError(str(self.templates_dir / HTML_TEMPLATE), None, f"MJML could not compile the rendered template: {exc}") from None
+        text = self._render(self.text_env, TEXT_TEMPLATE, ctx)
+        return RenderedIssue(issue=issue, subject=ctx["subject"], html=html, text=text)
+
+    def _render(self, env: jinja2.Environment, name: str, ctx: dict[str, Any]) -> str:
+        try:
+            return env.get_template(name).render(ctx)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(str(Path(exc.filename or self.templates_dir / name)), exc.lineno, exc.message or "syntax error") from None
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(str(self.templates_dir / str(exc.name)), None, f"template not found in {self.templates_dir}; check [site].templates_dir") from None
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(str(self.templates_dir / name), _error_line(exc, name), str(exc)) from None
+
+
+def _error_line(exc: BaseException, name: str) -> int | None:
+    """The template line of an error raised while rendering (Jinja keeps it in the traceback)."""
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(name):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _preheader(issue: DigestIssue) -> str:
+    pubs = issue.publications
+    if not pubs:
+        return ""
+    first = pubs[0].title
+    return first if len(pubs) == 1 else f"{first}, and {len(pubs) - 1} more"

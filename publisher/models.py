@@ -1,0 +1,109 @@
+"""The domain: plain, frozen data that every stage passes along.
+
+Datetimes are always timezone-aware (UTC in the store); a stage that gets a naive one
+is a bug, so constructors check.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+def _require_aware(name: str, value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    url: str
+    alt: str = ""
+    caption: str = ""
+    credit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    slug: str
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    id: str
+    url: str
+    title: str
+    summary: str
+    content_type: str
+    published_at: datetime
+    updated_at: datetime
+    topics: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+    image: Image | None = None
+    featured: bool = False
+    featured_rank: int | None = None
+    body_html: str = ""
+    source: str = ""
+    first_seen_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require_aware("published_at", self.published_at)
+        _require_aware("updated_at", self.updated_at)
+        _require_aware("first_seen_at", self.first_seen_at)
+
+
+class SubscriberStatus(str, enum.Enum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+    @property
+    def suppressed(self) -> bool:
+        """Never mail this address again (an import does not revive it)."""
+        return self in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    id: int
+    email: str
+    status: SubscriberStatus
+    created_at: datetime
+    updated_at: datetime
+    topics: tuple[str, ...] = ()
+    confirmed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DigestIssue:
+    """One weekly issue: which publications, in send order, for which variant."""
+
+    id: str
+    created_at: datetime
+    featured: tuple[Publication, ...]
+    groups: tuple[tuple[str, tuple[Publication, ...]], ...]
+    more_count: int = 0
+    topics: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def publications(self) -> tuple[Publication, ...]:
+        return self.featured + tuple(p for _, items in self.groups for p in items)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.publications
+
+
+@dataclass(frozen=True, slots=True)
+class SendReport:
+    issue_id: str
+    sent: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,80 @@
+"""The main job, as the list of its stages: ingest → feeds → digest (when due) → delivery.
+
+Every entry point (the CLI, the scheduler, the tests) calls these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from apscheduler.triggers.cron import CronTrigger
+
+from subscribers import seed_samples
+
+from .config import Config
+from .delivery.send import SendOutcome, send_issue
+from .feeds import build_feeds, copy_media
+from .ingest import IngestReport, build_sources, ingest
+from .store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleReport:
+    ingest: IngestReport
+    feeds_changed: list[Path] = field(default_factory=list)
+    feeds_dir: Path | None = None
+    digest: SendOutcome | None = None
+    digest_skipped_reason: str = ""
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def open_project_store(cfg: Config) -> Store:
+    store = open_store(cfg.store_url)
+    if cfg.subscribers.sample_subscribers:
+        seed_samples(store, cfg.subscribers.sample_subscribers, now_utc())
+    return store
+
+
+def run_ingest(cfg: Config, store: Store, now: datetime) -> IngestReport:
+    return ingest(build_sources(cfg), store, now)
+
+
+def run_feeds(cfg: Config, store: Store) -> list[Path]:
+    copy_media(cfg)
+    return build_feeds(cfg, store)
+
+
+def digest_due(cfg: Config, store: Store, now: datetime) -> tuple[bool, str]:
+    """Due when an issue is unfinished, when none was ever sent, or when the schedule fired since the last one."""
+    if store.open_issue():
+        return True, "an interrupted issue is resumed"
+    last = store.last_sent_issue()
+    if last is None:
+        return True, "no issue has been sent yet"
+    trigger = CronTrigger.from_crontab(cfg.digest.schedule, timezone=cfg.site.timezone)
+    fire = trigger.get_next_fire_time(None, last[2] + timedelta(seconds=1))
+    if fire is not None and fire <= now:
+        return True, f"scheduled for {fire.isoformat()}"
+    return False, f"the next digest is scheduled for {fire.isoformat() if fire else 'never'}"
+
+
+def run_cycle(cfg: Config, store: Store, now: datetime, *, force_digest: bool = False, build_all_feeds: bool = True) -> CycleReport:
+    report = CycleReport(ingest=run_ingest(cfg, store, now))
+    if build_all_feeds or report.ingest.changed:
+        report.feeds_changed = run_feeds(cfg, store)
+        report.feeds_dir = cfg.path(cfg.feeds.output_dir)
+    due, why = digest_due(cfg, store, now)
+    if due or force_digest:
+        log.info("digest: %s", "forced" if force_digest and not due else why)
+        report.digest = send_issue(cfg, store, now)
+    else:
+        report.digest_skipped_reason = why
+    return report

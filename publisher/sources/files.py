@@ -1,0 +1,206 @@
+"""The content/ folder: one Markdown file per publication, with TOML (+++) or YAML (---) front matter.
+
+Files under ``topics/`` describe topics (``slug``, ``name``; the body is the description).
+Every other ``*.md`` file is a publication. See content/README.md for the keys.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import yaml
+from markdown_it import MarkdownIt
+
+from ..errors import ContentFileError
+from ..models import Image, Publication, Topic
+from . import SourceResult
+
+_md = MarkdownIt("commonmark", {"html": False, "typographer": False}).enable("table")
+_TOML_LINE = re.compile(r"line (\d+)")
+PUBLICATION_KEYS = {
+    "id", "title", "date", "updated", "content_type", "topics", "authors", "summary", "url",
+    "featured", "featured_rank", "image",
+}
+IMAGE_KEYS = {"src", "alt", "caption", "credit"}
+
+
+@dataclass(frozen=True)
+class FrontMatter:
+    data: dict[str, Any]
+    body: str
+    lines: list[str]  # the front-matter lines, for pointing at a key
+    first_line: int  # file line number of the first front-matter line
+
+
+class FilesSource:
+    def __init__(self, name: str, folder: Path, base_url: str, timezone: str) -> None:
+        self.name = name
+        self.folder = folder
+        self.base_url = base_url.rstrip("/")
+        self.tz = ZoneInfo(timezone)
+
+    def __repr__(self) -> str:
+        return f"FilesSource({self.name!r}, {str(self.folder)!r})"
+
+    def fetch(self) -> SourceResult:
+        result = SourceResult()
+        if not self.folder.is_dir():
+            result.errors.append(ContentFileError(self.name, self.folder, None, "folder not found; create it or fix [sources.NAME].path"))
+            return result
+        for path in sorted(self.folder.rglob("*.md")):
+            if path.name.lower() == "readme.md":
+                continue
+            rel = path.relative_to(self.folder)
+            try:
+                fm = parse_front_matter(self.name, path)
+                if rel.parts[0] == "topics":
+                    result.topics.append(self._topic(path, fm))
+                else:
+                    pub, warnings = self._publication(path, rel, fm)
+                    result.publications.append(pub)
+                    result.warnings.extend(warnings)
+            except ContentFileError as exc:
+                result.errors.append(exc)
+        return result
+
+    def _topic(self, path: Path, fm: FrontMatter) -> Topic:
+        slug = _get(self.name, path, fm, "slug", str, default=path.stem)
+        name = _get(self.name, path, fm, "name", str)
+        return Topic(slug=slug, name=name, description=fm.body.strip())
+
+    def _publication(self, path: Path, rel: Path, fm: FrontMatter) -> tuple[Publication, list[str]]:
+        def get(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+            return _get(self.name, path, fm, key, kind, default)
+
+        unknown = sorted(set(fm.data) - PUBLICATION_KEYS)
+        if unknown:
+            raise _error(self.name, path, fm, unknown[0], f"unknown key {unknown[0]!r}; known keys: {', '.join(sorted(PUBLICATION_KEYS))}")
+        title = get("title", str).strip()
+        if not title:
+            raise _error(self.name, path, fm, "title", "title is empty")
+        published = self._datetime(path, fm, "date", get("date", (date, datetime, str)))
+        updated_raw = get("updated", (date, datetime, str), None)
+        updated = self._datetime(path, fm, "updated", updated_raw) if updated_raw is not None else published
+        authors = get("authors", (list, str), [])
+        authors = [authors] if isinstance(authors, str) else authors
+        topics = get("topics", list, [])
+        for key, values in (("authors", authors), ("topics", topics)):
+            if not all(isinstance(v, str) and v.strip() for v in values):
+                raise _error(self.name, path, fm, key, f"{key} must be a list of non-empty strings")
+        rank = get("featured_rank", int, None)
+        pub_id = get("id", str, rel.with_suffix("").as_posix())
+        url = get("url", str, f"{self.base_url}/publications/{path.stem}/")
+        if not re.match(r"^https?://", url):
+            raise _error(self.name, path, fm, "url", f"url must be absolute (https://...), got {url!r}")
+        image, warnings = self._image(path, fm)
+        pub = Publication(
+            id=pub_id, url=url, title=title, summary=get("summary", str, "").strip(),
+            content_type=get("content_type", str).strip(), published_at=published, updated_at=max(updated, published),
+            topics=tuple(topics), authors=tuple(a.strip() for a in authors), image=image,
+            featured=get("featured", bool, False) or rank is not None, featured_rank=rank,
+            body_html=_md.render(fm.body).strip(), source=self.name,
+        )
+        return pub, warnings
+
+    def _image(self, path: Path, fm: FrontMatter) -> tuple[Image | None, list[str]]:
+        raw = _get(self.name, path, fm, "image", dict, None)
+        if raw is None:
+            return None, []
+        unknown = sorted(set(raw) - IMAGE_KEYS)
+        if unknown or not isinstance(raw.get("src"), str) or not all(isinstance(v, str) for v in raw.values()):
+            raise _error(self.name, path, fm, "image", f"image needs src (and optional alt, caption, credit), all strings; got keys {sorted(raw)}")
+        src = raw["src"]
+        warnings = []
+        if re.match(r"^https?://", src):
+            url = src
+        else:
+            local = (self.folder / src).resolve()
+            if not local.is_relative_to(self.folder.resolve()):
+                raise _error(self.name, path, fm, "image", f"image src {src!r} points outside the content folder")
+            if not local.is_file():
+                warnings.append(f"{path}: image {src!r} not found in {self.folder}")
+            url = f"{self.base_url}/media/{Path(src).as_posix()}"
+        if not raw.get("alt"):
+            warnings.append(f"{path}: image has no alt text; the caption or title stands in")
+        return Image(url=url, alt=raw.get("alt", ""), caption=raw.get("caption", ""), credit=raw.get("credit", "")), warnings
+
+    def _datetime(self, path: Path, fm: FrontMatter, key: str, value: date | datetime | str) -> datetime:
+        """Day-precision dates are midnight in the site's time zone; naive times are read in it too."""
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise _error(self.name, path, fm, key, f"{key} {value!r} is not a date; write it as 2024-02-26 or 2024-02-26T09:30:00+01:00") from None
+        if not isinstance(value, datetime):
+            value = datetime.combine(value, time(0, 0))
+        return value.replace(tzinfo=self.tz) if value.tzinfo is None else value
+
+
+def parse_front_matter(source: str, path: Path) -> FrontMatter:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContentFileError(source, path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    text = text.lstrip("\ufeff")
+    lines = text.splitlines()
+    fence = lines[0].strip() if lines else ""
+    if fence not in ("+++", "---"):
+        raise ContentFileError(source, path, 1, "no front matter: start the file with a line '+++' (TOML) or '---' (YAML)")
+    try:
+        end = next(i for i in range(1, len(lines)) if lines[i].strip() == fence)
+    except StopIteration:
+        raise ContentFileError(source, path, 1, f"front matter opened with {fence!r} is never closed; add a line {fence!r} after it") from None
+    head = lines[1:end]
+    body = "\n".join(lines[end + 1:])
+    try:
+        if fence == "+++":
+            data: Any = tomllib.loads("\n".join(head))
+        else:
+            data = yaml.safe_load("\n".join(head)) or {}
+    except tomllib.TOMLDecodeError as exc:
+        m = _TOML_LINE.search(str(exc))
+        line = int(m.group(1)) + 1 if m else 1
+        raise ContentFileError(source, path, line, f"invalid TOML front matter: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 2 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ContentFileError(source, path, line, f"invalid YAML front matter: {problem}") from None
+    if not isinstance(data, dict):
+        raise ContentFileError(source, path, 2, "front matter must be a table of key = value pairs")
+    return FrontMatter(data=data, body=body, lines=head, first_line=2)
+
+
+def _line_of(fm: FrontMatter, key: str) -> int:
+    pattern = re.compile(rf"^\s*(\[)?\s*{re.escape(key)}\s*[=:\]]")
+    for i, line in enumerate(fm.lines):
+        if pattern.match(line):
+            return fm.first_line + i
+    return fm.first_line - 1
+
+
+def _error(source: str, path: Path, fm: FrontMatter, key: str, reason: str) -> ContentFileError:
+    return ContentFileError(source, path, _line_of(fm, key), reason)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a table",
+               date: "a date", datetime: "a date and time"}
+
+
+def _get(source: str, path: Path, fm: FrontMatter, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if key not in fm.data:
+        if default is ...:
+            raise ContentFileError(source, path, fm.first_line - 1, f"missing required key {key!r}; add it to the front matter")
+        return default
+    value = fm.data[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        raise _error(source, path, fm, key, f"{key} must be {expected}, got {value!r}")
+    return value

@@ -1,0 +1,301 @@
+"""Store: the only module that speaks SQL. Every method takes and returns plain models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from ..errors import StoreError
+from ..models import Image, Publication, Subscriber, SubscriberStatus, Topic
+from . import tables as t
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def open_store(url: str) -> Store:
+    """Connect and bring the schema to the newest migration."""
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url, future=True)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise StoreError(f"cannot use store URL {_safe_url(url)}: {exc}. Check [store].url.") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    store = Store(engine)
+    store.migrate()
+    return store
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+def content_hash(pub: Publication) -> str:
+    """What an upsert compares: every field an editor can change, nothing the store adds."""
+    fields = {
+        "url": pub.url, "title": pub.title, "summary": pub.summary, "body_html": pub.body_html,
+        "content_type": pub.content_type, "topics": list(pub.topics), "authors": list(pub.authors),
+        "published_at": pub.published_at.isoformat(), "updated_at": pub.updated_at.isoformat(),
+        "image": [pub.image.url, pub.image.alt, pub.image.caption, pub.image.credit] if pub.image else None,
+        "featured": pub.featured, "featured_rank": pub.featured_rank,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __repr__(self) -> str:
+        return f"Store({_safe_url(str(self.engine.url))})"
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"database error on {self!r}: {exc.orig}") from exc
+
+    def migrate(self) -> None:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise StoreError(f"cannot open or migrate the store {self!r}: {exc.orig}. Check [store].url and that the database is reachable.") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- topics ---------------------------------------------------------------------------
+
+    def upsert_topic(self, topic: Topic) -> bool:
+        """Insert or update; True when something changed."""
+        with self._tx() as conn:
+            row = conn.execute(select(t.topics).where(t.topics.c.slug == topic.slug)).first()
+            values = {"name": topic.name, "description": topic.description}
+            if row is None:
+                conn.execute(insert(t.topics).values(slug=topic.slug, **values))
+                return True
+            if (row.name, row.description) == (topic.name, topic.description):
+                return False
+            conn.execute(update(t.topics).where(t.topics.c.slug == topic.slug).values(**values))
+            return True
+
+    def topics(self) -> list[Topic]:
+        with self._tx() as conn:
+            rows = conn.execute(select(t.topics).order_by(t.topics.c.slug)).all()
+        return [Topic(r.slug, r.name, r.description) for r in rows]
+
+    # -- publications -----------------------------------------------------------------------
+
+    def upsert_publication(self, pub: Publication, now: datetime) -> str:
+        """'new', 'updated' or 'unchanged'. first_seen_at is set once, on insert, and never moves."""
+        digest = content_hash(pub)
+        values = {
+            "url": pub.url, "title": pub.title, "summary": pub.summary, "body_html": pub.body_html,
+            "content_type": pub.content_type, "authors": list(pub.authors),
+            "published_at": pub.published_at, "updated_at": pub.updated_at,
+            "image_url": pub.image.url if pub.image else None,
+            "image_alt": pub.image.alt if pub.image else None,
+            "image_caption": pub.image.caption if pub.image else None,
+            "image_credit": pub.image.credit if pub.image else None,
+            "featured": pub.featured, "featured_rank": pub.featured_rank,
+            "source": pub.source, "content_hash": digest,
+        }
+        with self._tx() as conn:
+            old = conn.execute(select(t.publications.c.content_hash).where(t.publications.c.id == pub.id)).scalar()
+            if old == digest:
+                return "unchanged"
+            if old is None:
+                conn.execute(insert(t.publications).values(id=pub.id, first_seen_at=now, **values))
+            else:
+                conn.execute(update(t.publications).where(t.publications.c.id == pub.id).values(**values))
+                conn.execute(delete(t.publication_topics).where(t.publication_topics.c.publication_id == pub.id))
+            if pub.topics:
+                conn.execute(insert(t.publication_topics), [{"publication_id": pub.id, "topic_slug": s} for s in dict.fromkeys(pub.topics)])
+            return "new" if old is None else "updated"
+
+    def publications(
+        self,
+        *,
+        topic: str | None = None,
+        content_type: str | None = None,
+        seen_after: datetime | None = None,
+        seen_until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Publication]:
+        """Newest first (published_at, then id for a stable order)."""
+        p = t.publications
+        q = select(p).order_by(p.c.published_at.desc(), p.c.id)
+        if topic is not None:
+            q = q.where(p.c.id.in_(select(t.publication_topics.c.publication_id).where(t.publication_topics.c.topic_slug == topic)))
+        if content_type is not None:
+            q = q.where(p.c.content_type == content_type)
+        if seen_after is not None:
+            q = q.where(p.c.first_seen_at > seen_after)
+        if seen_until is not None:
+            q = q.where(p.c.first_seen_at <= seen_until)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._tx() as conn:
+            rows = conn.execute(q).all()
+            topic_rows = conn.execute(
+                select(t.publication_topics).where(t.publication_topics.c.publication_id.in_([r.id for r in rows]))
+            ).all() if rows else []
+        topics_of: dict[str, list[str]] = {}
+        for tr in topic_rows:
+            topics_of.setdefault(tr.publication_id, []).append(tr.topic_slug)
+        return [_publication(r, tuple(sorted(topics_of.get(r.id, ())))) for r in rows]
+
+    def content_types(self) -> list[str]:
+        with self._tx() as conn:
+            return list(conn.execute(select(t.publications.c.content_type).distinct().order_by(t.publications.c.content_type)).scalars())
+
+    def count_publications(self) -> int:
+        with self._tx() as conn:
+            return conn.execute(select(func.count()).select_from(t.publications)).scalar_one()
+
+    # -- subscribers ------------------------------------------------------------------------
+
+    def add_subscriber(self, email: str, status: SubscriberStatus, topics: Sequence[str], now: datetime) -> tuple[Subscriber, bool]:
+        """Insert a subscriber; (existing, False) when the address is already known."""
+        confirmed = now if status is SubscriberStatus.ACTIVE else None
+        try:
+            with self._tx() as conn:
+                sid = conn.execute(
+                    insert(t.subscribers).values(email=email, status=status.value, created_at=now, updated_at=now, confirmed_at=confirmed)
+                ).inserted_primary_key[0]
+                if topics:
+                    conn.execute(insert(t.subscriber_topics), [{"subscriber_id": sid, "topic_slug": s} for s in dict.fromkeys(topics)])
+        except IntegrityError:
+            existing = self.subscriber(email)
+            assert existing is not None
+            return existing, False
+        return Subscriber(sid, email, status, now, now, tuple(dict.fromkeys(topics)), confirmed), True
+
+    def subscriber(self, email: str) -> Subscriber | None:
+        found = self.subscribers(emails=[email])
+        return found[0] if found else None
+
+    def subscribers(self, *, status: SubscriberStatus | None = None, emails: Iterable[str] | None = None) -> list[Subscriber]:
+        s = t.subscribers
+        q = select(s).order_by(s.c.id)
+        if status is not None:
+            q = q.where(s.c.status == status.value)
+        if emails is not None:
+            q = q.where(s.c.email.in_(list(emails)))
+        with self._tx() as conn:
+            rows = conn.execute(q).all()
+            ids = [r.id for r in rows]
+            st = t.subscriber_topics
+            topic_q = select(st) if len(ids) > 500 else select(st).where(st.c.subscriber_id.in_(ids))
+            topic_rows = conn.execute(topic_q).all() if rows else []
+        topics_of: dict[int, list[str]] = {}
+        for tr in topic_rows:
+            topics_of.setdefault(tr.subscriber_id, []).append(tr.topic_slug)
+        return [
+            Subscriber(r.id, r.email, SubscriberStatus(r.status), r.created_at, r.updated_at, tuple(sorted(topics_of.get(r.id, ()))), r.confirmed_at)
+            for r in rows
+        ]
+
+    def set_subscriber_status(self, email: str, status: SubscriberStatus, now: datetime) -> bool:
+        values: dict[str, Any] = {"status": status.value, "updated_at": now}
+        if status is SubscriberStatus.ACTIVE:
+            values["confirmed_at"] = now
+        with self._tx() as conn:
+            return conn.execute(update(t.subscribers).where(t.subscribers.c.email == email).values(**values)).rowcount > 0
+
+    # -- digest issues and the send log -------------------------------------------------------
+
+    def last_sent_issue(self) -> tuple[str, datetime, datetime] | None:
+        """(id, cutoff, sent_at) of the newest sent issue."""
+        d = t.digest_issues
+        with self._tx() as conn:
+            row = conn.execute(select(d).where(d.c.sent_at.is_not(None)).order_by(d.c.sent_at.desc()).limit(1)).first()
+        return (row.id, row.cutoff, row.sent_at) if row else None
+
+    def open_issue(self) -> tuple[str, datetime] | None:
+        """(id, cutoff) of an issue that was started and not finished: it is resumed, not re-selected."""
+        d = t.digest_issues
+        with self._tx() as conn:
+            row = conn.execute(select(d).where(d.c.sent_at.is_(None)).order_by(d.c.created_at).limit(1)).first()
+        return (row.id, row.cutoff) if row else None
+
+    def issue_ids(self) -> list[str]:
+        with self._tx() as conn:
+            return list(conn.execute(select(t.digest_issues.c.id)).scalars())
+
+    def start_issue(self, issue_id: str, cutoff: datetime, now: datetime) -> datetime:
+        """Record the issue (idempotent); returns its cutoff, the stored one if it already existed."""
+        d = t.digest_issues
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(d).values(id=issue_id, created_at=now, cutoff=cutoff))
+            return cutoff
+        except IntegrityError:
+            with self._tx() as conn:
+                return conn.execute(select(d.c.cutoff).where(d.c.id == issue_id)).scalar_one()
+
+    def finish_issue(self, issue_id: str, now: datetime) -> None:
+        with self._tx() as conn:
+            conn.execute(update(t.digest_issues).where(t.digest_issues.c.id == issue_id).values(sent_at=now))
+
+    def claim_send(self, issue_id: str, subscriber_id: int, message_id: str, now: datetime) -> bool:
+        """Write the send-log row before sending. False when this (issue, subscriber) was already claimed."""
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(t.send_log).values(issue_id=issue_id, subscriber_id=subscriber_id, status="queued", message_id=message_id, updated_at=now))
+            return True
+        except IntegrityError:
+            return False
+
+    def mark_send(self, issue_id: str, subscriber_id: int, status: str, now: datetime, error: str | None = None) -> None:
+        sl = t.send_log
+        with self._tx() as conn:
+            conn.execute(
+                update(sl).where(sl.c.issue_id == issue_id, sl.c.subscriber_id == subscriber_id).values(status=status, updated_at=now, error=error)
+            )
+
+    def send_counts(self, issue_id: str) -> dict[str, int]:
+        sl = t.send_log
+        with self._tx() as conn:
+            rows = conn.execute(select(sl.c.status, func.count()).where(sl.c.issue_id == issue_id).group_by(sl.c.status)).all()
+        return {status: n for status, n in rows}
+
+
+def _publication(r: Any, topics: tuple[str, ...]) -> Publication:
+    image = Image(r.image_url, r.image_alt or "", r.image_caption or "", r.image_credit or "") if r.image_url else None
+    return Publication(
+        id=r.id, url=r.url, title=r.title, summary=r.summary, content_type=r.content_type,
+        published_at=r.published_at, updated_at=r.updated_at, topics=topics, authors=tuple(r.authors),
+        image=image, featured=bool(r.featured), featured_rank=r.featured_rank, body_html=r.body_html,
+        source=r.source, first_seen_at=r.first_seen_at,
+    )

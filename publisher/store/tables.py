@@ -1,0 +1,125 @@
+"""The schema, in SQLAlchemy Core. Alembic migrations under migrations/ create it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on SQLite (which keeps no zone) and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"refusing to store naive datetime {value.isoformat()}")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("slug", String(200), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False, default=""),
+)
+
+publications = Table(
+    "publications",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("summary", Text, nullable=False, default=""),
+    Column("body_html", Text, nullable=False, default=""),
+    Column("content_type", String(100), nullable=False),
+    Column("authors", JSON, nullable=False),
+    Column("published_at", UTCDateTime, nullable=False, index=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("image_url", Text),
+    Column("image_alt", Text),
+    Column("image_caption", Text),
+    Column("image_credit", Text),
+    Column("featured", Boolean, nullable=False, default=False),
+    Column("featured_rank", Integer),
+    Column("source", String(200), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("first_seen_at", UTCDateTime, nullable=False, index=True),
+)
+
+publication_topics = Table(
+    "publication_topics",
+    metadata,
+    Column("publication_id", String(200), ForeignKey("publications.id", ondelete="CASCADE"), primary_key=True),
+    Column("topic_slug", String(200), primary_key=True, index=True),
+)
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("status", String(20), nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("confirmed_at", UTCDateTime),
+)
+
+subscriber_topics = Table(
+    "subscriber_topics",
+    metadata,
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+    Column("topic_slug", String(200), primary_key=True),
+)
+
+digest_issues = Table(
+    "digest_issues",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    # Publications first seen up to this instant belong to this issue or an earlier one.
+    Column("cutoff", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+)
+
+send_log = Table(
+    "send_log",
+    metadata,
+    Column("issue_id", String(100), ForeignKey("digest_issues.id"), primary_key=True),
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+    Column("status", String(20), nullable=False),  # queued / sent / failed
+    Column("message_id", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("error", Text),
+)
