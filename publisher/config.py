@@ -16,6 +16,7 @@ import difflib
 import os
 import re
 import secrets
+import tempfile
 import tomllib
 import types
 import typing
@@ -239,6 +240,8 @@ def _build(cls: type, data: Any, prefix: str, file: Path | None) -> Any:
 def _unknown_key_message(key: str, known: list[str], prefix: str) -> str:
     if key in SECRET_ENV:
         return f"{key!r} is a secret and is never read from the file; set {SECRET_ENV[key]} in the environment."
+    if key in ("password", "api_key", "token", "secret"):
+        return f"{key!r} looks like a secret, and secrets are never read from the file; set it in the environment (e.g. PUBLISHER_SMTP_PASSWORD)."
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     where = f"in [{prefix}]" if prefix else "at the top level"
@@ -349,18 +352,11 @@ def _secret_key(cfg: Config, env: Mapping[str, str]) -> Secret:
     if value:
         return Secret(value)
     key_file = cfg.path("var/secret_key")
-    if key_file.is_file():
-        value = key_file.read_text(encoding="ascii").strip()
-    else:
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(32)
-        try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use theirs
-            value = key_file.read_text(encoding="ascii").strip()
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(value + "\n")
+    if not key_file.is_file():
+        _create_key_file(key_file)
+    value = key_file.read_text(encoding="ascii").strip()
+    if len(value) < 16:
+        raise ConfigError(f"the development signing key in {key_file} is empty or too short; delete the file to have a new one made, or set PUBLISHER_SECRET_KEY.")
     warnings.warn(
         f"PUBLISHER_SECRET_KEY is not set; using the development key in {key_file}. "
         "Set PUBLISHER_SECRET_KEY in production so links survive a new server.",
@@ -368,6 +364,20 @@ def _secret_key(cfg: Config, env: Mapping[str, str]) -> Secret:
         stacklevel=3,
     )
     return Secret(value)
+
+
+def _create_key_file(key_file: Path) -> None:
+    """Write the key to a temp file, then link it into place: the key file appears whole, once, even under a race."""
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=key_file.parent, prefix=".secret_key.")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+        os.link(tmp, key_file)
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    finally:
+        os.unlink(tmp)
 
 
 class DevelopmentKeyWarning(UserWarning):

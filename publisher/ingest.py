@@ -52,6 +52,10 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
             report.errors.append(exc)
             log.error("%s", exc)
             continue
+        except Exception as exc:  # a bug in a source must not stop the others either
+            log.exception("source %r failed", source.name)
+            report.errors.append(SourceError(source.name, "(whole source)", f"unexpected {type(exc).__name__}: {exc}"))
+            continue
         report.errors.extend(result.errors)
         report.warnings.extend(result.warnings)
         for err in result.errors:

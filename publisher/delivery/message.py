@@ -13,6 +13,10 @@ from ..config import Config
 from ..digest.render import RenderedIssue
 from ..models import Subscriber
 
+# Headers stay on one line up to RFC 5322's hard limit: some receivers mis-parse a List-Unsubscribe
+# folded right after its colon. Bodies are quoted-printable, so no body line exceeds 76 octets.
+POLICY = SMTP.clone(max_line_length=998)
+
 
 def message_id(issue_id: str, subscriber_id: int, domain: str) -> str:
     """Unique per recipient and stable across retries, so a resend after a crash is recognisable."""
@@ -23,7 +27,7 @@ def message_id(issue_id: str, subscriber_id: int, domain: str) -> str:
 def build_message(cfg: Config, rendered: RenderedIssue, subscriber: Subscriber, links: dict[str, str], now: datetime, *, test: bool = False) -> EmailMessage:
     domain = cfg.digest.from_address.rpartition("@")[2] or "localhost"
     html, text = rendered.personalise({**links, "email": subscriber.email})
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=POLICY)
     msg["From"] = formataddr((cfg.digest.from_name, cfg.digest.from_address))
     msg["To"] = subscriber.email
     msg["Subject"] = ("[TEST] " if test else "") + rendered.subject

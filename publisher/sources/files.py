@@ -22,7 +22,7 @@ from ..models import Image, Publication, Topic
 from . import SourceResult
 
 _md = MarkdownIt("commonmark", {"html": False, "typographer": False}).enable("table")
-_TOML_LINE = re.compile(r"line (\d+)")
+_TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 PUBLICATION_KEYS = {
     "id", "title", "date", "updated", "content_type", "topics", "authors", "summary", "url",
     "featured", "featured_rank", "image",
@@ -147,6 +147,8 @@ def parse_front_matter(source: str, path: Path) -> FrontMatter:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ContentFileError(source, path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ContentFileError(source, path, None, f"cannot read the file: {exc.strerror}") from None
     text = text.lstrip("\ufeff")
     lines = text.splitlines()
     fence = lines[0].strip() if lines else ""
@@ -160,13 +162,16 @@ def parse_front_matter(source: str, path: Path) -> FrontMatter:
     body = "\n".join(lines[end + 1:])
     try:
         if fence == "+++":
-            data: Any = tomllib.loads("\n".join(head))
+            data: Any = tomllib.loads("\n".join(head) + "\n")
         else:
             data = yaml.safe_load("\n".join(head)) or {}
     except tomllib.TOMLDecodeError as exc:
-        m = _TOML_LINE.search(str(exc))
-        line = int(m.group(1)) + 1 if m else 1
-        raise ContentFileError(source, path, line, f"invalid TOML front matter: {exc}") from None
+        m = _TOML_POS.search(str(exc))
+        line = int(m.group(1)) + 1 if m else end + 1  # "at end of document": point at the closing fence
+        reason = _TOML_POS.sub(f"(column {m.group(2)})", str(exc)) if m else str(exc)
+        raise ContentFileError(source, path, line, f"invalid TOML front matter: {reason}") from None
+    except ValueError as exc:  # PyYAML builds dates itself: 2024-02-30 raises ValueError, not YAMLError
+        raise ContentFileError(source, path, None, f"invalid YAML front matter: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else 1
@@ -174,6 +179,9 @@ def parse_front_matter(source: str, path: Path) -> FrontMatter:
         raise ContentFileError(source, path, line, f"invalid YAML front matter: {problem}") from None
     if not isinstance(data, dict):
         raise ContentFileError(source, path, 2, "front matter must be a table of key = value pairs")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise ContentFileError(source, path, 2, f"front matter key {odd[0]!r} is not a name; keys are words like title or date")
     return FrontMatter(data=data, body=body, lines=head, first_line=2)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from ..errors import StoreError
 from ..models import Image, Publication, Subscriber, SubscriberStatus, Topic
@@ -88,7 +88,7 @@ class Store:
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
-        except OperationalError as exc:
+        except DBAPIError as exc:
             raise StoreError(f"cannot open or migrate the store {self!r}: {exc.orig}. Check [store].url and that the database is reachable.") from None
 
     def close(self) -> None:

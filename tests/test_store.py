@@ -1,0 +1,123 @@
+"""The store on a real SQLite file and on a real PostgreSQL (skipped with a reason when unreachable)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import inspect
+
+from publisher.errors import StoreError
+from publisher.models import Image, Publication, SubscriberStatus, Topic
+from publisher.store import Store, open_store
+
+from .conftest import NOW
+
+
+def pub(n: int, **kw: object) -> Publication:
+    when = datetime(2024, 3, n, tzinfo=timezone.utc)
+    base = Publication(
+        id=f"p{n}", url=f"https://www.example.org/p/{n}", title=f"Title {n}", summary="Summary",
+        content_type="Commentary", published_at=when, updated_at=when, topics=("security-cooperation",),
+        authors=("A. Author",), image=Image("https://www.example.org/media/x.png", "alt", "cap", "credit"), source="test",
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_migrations_create_every_table(store: Store) -> None:
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"publications", "topics", "publication_topics", "subscribers", "subscriber_topics", "digest_issues", "send_log", "alembic_version"} <= tables
+
+
+def test_opening_twice_is_harmless(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'again.db'}"
+    open_store(url).close()
+    s = open_store(url)
+    assert s.topics() == []
+    s.close()
+
+
+def test_upsert_new_unchanged_updated_keeps_first_seen(store: Store) -> None:
+    assert store.upsert_publication(pub(1), NOW) == "new"
+    assert store.upsert_publication(pub(1), NOW + timedelta(hours=1)) == "unchanged"
+    assert store.upsert_publication(pub(1, title="Retitled"), NOW + timedelta(hours=2)) == "updated"
+    [p] = store.publications()
+    assert p.title == "Retitled"
+    assert p.first_seen_at == NOW
+    assert p.published_at.tzinfo is not None and p.published_at == datetime(2024, 3, 1, tzinfo=timezone.utc)
+    assert p.image == Image("https://www.example.org/media/x.png", "alt", "cap", "credit")
+
+
+def test_datetimes_come_back_aware_in_utc_whatever_zone_went_in(store: Store) -> None:
+    from zoneinfo import ZoneInfo
+
+    local = datetime(2024, 3, 5, 9, 0, tzinfo=ZoneInfo("America/New_York"))
+    store.upsert_publication(pub(5, published_at=local, updated_at=local), NOW)
+    [p] = store.publications()
+    assert p.published_at == local and p.published_at.utcoffset() == timedelta(0)
+
+
+def test_naive_datetimes_are_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        pub(1, published_at=datetime(2024, 1, 1))
+
+
+def test_filters_order_and_limit(store: Store) -> None:
+    store.upsert_publication(pub(1, topics=("a",)), NOW)
+    store.upsert_publication(pub(2, topics=("b",), content_type="Report"), NOW + timedelta(minutes=1))
+    store.upsert_publication(pub(3, topics=("a", "b"), image=None), NOW + timedelta(minutes=2))
+    assert [p.id for p in store.publications()] == ["p3", "p2", "p1"]  # newest first
+    assert [p.id for p in store.publications(topic="a")] == ["p3", "p1"]
+    assert [p.id for p in store.publications(content_type="Report")] == ["p2"]
+    assert [p.id for p in store.publications(limit=1)] == ["p3"]
+    assert [p.id for p in store.publications(seen_after=NOW)] == ["p3", "p2"]
+    assert [p.id for p in store.publications(seen_after=NOW, seen_until=NOW + timedelta(minutes=1))] == ["p2"]
+    assert store.publications(topic="a")[0].topics == ("a", "b")
+    assert store.content_types() == ["Commentary", "Report"]
+    assert store.count_publications() == 3
+
+
+def test_topics_upsert(store: Store) -> None:
+    assert store.upsert_topic(Topic("security-cooperation", "Security Cooperation", "d"))
+    assert not store.upsert_topic(Topic("security-cooperation", "Security Cooperation", "d"))
+    assert store.upsert_topic(Topic("security-cooperation", "Security Cooperation", "new"))
+    assert store.topics() == [Topic("security-cooperation", "Security Cooperation", "new")]
+
+
+def test_subscribers_unique_email_and_status(store: Store) -> None:
+    s, created = store.add_subscriber("a@example.com", SubscriberStatus.PENDING, ["x", "y"], NOW)
+    assert created and s.topics == ("x", "y") and s.confirmed_at is None
+    again, created = store.add_subscriber("a@example.com", SubscriberStatus.ACTIVE, [], NOW)
+    assert not created and again.status is SubscriberStatus.PENDING
+    assert store.set_subscriber_status("a@example.com", SubscriberStatus.ACTIVE, NOW)
+    [active] = store.subscribers(status=SubscriberStatus.ACTIVE)
+    assert active.confirmed_at == NOW and active.topics == ("x", "y")
+    assert not store.set_subscriber_status("nobody@example.com", SubscriberStatus.ACTIVE, NOW)
+
+
+def test_issue_lifecycle_and_send_log_claims_once(store: Store) -> None:
+    sub, _ = store.add_subscriber("a@example.com", SubscriberStatus.ACTIVE, [], NOW)
+    assert store.last_sent_issue() is None and store.open_issue() is None
+    assert store.start_issue("2026-W48", NOW, NOW) == NOW
+    assert store.start_issue("2026-W48", NOW + timedelta(days=1), NOW) == NOW  # the first cutoff stands
+    assert store.open_issue() == ("2026-W48", NOW)
+    assert store.claim_send("2026-W48", sub.id, "<m@x>", NOW)
+    assert not store.claim_send("2026-W48", sub.id, "<m@x>", NOW)  # a second sender backs off
+    store.mark_send("2026-W48", sub.id, "sent", NOW)
+    assert store.send_counts("2026-W48") == {"sent": 1}
+    store.finish_issue("2026-W48", NOW)
+    assert store.open_issue() is None
+    assert store.last_sent_issue() == ("2026-W48", NOW, NOW)
+    assert store.issue_ids() == ["2026-W48"]
+
+
+def test_unreachable_database_is_a_clear_store_error() -> None:
+    with pytest.raises(StoreError, match="Check \\[store\\].url"):
+        open_store("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_repr_hides_the_password(postgres_url: str) -> None:
+    s = open_store(postgres_url.replace("postgres@", "postgres:hunter2@"))
+    assert "hunter2" not in repr(s)
+    s.close()
