@@ -78,3 +78,34 @@ def test_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
     proc = run(tmp_path, "run", "--once")
     assert proc.returncode == 2
     assert "config.toml" in proc.stderr and "site.base_url" in proc.stderr and "absolute" in proc.stderr
+
+
+def test_run_starts_the_scheduler_ingests_at_once_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    for name in ("content", "templates"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    shutil.copy(REPO / "config.toml", tmp_path / "config.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")}
+    env["PUBLISHER_SECRET_KEY"] = "test-secret-key"
+    proc = subprocess.Popen([*publisher_exe(), "run"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        assert proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "feeds:" in line or not line:
+                break
+        assert any("scheduler started" in l for l in lines), lines
+        assert any("ingest: 22 new" in l for l in lines), lines
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    assert "stopping" in rest
+    assert (tmp_path / "public" / "feeds" / "all.atom").is_file()
