@@ -80,6 +80,8 @@ class FeedsConfig:
     output_dir: str = "public/feeds"
     item_limit: int = 50
     formats: tuple[str, ...] = ("rss", "atom", "json")
+    icon: str = "/media/icon.png"
+    websub_hub: str = ""
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,8 @@ def _validate(cfg: Config) -> None:
     bad_formats = set(cfg.feeds.formats) - {"rss", "atom", "json"}
     if bad_formats:
         raise ConfigError(f"unknown feed format(s) {sorted(bad_formats)}; choose from rss, atom, json.", file=f, key="feeds.formats")
+    if cfg.feeds.websub_hub and not re.match(r"^https?://[^/\s]+", cfg.feeds.websub_hub):
+        raise ConfigError(f"expected the hub's absolute URL, got {cfg.feeds.websub_hub!r}.", file=f, key="feeds.websub_hub")
     if cfg.feeds.item_limit < 1:
         raise ConfigError("expected a positive number of items.", file=f, key="feeds.item_limit")
     if cfg.digest.max_items < 1:

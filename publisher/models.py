@@ -38,8 +38,8 @@ class Publication:
     title: str
     summary: str
     content_type: str
-    published_at: datetime
-    updated_at: datetime
+    published_at: datetime | None  # None: the source gave no date; `published` falls back to first_seen_at
+    updated_at: datetime | None
     topics: tuple[str, ...] = ()
     authors: tuple[str, ...] = ()
     image: Image | None = None
@@ -53,6 +53,19 @@ class Publication:
         _require_aware("published_at", self.published_at)
         _require_aware("updated_at", self.updated_at)
         _require_aware("first_seen_at", self.first_seen_at)
+
+    @property
+    def published(self) -> datetime:
+        """When it was published, or, when the source gave no date, when we first saw it."""
+        when = self.published_at or self.first_seen_at or self.updated_at
+        if when is None:
+            raise ValueError(f"publication {self.id!r} has no date and has not been stored yet")
+        return when
+
+    @property
+    def updated(self) -> datetime:
+        """Last revision; never before publication."""
+        return max(self.updated_at or self.published, self.published)
 
 
 class SubscriberStatus(str, enum.Enum):

@@ -16,7 +16,9 @@ from subscribers import seed_samples
 
 from .config import Config
 from .delivery.send import SendOutcome, send_issue
-from .feeds import build_feeds, copy_media
+from .feeds import FeedBuilder, copy_media, feeds_url
+from .feeds.site import build_pages
+from .feeds.websub import ping_hub
 from .ingest import IngestReport, build_sources, ingest
 from .store import Store, open_store
 
@@ -47,9 +49,23 @@ def run_ingest(cfg: Config, store: Store, now: datetime) -> IngestReport:
     return ingest(build_sources(cfg), store, now)
 
 
-def run_feeds(cfg: Config, store: Store) -> list[Path]:
+def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, builder: FeedBuilder | None = None) -> list[Path]:
+    """Write the feeds and the site pages; after an ingest, only the feeds its new publications are in.
+
+    Publications that were updated, or topics that changed, can move between feeds: then every feed is
+    rebuilt (unchanged files are still left alone). Returns the feed files whose bytes changed.
+    """
+    builder = builder or FeedBuilder(cfg)
     copy_media(cfg)
-    return build_feeds(cfg, store)
+    if report is not None and report.new and not (report.updated or report.topics_changed):
+        changed = builder.build(store, only_for=store.publications(ids=report.new))
+    else:
+        changed = builder.build(store)
+    build_pages(cfg, store)
+    if cfg.feeds.websub_hub and changed:
+        root = cfg.path(cfg.feeds.output_dir)
+        ping_hub(cfg.feeds.websub_hub, [f"{feeds_url(cfg)}/{p.relative_to(root).as_posix()}" for p in changed])
+    return changed
 
 
 def digest_due(cfg: Config, store: Store, now: datetime) -> tuple[bool, str]:
@@ -66,11 +82,10 @@ def digest_due(cfg: Config, store: Store, now: datetime) -> tuple[bool, str]:
     return False, f"the next digest is scheduled for {fire.isoformat() if fire else 'never'}"
 
 
-def run_cycle(cfg: Config, store: Store, now: datetime, *, force_digest: bool = False, build_all_feeds: bool = True) -> CycleReport:
+def run_cycle(cfg: Config, store: Store, now: datetime, *, force_digest: bool = False) -> CycleReport:
     report = CycleReport(ingest=run_ingest(cfg, store, now))
-    if build_all_feeds or report.ingest.changed:
-        report.feeds_changed = run_feeds(cfg, store)
-        report.feeds_dir = cfg.path(cfg.feeds.output_dir)
+    report.feeds_changed = run_feeds(cfg, store)  # all of them: a one-off run also repairs a deleted or edited file
+    report.feeds_dir = cfg.path(cfg.feeds.output_dir)
     due, why = digest_due(cfg, store, now)
     if due or force_digest:
         log.info("digest: %s", "forced" if force_digest and not due else why)

@@ -12,17 +12,18 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, parse_duration
 from .delivery.send import send_issue
+from .feeds import FeedBuilder
 from .pipeline import now_utc, run_feeds, run_ingest
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 
-def ingest_job(cfg: Config, store: Store) -> None:
+def ingest_job(cfg: Config, store: Store, builder: FeedBuilder) -> None:
     report = run_ingest(cfg, store, now_utc())
     log.info("ingest: %d new, %d updated, %d errors", len(report.new), len(report.updated), len(report.errors))
     if report.changed:
-        changed = run_feeds(cfg, store)
+        changed = run_feeds(cfg, store, report, builder)
         log.info("feeds: %d files rewritten", len(changed))
 
 
@@ -34,7 +35,8 @@ def digest_job(cfg: Config, store: Store) -> None:
 
 def build_scheduler(cfg: Config, store: Store) -> BlockingScheduler:
     sched = BlockingScheduler(timezone=cfg.site.timezone)
-    sched.add_job(ingest_job, IntervalTrigger(seconds=parse_duration(cfg.scheduler.ingest_every)), args=(cfg, store),
+    builder = FeedBuilder(cfg)  # kept across runs: its rendered entries make a rebuild after one new item cheap
+    sched.add_job(ingest_job, IntervalTrigger(seconds=parse_duration(cfg.scheduler.ingest_every)), args=(cfg, store, builder),
                   id="ingest", replace_existing=True, coalesce=True, max_instances=1, next_run_time=now_utc())
     sched.add_job(digest_job, CronTrigger.from_crontab(cfg.digest.schedule, timezone=cfg.site.timezone), args=(cfg, store),
                   id="digest", replace_existing=True, coalesce=True, max_instances=1, misfire_grace_time=6 * 3600)

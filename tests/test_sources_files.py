@@ -114,14 +114,31 @@ def test_sample_images_exist_and_have_alt_text(sample, project: Path) -> None:
 
 
 @pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Tokyo"])
-def test_sample_dates_are_midnight_in_the_site_timezone(project: Path, tz: str) -> None:
+def test_sample_dates_are_distinct_instants_on_the_seed_days_in_any_site_timezone(project: Path, tz: str) -> None:
+    """Distinct times, so no two feed entries share atom:updated; the calendar day is the seed page's everywhere."""
     cfg = load_config(project / "config.toml", env={"PUBLISHER_SECRET_KEY": "k", "PUBLISHER_SITE__TIMEZONE": tz})
     [source] = build_sources(cfg)
-    for pub in source.fetch().publications:
-        assert pub.published_at.tzinfo == ZoneInfo(tz)
+    pubs = source.fetch().publications
+    assert len({p.published_at for p in pubs}) == len(pubs) == 22
+    utc_days = {p.title: p.published_at.astimezone(timezone.utc).date() for p in pubs}
+    for pub in pubs:
         assert pub.published_at.utcoffset() is not None
-        assert pub.published_at.timetz().replace(tzinfo=None) == time(0, 0)
+        assert pub.published_at.astimezone(ZoneInfo(tz)).date() == utc_days[pub.title]
         assert pub.updated_at >= pub.published_at
+
+
+def test_a_day_only_date_is_midnight_in_the_site_timezone(tmp_path: Path) -> None:
+    write(tmp_path, "a.md", GOOD)
+    [pub] = FilesSource("content", tmp_path, BASE, "America/New_York").fetch().publications
+    assert pub.published_at == datetime(2024, 3, 1, tzinfo=ZoneInfo("America/New_York"))
+
+
+def test_a_missing_date_is_a_warning_and_first_seen_stands_in(tmp_path: Path) -> None:
+    write(tmp_path, "a.md", '+++\ntitle = "Undated"\ncontent_type = "Report"\n+++\n')
+    result = FilesSource("content", tmp_path, BASE, "UTC").fetch()
+    [pub] = result.publications
+    assert pub.published_at is None and not result.errors
+    assert any("no date" in w for w in result.warnings)
 
 
 # -- front matter formats --------------------------------------------------------------------

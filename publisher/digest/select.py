@@ -38,10 +38,10 @@ def select_issue(
     """
     wanted = set(topics)
     pubs = [p for p in publications if not wanted or wanted.intersection(p.topics)]
-    featured = sorted((p for p in pubs if p.featured), key=lambda p: (p.featured_rank is None, p.featured_rank or 0, -p.published_at.timestamp(), p.id))
+    featured = sorted((p for p in pubs if p.featured), key=lambda p: (p.featured_rank is None, p.featured_rank or 0, -p.published.timestamp(), p.id))
     rest = [p for p in pubs if not p.featured]
     order = {name.casefold(): i for i, name in enumerate(type_order)}
-    rest.sort(key=lambda p: (order.get(p.content_type.casefold(), len(order)), p.content_type.casefold(), -p.published_at.timestamp(), p.id))
+    rest.sort(key=lambda p: (order.get(p.content_type.casefold(), len(order)), p.content_type.casefold(), -p.published.timestamp(), p.id))
 
     featured = featured[:max_items]
     room = max_items - len(featured)

@@ -84,9 +84,15 @@ class FilesSource:
         title = get("title", str).strip()
         if not title:
             raise _error(self.name, path, fm, "title", "title is empty")
-        published = self._datetime(path, fm, "date", get("date", (date, datetime, str)))
+        warnings = []
+        date_raw = get("date", (date, datetime, str), None)
+        published = self._datetime(path, fm, "date", date_raw) if date_raw is not None else None
+        if published is None:
+            warnings.append(f"{path}: no date; the time it was first seen stands in (add date = 2024-02-26)")
         updated_raw = get("updated", (date, datetime, str), None)
         updated = self._datetime(path, fm, "updated", updated_raw) if updated_raw is not None else published
+        if published and updated and updated < published:
+            updated = published
         authors = get("authors", (list, str), [])
         authors = [authors] if isinstance(authors, str) else authors
         topics = get("topics", list, [])
@@ -98,10 +104,11 @@ class FilesSource:
         url = get("url", str, f"{self.base_url}/publications/{path.stem}/")
         if not re.match(r"^https?://", url):
             raise _error(self.name, path, fm, "url", f"url must be absolute (https://...), got {url!r}")
-        image, warnings = self._image(path, fm)
+        image, image_warnings = self._image(path, fm)
+        warnings.extend(image_warnings)
         pub = Publication(
             id=pub_id, url=url, title=title, summary=get("summary", str, "").strip(),
-            content_type=get("content_type", str).strip(), published_at=published, updated_at=max(updated, published),
+            content_type=get("content_type", str).strip(), published_at=published, updated_at=updated,
             topics=tuple(topics), authors=tuple(a.strip() for a in authors), image=image,
             featured=get("featured", bool, False) or rank is not None, featured_rank=rank,
             body_html=_md.render(fm.body).strip(), source=self.name,

@@ -59,7 +59,8 @@ def content_hash(pub: Publication) -> str:
     fields = {
         "url": pub.url, "title": pub.title, "summary": pub.summary, "body_html": pub.body_html,
         "content_type": pub.content_type, "topics": list(pub.topics), "authors": list(pub.authors),
-        "published_at": pub.published_at.isoformat(), "updated_at": pub.updated_at.isoformat(),
+        "published_at": pub.published_at.isoformat() if pub.published_at else None,
+        "updated_at": pub.updated_at.isoformat() if pub.updated_at else None,
         "image": [pub.image.url, pub.image.alt, pub.image.caption, pub.image.credit] if pub.image else None,
         "featured": pub.featured, "featured_rank": pub.featured_rank,
     }
@@ -150,11 +151,12 @@ class Store:
         content_type: str | None = None,
         seen_after: datetime | None = None,
         seen_until: datetime | None = None,
+        ids: Iterable[str] | None = None,
         limit: int | None = None,
     ) -> list[Publication]:
-        """Newest first (published_at, then id for a stable order)."""
+        """Newest first (publication date, or first seen when there is none; then id for a stable order)."""
         p = t.publications
-        q = select(p).order_by(p.c.published_at.desc(), p.c.id)
+        q = select(p).order_by(func.coalesce(p.c.published_at, p.c.first_seen_at).desc(), p.c.id)
         if topic is not None:
             q = q.where(p.c.id.in_(select(t.publication_topics.c.publication_id).where(t.publication_topics.c.topic_slug == topic)))
         if content_type is not None:
@@ -163,6 +165,8 @@ class Store:
             q = q.where(p.c.first_seen_at > seen_after)
         if seen_until is not None:
             q = q.where(p.c.first_seen_at <= seen_until)
+        if ids is not None:
+            q = q.where(p.c.id.in_(list(ids)))
         if limit is not None:
             q = q.limit(limit)
         with self._tx() as conn:

@@ -65,8 +65,8 @@ publications = Table(
     Column("body_html", Text, nullable=False, default=""),
     Column("content_type", String(100), nullable=False),
     Column("authors", JSON, nullable=False),
-    Column("published_at", UTCDateTime, nullable=False, index=True),
-    Column("updated_at", UTCDateTime, nullable=False),
+    Column("published_at", UTCDateTime, index=True),  # NULL: the source gave no date
+    Column("updated_at", UTCDateTime),
     Column("image_url", Text),
     Column("image_alt", Text),
     Column("image_caption", Text),

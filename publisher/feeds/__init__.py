@@ -1,0 +1,174 @@
+"""Feeds: everything, each topic and each content type, as RSS 2.0, Atom 1.0 and JSON Feed 1.1.
+
+A feed's bytes are a pure function of its publications, so a rebuild from unchanged content
+writes byte-identical files, and :func:`write_atomic` leaves unchanged files alone. The builder
+keeps rendered entries between builds (a long-running `publisher run` rebuilds only what changed).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..fsutil import write_atomic
+from ..models import Publication
+from ..store import Store
+from .jsonfeed import json_item, render_json, serialise_item
+from .xml import EPOCH, EntryCache, _entry, render_document, render_entry
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPES = {"rss": "application/rss+xml", "atom": "application/atom+xml", "json": "application/feed+json"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico"}
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "untitled"
+
+
+def entry_id(base_url: str, pub: Publication) -> str:
+    """Stable across title edits, URL edits and rebuilds: derived only from the site and the publication's id."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"{base_url.rstrip('/')}/{pub.id}").urn
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    """One feed: where it goes (under the feeds dir, no extension), what it is called, what it selects."""
+
+    path: str
+    title: str
+    description: str
+    page: str  # the site page the feed belongs to, e.g. "/topics/security-cooperation/"
+    topic: str | None = None
+    content_type: str | None = None
+
+    def holds(self, pub: Publication) -> bool:
+        if self.topic is not None:
+            return self.topic in pub.topics
+        if self.content_type is not None:
+            return self.content_type == pub.content_type
+        return True
+
+
+def feed_specs(store: Store, cfg: Config) -> list[FeedSpec]:
+    site = cfg.site.name
+    specs = [FeedSpec("all", site, f"Everything {site} publishes.", "/")]
+    for topic in store.topics():
+        description = topic.description or f"{topic.name} at {site}."
+        specs.append(FeedSpec(f"topics/{topic.slug}", f"{site}: {topic.name}", description, f"/topics/{topic.slug}/", topic=topic.slug))
+    for ctype in store.content_types():
+        slug = slugify(ctype)
+        specs.append(FeedSpec(f"types/{slug}", f"{site}: {ctype}", f"{ctype} from {site}.", f"/types/{slug}/", content_type=ctype))
+    return specs
+
+
+def feeds_url(cfg: Config) -> str:
+    """The public URL of the feeds directory: its path under [site].public_dir, on [site].base_url."""
+    base = cfg.site.base_url.rstrip("/")
+    try:
+        rel = cfg.path(cfg.feeds.output_dir).resolve().relative_to(cfg.path(cfg.site.public_dir).resolve()).as_posix()
+    except ValueError:
+        rel = "feeds"
+    return f"{base}/{rel}"
+
+
+def absolute_url(cfg: Config, url: str) -> str:
+    return url if re.match(r"^https?://", url) or not url else f"{cfg.site.base_url.rstrip('/')}/{url.lstrip('/')}"
+
+
+class FeedBuilder:
+    def __init__(self, cfg: Config, cache: EntryCache | None = None) -> None:
+        self.cfg = cfg
+        self.cache = cache or EntryCache()
+        base = cfg.site.base_url.rstrip("/")
+        self.schemes = {"type": f"{base}/types/", "topic": f"{base}/topics/"}
+
+    def build(self, store: Store, only_for: Iterable[Publication] | None = None) -> list[Path]:
+        """Write the feeds; with ``only_for``, just those that hold one of these (new) publications.
+
+        Returns the files whose bytes changed.
+        """
+        specs = feed_specs(store, self.cfg)
+        if only_for is not None:
+            pubs = list(only_for)
+            specs = [s for s in specs if any(s.holds(p) for p in pubs)]
+        out = self.cfg.path(self.cfg.feeds.output_dir)
+        changed = []
+        for spec in specs:
+            pubs = store.publications(topic=spec.topic, content_type=spec.content_type, limit=self.cfg.feeds.item_limit)
+            for fmt in self.cfg.feeds.formats:
+                path = out / f"{spec.path}.{fmt}"
+                if write_atomic(path, self.render(spec, fmt, pubs)):
+                    changed.append(path)
+        return changed
+
+    def meta(self, spec: FeedSpec, fmt: str, pubs: list[Publication]) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "self_url": f"{feeds_url(cfg)}/{spec.path}.{fmt}",
+            "alternate_url": f"{cfg.site.base_url.rstrip('/')}{spec.page}",
+            "media_type": MEDIA_TYPES[fmt],
+            "title": spec.title,
+            "subtitle": spec.description,
+            "language": cfg.site.language,
+            "author": cfg.site.name,
+            "icon": absolute_url(cfg, cfg.feeds.icon),
+            "hub": cfg.feeds.websub_hub,
+            "updated": max((p.updated for p in pubs), default=EPOCH),  # never the build time: no churn
+        }
+
+    def render(self, spec: FeedSpec, fmt: str, pubs: list[Publication]) -> bytes:
+        meta = self.meta(spec, fmt, pubs)
+        entries = [self._entry(pub, fmt) for pub in pubs]
+        if fmt == "json":
+            return render_json(meta, [e.decode("utf-8") for e in entries])
+        return render_document(fmt, meta, entries)
+
+    def _entry(self, pub: Publication, fmt: str) -> bytes:
+        key = (pub, fmt)
+        cached = self.cache.get(key)
+        if cached is None:
+            eid = entry_id(self.cfg.site.base_url, pub)
+            if fmt == "json":
+                cached = serialise_item(json_item(pub, eid)).encode("utf-8")
+            else:
+                cached = render_entry(_entry(pub, self.cfg.site.base_url, eid, self.schemes), fmt)
+            self.cache.put(key, cached)
+        return cached
+
+
+def build_feeds(cfg: Config, store: Store, builder: FeedBuilder | None = None) -> list[Path]:
+    """Write every feed; returns the files whose bytes changed."""
+    return (builder or FeedBuilder(cfg)).build(store)
+
+
+DEFAULT_ICON = Path(__file__).with_name("icon.png")
+
+
+def copy_media(cfg: Config) -> int:
+    """Copy the images of `files` sources to public/media/ so their absolute URLs resolve.
+
+    The feed icon, when it is the default /media/icon.png and no source ships one, is the publisher's own.
+    """
+    copied = 0
+    media = cfg.path(cfg.site.public_dir) / "media"
+    if cfg.feeds.icon == "/media/icon.png" and not any((cfg.path(sc.path) / "icon.png").is_file() for sc in cfg.sources.values()):
+        copied += write_atomic(media / "icon.png", DEFAULT_ICON.read_bytes())
+    for sc in cfg.sources.values():
+        if sc.kind != "files" or not sc.enabled:
+            continue
+        root = cfg.path(sc.path)
+        for src in sorted(root.rglob("*")):
+            if src.suffix.lower() in IMAGE_SUFFIXES and src.is_file():
+                if write_atomic(media / src.relative_to(root), src.read_bytes()):
+                    copied += 1
+    return copied
+
+
+__all__ = ["FeedBuilder", "FeedSpec", "MEDIA_TYPES", "build_feeds", "copy_media", "entry_id", "feed_specs", "feeds_url", "slugify"]
