@@ -180,6 +180,28 @@ def feeds_build(c: Context) -> None:
     click.echo(f"feeds: {len(changed)} written ({'the rest unchanged' if changed else 'all unchanged'}) in {c.cfg.path(c.cfg.feeds.output_dir)}/")
 
 
+@main.command()
+@click.option("--host", help="Address to bind (default [web].host).")
+@click.option("--port", type=int, help="Port (default [web].port).")
+@pass_ctx
+def serve(c: Context, host: str | None, port: int | None) -> None:
+    """Serve the site: feeds (with ETag, Last-Modified and 304s), media, digest web copies, topic pages.
+
+    \b
+    Example:
+      publisher serve --port 8000
+    """
+    import uvicorn
+
+    from .web import create_app
+
+    app = create_app(c.cfg)
+    host = host or c.cfg.web.host
+    port = port if port is not None else c.cfg.web.port
+    click.echo(f"serving {c.cfg.path(c.cfg.site.public_dir)} on http://{host}:{port}/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
 # -- digest ----------------------------------------------------------------------------------------
 
 @main.group()

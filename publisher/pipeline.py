@@ -16,7 +16,7 @@ from subscribers import seed_samples
 
 from .config import Config
 from .delivery.send import SendOutcome, send_issue
-from .feeds import FeedBuilder, copy_media, feeds_url
+from .feeds import FeedBuilder, copy_media, feed_specs, feeds_url, specs_holding
 from .feeds.site import build_pages
 from .feeds.websub import ping_hub
 from .ingest import IngestReport, build_sources, ingest
@@ -57,11 +57,13 @@ def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, bui
     """
     builder = builder or FeedBuilder(cfg)
     copy_media(cfg)
+    all_specs = specs = feed_specs(store, cfg)
     if report is not None and report.new and not (report.updated or report.topics_changed):
-        changed = builder.build(store, only_for=store.publications(ids=report.new))
-    else:
-        changed = builder.build(store)
-    build_pages(cfg, store)
+        specs = specs_holding(specs, store.publications(ids=report.new))
+    builder.topic_names = {t.slug: t.name for t in store.topics()}
+    listings = builder.listings(store, specs)
+    changed = builder.write(listings)
+    build_pages(cfg, listings, all_specs)
     if cfg.feeds.websub_hub and changed:
         root = cfg.path(cfg.feeds.output_dir)
         ping_hub(cfg.feeds.websub_hub, [f"{feeds_url(cfg)}/{p.relative_to(root).as_posix()}" for p in changed])

@@ -56,6 +56,11 @@ class FeedSpec:
         return True
 
 
+def specs_holding(specs: list[FeedSpec], pubs: Iterable[Publication]) -> list[FeedSpec]:
+    pubs = list(pubs)
+    return [s for s in specs if any(s.holds(p) for p in pubs)]
+
+
 def feed_specs(store: Store, cfg: Config) -> list[FeedSpec]:
     site = cfg.site.name
     specs = [FeedSpec("all", site, f"Everything {site} publishes.", "/")]
@@ -88,30 +93,40 @@ class FeedBuilder:
         self.cache = cache or EntryCache()
         base = cfg.site.base_url.rstrip("/")
         self.schemes = {"type": f"{base}/types/", "topic": f"{base}/topics/"}
+        self.topic_names: dict[str, str] = {}
+        self.feeds_url = feeds_url(cfg)
+        self._ids: dict[str, str] = {}
+        self._feed_entries: dict[tuple[Any, ...], Any] = {}  # FeedEntry objects of the build under way
 
-    def build(self, store: Store, only_for: Iterable[Publication] | None = None) -> list[Path]:
-        """Write the feeds; with ``only_for``, just those that hold one of these (new) publications.
+    def build(self, store: Store, specs: list[FeedSpec] | None = None) -> list[Path]:
+        """Write these feeds (default: all of them); returns the files whose bytes changed."""
+        self.topic_names = {t.slug: t.name for t in store.topics()}
+        return self.write(self.listings(store, feed_specs(store, self.cfg) if specs is None else specs))
 
-        Returns the files whose bytes changed.
-        """
-        specs = feed_specs(store, self.cfg)
-        if only_for is not None:
-            pubs = list(only_for)
-            specs = [s for s in specs if any(s.holds(p) for p in pubs)]
+    def write(self, listings: list[tuple[FeedSpec, list[Publication]]]) -> list[Path]:
         out = self.cfg.path(self.cfg.feeds.output_dir)
         changed = []
-        for spec in specs:
-            pubs = store.publications(topic=spec.topic, content_type=spec.content_type, limit=self.cfg.feeds.item_limit)
-            for fmt in self.cfg.feeds.formats:
-                path = out / f"{spec.path}.{fmt}"
-                if write_atomic(path, self.render(spec, fmt, pubs)):
-                    changed.append(path)
+        try:
+            for spec, pubs in listings:
+                for fmt in self.cfg.feeds.formats:
+                    path = out / f"{spec.path}.{fmt}"
+                    if write_atomic(path, self.render(spec, fmt, pubs)):
+                        changed.append(path)
+        finally:
+            self._feed_entries.clear()
         return changed
+
+    def listings(self, store: Store, specs: list[FeedSpec]) -> list[tuple[FeedSpec, list[Publication]]]:
+        """Each feed's publications; a publication in several feeds is loaded once."""
+        limit = self.cfg.feeds.item_limit
+        ids = [store.newest_ids(topic=s.topic, content_type=s.content_type, limit=limit) for s in specs]
+        loaded = {p.id: p for p in store.publications(ids={i for group in ids for i in group})}
+        return [(spec, [loaded[i] for i in group if i in loaded]) for spec, group in zip(specs, ids)]
 
     def meta(self, spec: FeedSpec, fmt: str, pubs: list[Publication]) -> dict[str, Any]:
         cfg = self.cfg
         return {
-            "self_url": f"{feeds_url(cfg)}/{spec.path}.{fmt}",
+            "self_url": f"{self.feeds_url}/{spec.path}.{fmt}",
             "alternate_url": f"{cfg.site.base_url.rstrip('/')}{spec.page}",
             "media_type": MEDIA_TYPES[fmt],
             "title": spec.title,
@@ -131,14 +146,19 @@ class FeedBuilder:
         return render_document(fmt, meta, entries)
 
     def _entry(self, pub: Publication, fmt: str) -> bytes:
-        key = (pub, fmt)
+        names = {slug: self.topic_names.get(slug, slug) for slug in pub.topics}
+        key = (pub, fmt, tuple(names.items()))  # a renamed topic is a different entry
         cached = self.cache.get(key)
         if cached is None:
-            eid = entry_id(self.cfg.site.base_url, pub)
+            eid = self._ids.get(pub.id) or self._ids.setdefault(pub.id, entry_id(self.cfg.site.base_url, pub))
             if fmt == "json":
-                cached = serialise_item(json_item(pub, eid)).encode("utf-8")
+                cached = serialise_item(json_item(pub, eid, names)).encode("utf-8")
             else:
-                cached = render_entry(_entry(pub, self.cfg.site.base_url, eid, self.schemes), fmt)
+                # One FeedEntry serves RSS and Atom within a build: sanitising and feedgen's checks run once.
+                fe = self._feed_entries.get(key[::2])
+                if fe is None:
+                    fe = self._feed_entries[key[::2]] = _entry(pub, eid, self.schemes, names)
+                cached = render_entry(fe, fmt)
             self.cache.put(key, cached)
         return cached
 
@@ -171,4 +191,4 @@ def copy_media(cfg: Config) -> int:
     return copied
 
 
-__all__ = ["FeedBuilder", "FeedSpec", "MEDIA_TYPES", "build_feeds", "copy_media", "entry_id", "feed_specs", "feeds_url", "slugify"]
+__all__ = ["FeedBuilder", "FeedSpec", "MEDIA_TYPES", "build_feeds", "copy_media", "entry_id", "feed_specs", "feeds_url", "slugify", "specs_holding"]

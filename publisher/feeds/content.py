@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from functools import lru_cache
 
 import lxml.html
 import nh3
@@ -19,31 +20,46 @@ CONTENT_TAGS = (nh3.ALLOWED_TAGS | {"figure", "figcaption", "img", "small"}) - {
 CONTENT_ATTRS = {**nh3.ALLOWED_ATTRIBUTES, "img": {"src", "alt", "width", "height"}, "a": {"href", "title", "hreflang"}}
 
 
+# Built once: nh3.clean() with custom sets converts them on every call (about 15x slower).
+_SUMMARY_CLEANER = nh3.Cleaner(tags=SUMMARY_TAGS, attributes={"a": {"href", "title"}}, url_schemes=URL_SCHEMES)
+_CONTENT_CLEANER = nh3.Cleaner(tags=CONTENT_TAGS, attributes=CONTENT_ATTRS, url_schemes=URL_SCHEMES)
+_TEXT_CLEANER = nh3.Cleaner(tags=set())
+
+
 def clean_text(text: str) -> str:
     """Drop the characters XML cannot carry (U+000B, NUL, lone surrogates...)."""
     return _FORBIDDEN.sub("", text)
 
 
+@lru_cache(maxsize=4096)  # names, types and topic labels repeat across thousands of entries
 def plain_text(text: str) -> str:
     """Tags (and script/style contents) removed, entities decoded, whitespace collapsed: for titles and names."""
     text = clean_text(text)
     if "<" in text or "&" in text:
-        text = html.unescape(nh3.clean(text, tags=set()))
+        text = clean_text(html.unescape(_TEXT_CLEANER.clean(text)))  # again: &#1; decodes to a forbidden character
     return _SPACES.sub(" ", text).strip()
 
 
+_URL_ATTR = re.compile(r"""\b(?:href|src)=["']?(?!https?://|mailto:)""", re.I)
+
+
 def _absolute(fragment: str, base: str) -> str:
-    if not fragment.strip():
-        return ""
+    """Relative href/src made absolute against ``base`` (parsing only when there is one)."""
+    if not _URL_ATTR.search(fragment):
+        return fragment
     root = lxml.html.fragment_fromstring(fragment, create_parent="div")
     root.make_links_absolute(base, resolve_base_href=False, handle_failures="discard")
-    return "".join(lxml.html.tostring(child, encoding="unicode") for child in root) if len(root) else (root.text or "")
+    # Serialise the wrapper, text and tail included (escaped as they came), and drop its own tags.
+    return lxml.html.tostring(root, encoding="unicode")[len("<div>"):-len("</div>")]
 
 
 def summary_html(pub: Publication) -> str:
     """The summary as safe inline HTML (a plain-text summary comes out escaped, which is the same thing)."""
-    cleaned = nh3.clean(clean_text(pub.summary), tags=SUMMARY_TAGS, attributes={"a": {"href", "title"}}, url_schemes=URL_SCHEMES)
-    return _absolute(cleaned, pub.url) if "href" in cleaned else cleaned
+    text = clean_text(pub.summary)
+    if "<" not in text and "&" not in text:
+        return text.replace(">", "&gt;")  # plain text: nothing to sanitise
+    cleaned = _SUMMARY_CLEANER.clean(text)
+    return _absolute(cleaned, pub.url)
 
 
 def content_html(pub: Publication) -> str:
@@ -58,6 +74,6 @@ def content_html(pub: Publication) -> str:
         parts.append(f'<figure><img src="{html.escape(img.url, quote=True)}" alt="{alt}">{figcaption}</figure>')
     body = pub.body_html or (f"<p>{summary_html(pub)}</p>" if pub.summary else "")
     if body:
-        cleaned = nh3.clean(clean_text(body), tags=CONTENT_TAGS, attributes=CONTENT_ATTRS, url_schemes=URL_SCHEMES)
+        cleaned = _CONTENT_CLEANER.clean(clean_text(body))
         parts.append(_absolute(cleaned, pub.url))
     return "\n".join(parts)

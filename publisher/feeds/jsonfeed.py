@@ -11,7 +11,7 @@ from .content import content_html, plain_text
 MEDIA_TYPE = "application/feed+json"
 
 
-def json_item(pub: Publication, entry_id: str) -> dict[str, Any]:
+def json_item(pub: Publication, entry_id: str, topic_names: dict[str, str]) -> dict[str, Any]:
     item: dict[str, Any] = {
         "id": entry_id,
         "url": pub.url,
@@ -19,7 +19,7 @@ def json_item(pub: Publication, entry_id: str) -> dict[str, Any]:
         "content_html": content_html(pub),
         "date_published": pub.published.isoformat(),
         "date_modified": pub.updated.isoformat(),
-        "tags": [plain_text(pub.content_type), *pub.topics],
+        "tags": [plain_text(pub.content_type), *(plain_text(topic_names.get(t, t)) for t in pub.topics)],
     }
     if pub.summary:
         item["summary"] = plain_text(pub.summary)  # JSON Feed's summary is plain text

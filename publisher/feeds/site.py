@@ -6,30 +6,50 @@ so a reader given the page's URL finds the feed. They are the feeds' `alternate`
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import jinja2
 
 from ..config import Config
+from ..errors import TemplateError
 from ..fsutil import write_atomic
-from ..store import Store
-from . import MEDIA_TYPES, FeedSpec, feed_specs, feeds_url
+from ..models import Publication
+from . import MEDIA_TYPES, FeedSpec, feeds_url
 
 FORMAT_NAMES = {"rss": "RSS", "atom": "Atom", "json": "JSON Feed"}
 
 
-def build_pages(cfg: Config, store: Store) -> list[Path]:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(cfg.path(cfg.site.templates_dir)), autoescape=True, undefined=jinja2.StrictUndefined)
-    template = env.get_template("web/listing.html.j2")
+TEMPLATE = "web/listing.html.j2"
+
+
+def build_pages(cfg: Config, listings: list[tuple[FeedSpec, list[Publication]]], all_specs: list[FeedSpec]) -> list[Path]:
+    """Write the page of each listed feed; returns the pages whose bytes changed."""
+    template = _template(str(cfg.path(cfg.site.templates_dir)))
     public = cfg.path(cfg.site.public_dir)
-    specs = feed_specs(store, cfg)
     changed = []
-    for spec in specs:
-        pubs = store.publications(topic=spec.topic, content_type=spec.content_type, limit=cfg.feeds.item_limit)
-        html = template.render(site=cfg.site, spec=spec, publications=pubs, feeds=_feeds(cfg, spec), others=[s for s in specs if s != spec])
-        if write_atomic(public / spec.page.strip("/") / "index.html", html.encode("utf-8")):
-            changed.append(public / spec.page.strip("/") / "index.html")
+    for spec, pubs in listings:
+        others = [s for s in all_specs if s != spec]
+        html = template.render(site=cfg.site, spec=spec, publications=pubs, feeds=_feeds(cfg, spec), others=others)
+        page = public / spec.page.strip("/") / "index.html"
+        if write_atomic(page, html.encode("utf-8")):
+            changed.append(page)
     return changed
+
+
+@lru_cache(maxsize=8)
+def _environment(templates: str) -> jinja2.Environment:
+    # auto_reload: an edited template is picked up by a long-running `publisher run`
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True, undefined=jinja2.StrictUndefined, auto_reload=True)
+
+
+def _template(templates: str) -> jinja2.Template:
+    try:
+        return _environment(templates).get_template(TEMPLATE)
+    except jinja2.TemplateNotFound:
+        raise TemplateError(str(Path(templates) / TEMPLATE), None, "template not found; check [site].templates_dir") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(str(exc.filename or Path(templates) / TEMPLATE), exc.lineno, exc.message or "syntax error") from None
 
 
 def _feeds(cfg: Config, spec: FeedSpec) -> list[dict[str, str]]:

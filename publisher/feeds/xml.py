@@ -82,7 +82,7 @@ class _MediaEntry(BaseEntryExtension):
         return self._extend(item)
 
 
-def _entry(pub: Publication, base_url: str, entry_id: str, schemes: dict[str, str]) -> FeedEntry:
+def _entry(pub: Publication, entry_id: str, schemes: dict[str, str], topic_names: dict[str, str]) -> FeedEntry:
     fe = FeedEntry()
     fe.register_extension("media", _MediaEntry)
     fe.media.pub = pub
@@ -101,7 +101,7 @@ def _entry(pub: Publication, base_url: str, entry_id: str, schemes: dict[str, st
         fe.author(name=plain_text(name))
     fe.category(term=plain_text(pub.content_type), scheme=schemes["type"], label=plain_text(pub.content_type))
     for slug in pub.topics:
-        fe.category(term=slug, scheme=schemes["topic"])
+        fe.category(term=slug, scheme=schemes["topic"], label=plain_text(topic_names.get(slug, slug)))
     return fe
 
 

@@ -63,7 +63,7 @@ publications = Table(
     Column("title", Text, nullable=False),
     Column("summary", Text, nullable=False, default=""),
     Column("body_html", Text, nullable=False, default=""),
-    Column("content_type", String(100), nullable=False),
+    Column("content_type", String(100), nullable=False, index=True),
     Column("authors", JSON, nullable=False),
     Column("published_at", UTCDateTime, index=True),  # NULL: the source gave no date
     Column("updated_at", UTCDateTime),
@@ -76,6 +76,8 @@ publications = Table(
     Column("source", String(200), nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("first_seen_at", UTCDateTime, nullable=False, index=True),
+    # The listing order: published_at, or first_seen_at when the source gave no date. Kept by the store.
+    Column("listed_at", UTCDateTime, nullable=False, index=True),
 )
 
 publication_topics = Table(

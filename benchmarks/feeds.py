@@ -1,0 +1,144 @@
+"""Feed build speed: 10,000 publications over 50 topics.
+
+Prints, from one run on this machine:
+- the full build (RSS + Atom, every feed: all, 50 topics, each content type; 50 entries each) against
+  bare feedgen generating the same feeds with the same entries (target: ratio <= 1.3);
+- the incremental rebuild after one new publication, as a share of the full build (target: <= 5%).
+
+Run: .venv/bin/python benchmarks/feeds.py [--publications N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from feedgen.feed import FeedGenerator
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from publisher.config import load_config  # noqa: E402
+from publisher.feeds import FeedBuilder, feed_specs, feeds_url  # noqa: E402
+from publisher.ingest import IngestReport  # noqa: E402
+from publisher.models import Image, Publication, Topic  # noqa: E402
+from publisher.pipeline import run_feeds  # noqa: E402
+from publisher.store import open_store  # noqa: E402
+
+TYPES = ["Commentary", "Research Brief", "Report", "Multimedia"]
+START = datetime(2020, 1, 1, tzinfo=timezone.utc)
+BODY = "<p>" + " ".join(["Allied deterrence depends on credible commitments and shared capabilities."] * 6) + "</p>"
+
+
+def make_pub(i: int, rng: random.Random) -> Publication:
+    when = START + timedelta(hours=3 * i, minutes=rng.randrange(60))
+    topics = tuple(sorted({f"topic-{rng.randrange(50):02d}" for _ in range(rng.choice((1, 1, 2)))}))
+    image = Image(f"https://www.example.org/media/{i}.jpg", f"Photo {i}", f"Caption for item {i}.", "Photographer/Agency") if rng.random() < 0.8 else None
+    return Publication(
+        id=f"pub-{i}", url=f"https://www.example.org/p/{i}.html", title=f"Publication number {i}: on alliances & deterrence",
+        summary=f"A summary of publication {i}, in two sentences. It says what the piece argues.", content_type=rng.choice(TYPES),
+        published_at=when, updated_at=when, topics=topics, authors=(f"Author {i % 97}",), image=image, body_html=BODY, source="bench",
+    )
+
+
+def bare_feedgen(specs: list, pubs_by_spec: dict, base: str) -> None:
+    """What feedgen alone costs for the same feeds: every entry built and serialised in every feed it is in."""
+    for spec in specs:
+        for fmt in ("rss", "atom"):
+            fg = FeedGenerator()
+            fg.load_extension("media")
+            fg.id(f"{base}/feeds/{spec.path}.{fmt}")
+            fg.title(spec.title)
+            fg.subtitle(spec.description)
+            fg.link(href=f"{base}/feeds/{spec.path}.{fmt}", rel="self")
+            fg.link(href=f"{base}{spec.page}", rel="alternate")
+            fg.language("en")
+            for pub in pubs_by_spec[spec.path]:
+                fe = fg.add_entry(order="append")
+                fe.id(f"{base}/{pub.id}")
+                fe.title(pub.title)
+                fe.link(href=pub.url, rel="alternate", type="text/html")
+                fe.published(pub.published_at)
+                fe.updated(pub.updated_at)
+                fe.summary(pub.summary)
+                fe.content(pub.body_html, type="html")
+                for a in pub.authors:
+                    fe.author(name=a)
+                fe.category(term=pub.content_type)
+                for t in pub.topics:
+                    fe.category(term=t)
+                if pub.image:
+                    fe.media.content(url=pub.image.url, medium="image", group=None)
+                    fe.media.thumbnail(url=pub.image.url, group=None)
+            fg.rss_str(pretty=True) if fmt == "rss" else fg.atom_str(pretty=True)
+
+
+def timed(fn) -> float:  # noqa: ANN001
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--publications", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="publisher-bench-"))
+    (tmp / "config.toml").write_text(f"[site]\ntemplates_dir = \"{REPO / 'templates'}\"\n[feeds]\nformats = [\"rss\", \"atom\"]\n", encoding="utf-8")
+    (tmp / "content").mkdir()
+    cfg = load_config(tmp / "config.toml", env={"PUBLISHER_SECRET_KEY": "bench"})
+    store = open_store(cfg.store_url)
+    rng = random.Random(7)
+    now = datetime.now(timezone.utc)
+    for n in range(50):
+        store.upsert_topic(Topic(f"topic-{n:02d}", f"Topic {n}", f"Everything about topic {n}."))
+    t0 = time.perf_counter()
+    with store.engine.begin():
+        pass
+    for i in range(args.publications):
+        store.upsert_publication(make_pub(i, rng), now)
+    load_s = time.perf_counter() - t0
+
+    specs = feed_specs(store, cfg)
+    limit = cfg.feeds.item_limit
+    pubs_by_spec = {s.path: store.publications(topic=s.topic, content_type=s.content_type, limit=limit) for s in specs}
+    out = cfg.path(cfg.feeds.output_dir)
+
+    full, bare, incremental = [], [], []
+    for r in range(args.repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        builder = FeedBuilder(cfg)
+        full.append(timed(lambda: builder.build(store)))
+        bare.append(timed(lambda: bare_feedgen(specs, pubs_by_spec, cfg.site.base_url)))
+        new = make_pub(args.publications + r, rng)
+        new = Publication(**{**{f: getattr(new, f) for f in new.__dataclass_fields__}, "published_at": now + timedelta(minutes=r), "updated_at": now + timedelta(minutes=r)})
+        store.upsert_publication(new, now)
+        report = IngestReport(new=[new.id])
+        incremental.append(timed(lambda: run_feeds(cfg, store, report, builder)))
+
+    files = len(list(out.rglob("*.*")))
+    f_med, b_med, i_med = statistics.median(full), statistics.median(bare), statistics.median(incremental)
+    print(f"feeds benchmark: {args.publications:,} publications, 50 topics, {len(specs)} feeds x RSS+Atom ({files} files), "
+          f"{limit} entries each; median of {args.repeat} (store load {load_s:.1f} s, not timed)")
+    print(f"{'measure':<44}{'median':>10}{'min':>10}{'max':>10}")
+    print(f"{'full build (publisher, cold cache)':<44}{f_med * 1000:>8.0f}ms{min(full) * 1000:>8.0f}ms{max(full) * 1000:>8.0f}ms")
+    print(f"{'bare feedgen, same feeds and entries':<44}{b_med * 1000:>8.0f}ms{min(bare) * 1000:>8.0f}ms{max(bare) * 1000:>8.0f}ms")
+    print(f"{'incremental after one new publication':<44}{i_med * 1000:>8.0f}ms{min(incremental) * 1000:>8.0f}ms{max(incremental) * 1000:>8.0f}ms")
+    ratio, share = f_med / b_med, i_med / f_med
+    print(f"{'full / bare feedgen':<44}{ratio:>10.2f}   target <= 1.30  {'OK' if ratio <= 1.3 else 'MISSED'}")
+    print(f"{'incremental / full':<44}{share:>9.1%}   target <=  5.0%  {'OK' if share <= 0.05 else 'MISSED'}")
+    store.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

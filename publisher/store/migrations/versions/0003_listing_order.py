@@ -1,0 +1,35 @@
+"""A stored listing date (the publication date, or the first-seen time when there is none); content types indexed
+
+Feeds and pages list newest first by it. Computing coalesce(published_at, first_seen_at) in
+ORDER BY forced a full scan and sort per feed; a stored, indexed column does not.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-27
+"""
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('publications', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('listed_at', sa.DateTime(timezone=True), nullable=True))
+    op.execute("UPDATE publications SET listed_at = COALESCE(published_at, first_seen_at)")
+    with op.batch_alter_table('publications', schema=None) as batch_op:
+        batch_op.alter_column('listed_at', existing_type=sa.DateTime(timezone=True), nullable=False)
+        batch_op.create_index(batch_op.f('ix_publications_listed_at'), ['listed_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_publications_content_type'), ['content_type'], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('publications', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_publications_content_type'))
+        batch_op.drop_index(batch_op.f('ix_publications_listed_at'))
+        batch_op.drop_column('listed_at')

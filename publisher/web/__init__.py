@@ -1,0 +1,48 @@
+"""The web app (Starlette): the static site under [site].public_dir, feeds with their proper media types.
+
+Starlette's StaticFiles gives ETag and Last-Modified and answers a conditional request with 304.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from ..config import Config
+from ..feeds import MEDIA_TYPES
+
+SUFFIX_TYPES = {".rss": MEDIA_TYPES["rss"], ".atom": MEDIA_TYPES["atom"]}
+
+
+class SiteFiles(StaticFiles):
+    """Static files, with feed media types (application/feed+json for JSON under the feeds directory)."""
+
+    def __init__(self, *, directory: Path, feeds_dir: Path) -> None:
+        super().__init__(directory=directory, html=True, check_dir=False)
+        self.feeds_dir = feeds_dir.resolve()
+
+    def file_response(self, full_path: Any, stat_result: os.stat_result, scope: Scope, status_code: int = 200) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        path = Path(full_path)
+        media_type = SUFFIX_TYPES.get(path.suffix)
+        if path.suffix == ".json" and path.resolve().is_relative_to(self.feeds_dir):
+            media_type = MEDIA_TYPES["json"]
+        if media_type and response.status_code != 304:
+            response.headers["content-type"] = media_type
+        if path.suffix in (".rss", ".atom", ".json"):
+            response.headers.setdefault("cache-control", "public, max-age=300")
+        return response
+
+
+def create_app(cfg: Config) -> Starlette:
+    public = cfg.path(cfg.site.public_dir)
+    public.mkdir(parents=True, exist_ok=True)
+    site = SiteFiles(directory=public, feeds_dir=cfg.path(cfg.feeds.output_dir))
+    return Starlette(routes=[Mount("/", app=site, name="site")])
