@@ -7,8 +7,12 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` via a temp file and rename. False (and no write) when the bytes are the same."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> bool:
+    """Write ``data`` to ``path`` via a temp file and rename. False (and no write) when the bytes are the same.
+
+    Readers see the old file or the new one, never part of one. ``durable`` also fsyncs before the rename, so a
+    power cut cannot leave an empty file; files rebuilt from the store on every cycle (feeds, pages) skip that.
+    """
     try:
         if path.read_bytes() == data:
             return False
@@ -19,8 +23,9 @@ def write_atomic(path: Path, data: bytes) -> bool:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -57,12 +57,13 @@ def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, bui
     """
     builder = builder or FeedBuilder(cfg)
     copy_media(cfg)
-    all_specs = specs = feed_specs(store, cfg)
+    topics = store.topics()
+    all_specs = specs = feed_specs(store, cfg, topics)
     if report is not None and report.new and not (report.updated or report.topics_changed):
-        specs = specs_holding(specs, store.publications(ids=report.new))
-    builder.topic_names = {t.slug: t.name for t in store.topics()}
+        specs = specs_holding(specs, builder.remember(store.publications(ids=report.new)))
+    builder.topic_names = {t.slug: t.name for t in topics}
     listings = builder.listings(store, specs)
-    changed = builder.write(listings)
+    changed = builder.write(listings, store)
     build_pages(cfg, listings, all_specs)
     if cfg.feeds.websub_hub and changed:
         root = cfg.path(cfg.feeds.output_dir)

@@ -7,6 +7,8 @@ keeps rendered entries between builds (a long-running `publisher run` rebuilds o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import uuid
@@ -17,12 +19,29 @@ from typing import Any
 
 from ..config import Config
 from ..fsutil import write_atomic
-from ..models import Publication
+from ..models import Publication, Topic
 from ..store import Store
+from ..store.db import content_hash
 from .jsonfeed import json_item, render_json, serialise_item
 from .xml import EPOCH, EntryCache, _entry, render_document, render_entry
 
 log = logging.getLogger(__name__)
+
+
+def _renderer_version() -> str:
+    """Changes whenever the code or the libraries that shape an entry change: stored fragments then go stale."""
+    import feedgen
+    import lxml.etree
+    import nh3
+
+    digest = hashlib.sha256()
+    for module in ("xml.py", "content.py", "jsonfeed.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    digest.update(f"{feedgen.version.version_full_str}|{nh3.__version__ if hasattr(nh3, '__version__') else ''}|{lxml.etree.LXML_VERSION}".encode())
+    return digest.hexdigest()
+
+
+RENDERER_VERSION = _renderer_version()
 
 MEDIA_TYPES = {"rss": "application/rss+xml", "atom": "application/atom+xml", "json": "application/feed+json"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico"}
@@ -61,10 +80,10 @@ def specs_holding(specs: list[FeedSpec], pubs: Iterable[Publication]) -> list[Fe
     return [s for s in specs if any(s.holds(p) for p in pubs)]
 
 
-def feed_specs(store: Store, cfg: Config) -> list[FeedSpec]:
+def feed_specs(store: Store, cfg: Config, topics: list[Topic] | None = None) -> list[FeedSpec]:
     site = cfg.site.name
     specs = [FeedSpec("all", site, f"Everything {site} publishes.", "/")]
-    for topic in store.topics():
+    for topic in store.topics() if topics is None else topics:
         description = topic.description or f"{topic.name} at {site}."
         specs.append(FeedSpec(f"topics/{topic.slug}", f"{site}: {topic.name}", description, f"/topics/{topic.slug}/", topic=topic.slug))
     for ctype in store.content_types():
@@ -96,32 +115,71 @@ class FeedBuilder:
         self.topic_names: dict[str, str] = {}
         self.feeds_url = feeds_url(cfg)
         self._ids: dict[str, str] = {}
+        self._pubs: dict[str, tuple[str, Publication]] = {}  # id → (content hash, publication), loaded before
+        self._fresh: list[tuple[str, str, str, bytes]] = []  # rendered in this build, to keep in the store
         self._feed_entries: dict[tuple[Any, ...], Any] = {}  # FeedEntry objects of the build under way
 
-    def build(self, store: Store, specs: list[FeedSpec] | None = None) -> list[Path]:
+    def build(self, store: Store, specs: list[FeedSpec] | None = None, topics: list[Topic] | None = None) -> list[Path]:
         """Write these feeds (default: all of them); returns the files whose bytes changed."""
-        self.topic_names = {t.slug: t.name for t in store.topics()}
-        return self.write(self.listings(store, feed_specs(store, self.cfg) if specs is None else specs))
+        topics = store.topics() if topics is None else topics
+        self.topic_names = {t.slug: t.name for t in topics}
+        return self.write(self.listings(store, feed_specs(store, self.cfg, topics) if specs is None else specs), store)
 
-    def write(self, listings: list[tuple[FeedSpec, list[Publication]]]) -> list[Path]:
+    def write(self, listings: list[tuple[FeedSpec, list[Publication]]], store: Store | None = None) -> list[Path]:
+        """Render and write the listed feeds. With ``store``, rendered entries are kept there for the next process."""
+        if store is not None:
+            self._load_fragments(store, {p.id: p for _, pubs in listings for p in pubs})
         out = self.cfg.path(self.cfg.feeds.output_dir)
         changed = []
         try:
             for spec, pubs in listings:
                 for fmt in self.cfg.feeds.formats:
                     path = out / f"{spec.path}.{fmt}"
-                    if write_atomic(path, self.render(spec, fmt, pubs)):
+                    if write_atomic(path, self.render(spec, fmt, pubs), durable=False):  # rebuilt from the store
                         changed.append(path)
+            if store is not None:
+                store.save_feed_fragments(self._fresh)
         finally:
             self._feed_entries.clear()
+            self._fresh.clear()
         return changed
+
+    def _load_fragments(self, store: Store, pubs: dict[str, Publication]) -> None:
+        """Fill the in-memory cache from the store, for entries whose fingerprint still matches."""
+        wanted = [(pid, fmt) for pid, pub in pubs.items() for fmt in self.cfg.feeds.formats if self.cache.peek(self._key(pub, fmt)) is None]
+        for (pid, fmt), (fingerprint, data) in store.feed_fragments(wanted).items():
+            pub = pubs[pid]
+            if fingerprint == self._fingerprint(pub):
+                self.cache.put(self._key(pub, fmt), data)
+
+    def _key(self, pub: Publication, fmt: str) -> tuple[Any, ...]:
+        names = tuple((slug, self.topic_names.get(slug, slug)) for slug in pub.topics)
+        return (pub, fmt, names)  # a renamed topic is a different entry
+
+    def _fingerprint(self, pub: Publication) -> str:
+        names = [(slug, self.topic_names.get(slug, slug)) for slug in pub.topics]
+        text = json.dumps([content_hash(pub), pub.source, names, self.cfg.site.base_url, RENDERER_VERSION])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def remember(self, pubs: Iterable[Publication]) -> list[Publication]:
+        """Publications the caller has just loaded: the next listing need not load them again."""
+        pubs = list(pubs)
+        for pub in pubs:
+            self._pubs[pub.id] = (content_hash(pub), pub)
+        return pubs
 
     def listings(self, store: Store, specs: list[FeedSpec]) -> list[tuple[FeedSpec, list[Publication]]]:
         """Each feed's publications; a publication in several feeds is loaded once."""
         limit = self.cfg.feeds.item_limit
-        ids = [store.newest_ids(topic=s.topic, content_type=s.content_type, limit=limit) for s in specs]
-        loaded = {p.id: p for p in store.publications(ids={i for group in ids for i in group})}
-        return [(spec, [loaded[i] for i in group if i in loaded]) for spec, group in zip(specs, ids)]
+        groups = [store.newest(topic=s.topic, content_type=s.content_type, limit=limit) for s in specs]
+        wanted = {pid: digest for group in groups for pid, digest in group}
+        missing = [pid for pid, digest in wanted.items() if self._pubs.get(pid, (None,))[0] != digest]
+        if missing:
+            for pub in store.publications(ids=missing):
+                self._pubs[pub.id] = (wanted[pub.id], pub)
+        if len(self._pubs) > 4 * len(wanted) + 1000:  # keep what the feeds hold now, drop the rest
+            self._pubs = {pid: self._pubs[pid] for pid in wanted if pid in self._pubs}
+        return [(spec, [self._pubs[pid][1] for pid, _ in group if pid in self._pubs]) for spec, group in zip(specs, groups)]
 
     def meta(self, spec: FeedSpec, fmt: str, pubs: list[Publication]) -> dict[str, Any]:
         cfg = self.cfg
@@ -146,10 +204,10 @@ class FeedBuilder:
         return render_document(fmt, meta, entries)
 
     def _entry(self, pub: Publication, fmt: str) -> bytes:
-        names = {slug: self.topic_names.get(slug, slug) for slug in pub.topics}
-        key = (pub, fmt, tuple(names.items()))  # a renamed topic is a different entry
+        key = self._key(pub, fmt)
         cached = self.cache.get(key)
         if cached is None:
+            names = dict(key[2])
             eid = self._ids.get(pub.id) or self._ids.setdefault(pub.id, entry_id(self.cfg.site.base_url, pub))
             if fmt == "json":
                 cached = serialise_item(json_item(pub, eid, names)).encode("utf-8")
@@ -160,6 +218,7 @@ class FeedBuilder:
                     fe = self._feed_entries[key[::2]] = _entry(pub, eid, self.schemes, names)
                 cached = render_entry(fe, fmt)
             self.cache.put(key, cached)
+            self._fresh.append((pub.id, fmt, self._fingerprint(pub), cached))
         return cached
 
 

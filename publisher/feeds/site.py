@@ -32,7 +32,7 @@ def build_pages(cfg: Config, listings: list[tuple[FeedSpec, list[Publication]]],
         others = [s for s in all_specs if s != spec]
         html = template.render(site=cfg.site, spec=spec, publications=pubs, feeds=_feeds(cfg, spec), others=others)
         page = public / spec.page.strip("/") / "index.html"
-        if write_atomic(page, html.encode("utf-8")):
+        if write_atomic(page, html.encode("utf-8"), durable=False):  # rebuilt from the store
             changed.append(page)
     return changed
 

@@ -122,6 +122,9 @@ class EntryCache:
             self._data.move_to_end(key)
         return value
 
+    def peek(self, key: tuple[Any, ...]) -> bytes | None:
+        return self._data.get(key)
+
     def put(self, key: tuple[Any, ...], value: bytes) -> None:
         self._data[key] = value
         if len(self._data) > self.maxsize:

@@ -12,7 +12,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from ..errors import StoreError
@@ -135,14 +135,14 @@ class Store:
             old = conn.execute(select(t.publications.c.content_hash, t.publications.c.first_seen_at).where(t.publications.c.id == pub.id)).first()
             if old is not None and old.content_hash == digest:
                 return "unchanged"
+            listed = pub.published_at or (old.first_seen_at if old is not None else now)
             if old is None:
-                conn.execute(insert(t.publications).values(id=pub.id, first_seen_at=now, listed_at=pub.published_at or now, **values))
+                conn.execute(insert(t.publications).values(id=pub.id, first_seen_at=now, listed_at=listed, **values))
             else:
-                listed = pub.published_at or old.first_seen_at
                 conn.execute(update(t.publications).where(t.publications.c.id == pub.id).values(listed_at=listed, **values))
                 conn.execute(delete(t.publication_topics).where(t.publication_topics.c.publication_id == pub.id))
             if pub.topics:
-                conn.execute(insert(t.publication_topics), [{"publication_id": pub.id, "topic_slug": s} for s in dict.fromkeys(pub.topics)])
+                conn.execute(insert(t.publication_topics), [{"publication_id": pub.id, "topic_slug": s, "listed_at": listed} for s in dict.fromkeys(pub.topics)])
             return "new" if old is None else "updated"
 
     def publications(
@@ -157,21 +157,34 @@ class Store:
     ) -> list[Publication]:
         """Newest first (publication date, or first seen when there is none; then id for a stable order)."""
         p = t.publications
-        q = self._listing(topic=topic, content_type=content_type, seen_after=seen_after, seen_until=seen_until, ids=ids, limit=limit)
-        # Pick the ids first, then fetch those rows: sorting narrow rows is several times faster than whole ones.
-        q = select(p).where(p.c.id.in_(q.scalar_subquery() if limit is None else q)).order_by(p.c.listed_at.desc(), p.c.id)
+        if ids is not None and topic is content_type is seen_after is seen_until is limit is None:
+            q = select(p).where(p.c.id.in_(list(ids))).order_by(p.c.listed_at.desc(), p.c.id.desc())
+        else:
+            # Pick the ids first, then fetch those rows: sorting narrow rows is several times faster than whole ones.
+            q = self._listing(topic=topic, content_type=content_type, seen_after=seen_after, seen_until=seen_until, ids=ids, limit=limit)
+            q = select(p).where(p.c.id.in_(q.scalar_subquery() if limit is None else q)).order_by(p.c.listed_at.desc(), p.c.id.desc())
         with self._tx() as conn:
             return self._load(conn, conn.execute(q).all())
 
-    def newest_ids(self, *, topic: str | None = None, content_type: str | None = None, limit: int) -> list[str]:
-        """The ids a listing would hold, in order, without loading the rows (for building many feeds at once)."""
+    def newest(self, *, topic: str | None = None, content_type: str | None = None, limit: int) -> list[tuple[str, str]]:
+        """(id, content hash) of what a listing would hold, in order, without loading the rows.
+
+        For building many feeds at once: a caller that already holds a publication with that hash need not load it.
+        """
+        p = t.publications
+        ids = self._listing(topic=topic, content_type=content_type, limit=limit).subquery()
+        q = select(p.c.id, p.c.content_hash).join(ids, ids.c[0] == p.c.id).order_by(p.c.listed_at.desc(), p.c.id.desc())
         with self._tx() as conn:
-            return list(conn.execute(self._listing(topic=topic, content_type=content_type, limit=limit)).scalars())
+            return [(r.id, r.content_hash) for r in conn.execute(q)]
 
     def _listing(self, *, topic: str | None = None, content_type: str | None = None, seen_after: datetime | None = None,
                  seen_until: datetime | None = None, ids: Iterable[str] | None = None, limit: int | None = None) -> Any:
         p = t.publications
-        q = select(p.c.id).order_by(p.c.listed_at.desc(), p.c.id)
+        if topic is not None and content_type is seen_after is seen_until is ids is None:
+            pt = t.publication_topics  # straight off ix_publication_topics_listing
+            q = select(pt.c.publication_id).where(pt.c.topic_slug == topic).order_by(pt.c.listed_at.desc(), pt.c.publication_id.desc())
+            return q.limit(limit) if limit is not None else q
+        q = select(p.c.id).order_by(p.c.listed_at.desc(), p.c.id.desc())
         if topic is not None:
             pt = t.publication_topics
             q = q.join(pt, pt.c.publication_id == p.c.id).where(pt.c.topic_slug == topic)
@@ -203,6 +216,42 @@ class Store:
     def count_publications(self) -> int:
         with self._tx() as conn:
             return conn.execute(select(func.count()).select_from(t.publications)).scalar_one()
+
+    def feed_fragments(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, bytes]]:
+        """Stored rendered entries: (publication id, format) → (fingerprint, bytes)."""
+        f = t.feed_fragments
+        ids = sorted({pid for pid, _ in keys})
+        found: dict[tuple[str, str], tuple[str, bytes]] = {}
+        with self._tx() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(select(f).where(f.c.publication_id.in_(ids[start:start + 500]))).all()
+                found.update({(r.publication_id, r.format): (r.fingerprint, bytes(r.data)) for r in rows})
+        return found
+
+    def save_feed_fragments(self, rows: Iterable[tuple[str, str, str, bytes]]) -> None:
+        """(publication id, format, fingerprint, bytes): insert or replace."""
+        rows = list(rows)
+        if not rows:
+            return
+        f = t.feed_fragments
+        sqlite = self.engine.dialect.name == "sqlite"
+        try:
+            with self.engine.connect() as conn:
+                if sqlite:  # a disposable cache: losing its last write to a power cut costs a re-render, not an fsync now
+                    conn.exec_driver_sql("PRAGMA synchronous=OFF")
+                    conn.commit()  # SQLAlchemy autobegan; the pragma itself is outside any SQLite transaction
+                try:
+                    with conn.begin():
+                        for start in range(0, len(rows), 500):
+                            chunk = rows[start:start + 500]
+                            conn.execute(delete(f).where(tuple_(f.c.publication_id, f.c.format).in_([(r[0], r[1]) for r in chunk])))
+                            conn.execute(insert(f), [{"publication_id": a, "format": b, "fingerprint": c, "data": d} for a, b, c, d in chunk])
+                finally:
+                    if sqlite:
+                        conn.exec_driver_sql("PRAGMA synchronous=FULL")
+                        conn.commit()
+        except OperationalError as exc:
+            raise StoreError(f"database error on {self!r}: {exc.orig}") from exc
 
     # -- subscribers ------------------------------------------------------------------------
 

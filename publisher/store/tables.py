@@ -7,9 +7,11 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON,
     Boolean,
+    LargeBinary,
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -63,7 +65,7 @@ publications = Table(
     Column("title", Text, nullable=False),
     Column("summary", Text, nullable=False, default=""),
     Column("body_html", Text, nullable=False, default=""),
-    Column("content_type", String(100), nullable=False, index=True),
+    Column("content_type", String(100), nullable=False),
     Column("authors", JSON, nullable=False),
     Column("published_at", UTCDateTime, index=True),  # NULL: the source gave no date
     Column("updated_at", UTCDateTime),
@@ -78,6 +80,7 @@ publications = Table(
     Column("first_seen_at", UTCDateTime, nullable=False, index=True),
     # The listing order: published_at, or first_seen_at when the source gave no date. Kept by the store.
     Column("listed_at", UTCDateTime, nullable=False, index=True),
+    Index("ix_publications_type_listing", "content_type", "listed_at", "id"),
 )
 
 publication_topics = Table(
@@ -85,6 +88,9 @@ publication_topics = Table(
     metadata,
     Column("publication_id", String(200), ForeignKey("publications.id", ondelete="CASCADE"), primary_key=True),
     Column("topic_slug", String(200), primary_key=True, index=True),
+    # A copy of publications.listed_at, so a topic's newest items come straight off an index.
+    Column("listed_at", UTCDateTime, nullable=False),
+    Index("ix_publication_topics_listing", "topic_slug", "listed_at", "publication_id"),
 )
 
 subscribers = Table(
@@ -124,4 +130,15 @@ send_log = Table(
     Column("message_id", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("error", Text),
+)
+
+# Rendered feed entries, so a new process does not re-render what an earlier one did. A fragment is
+# valid while its fingerprint (publication content, topic names, site, renderer code) matches.
+feed_fragments = Table(
+    "feed_fragments",
+    metadata,
+    Column("publication_id", String(200), ForeignKey("publications.id", ondelete="CASCADE"), primary_key=True),
+    Column("format", String(10), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("data", LargeBinary, nullable=False),
 )
