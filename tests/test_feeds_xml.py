@@ -79,3 +79,26 @@ def test_entries_are_cached_per_publication_and_format(cfg: Config) -> None:
     assert builder.render(SPEC, "atom", [pub(1), pub(2)]) == first and builder.cache.misses == 2
     builder.render(SPEC, "atom", [pub(1, title="Changed")])
     assert builder.cache.misses == 3  # an edited publication is a new key
+
+
+def test_a_new_process_reuses_the_entries_kept_in_the_store(cfg: Config, tmp_path) -> None:
+    from publisher.models import Topic
+    from publisher.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    store.upsert_topic(Topic("t", "Topic"))
+    for n in range(3):
+        store.upsert_publication(pub(n, topics=("t",)), NOW)
+    first = FeedBuilder(cfg)
+    first.build(store)
+    out = cfg.path(cfg.feeds.output_dir)
+    written = {p: p.read_bytes() for p in out.rglob("*.*")}
+    second = FeedBuilder(cfg)  # as a new process would
+    second.build(store)
+    assert second.cache.misses == 0 and {p: p.read_bytes() for p in out.rglob("*.*")} == written
+    store.upsert_topic(Topic("t", "Renamed topic"))  # a renamed topic changes the entries' labels
+    third = FeedBuilder(cfg)
+    third.build(store)
+    assert third.cache.misses == 3 * len(cfg.feeds.formats)
+    assert b'label="Renamed topic"' in (out / "all.atom").read_bytes()
+    store.close()

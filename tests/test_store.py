@@ -121,3 +121,64 @@ def test_repr_hides_the_password(postgres_url: str) -> None:
     s = open_store(postgres_url.replace("postgres@", "postgres:hunter2@"))
     assert "hunter2" not in repr(s)
     s.close()
+
+
+def test_newest_lists_ids_and_hashes_off_the_indexes(store: Store) -> None:
+    store.upsert_publication(pub(1, topics=("a",)), NOW)
+    store.upsert_publication(pub(2, topics=("a", "b"), content_type="Report"), NOW)
+    store.upsert_publication(pub(3, topics=("b",), published_at=None, updated_at=None), NOW + timedelta(days=9000))
+    assert [i for i, _ in store.newest(limit=10)] == ["p3", "p2", "p1"]  # undated: listed at first seen
+    assert [i for i, _ in store.newest(topic="a", limit=10)] == ["p2", "p1"]
+    assert [i for i, _ in store.newest(content_type="Report", limit=10)] == ["p2"]
+    assert [i for i, _ in store.newest(limit=1)] == ["p3"]
+    from publisher.store.db import content_hash
+
+    assert dict(store.newest(limit=10))["p1"] == content_hash(pub(1, topics=("a",)))
+
+
+def test_moving_a_publication_between_topics_moves_its_listing(store: Store) -> None:
+    store.upsert_publication(pub(1, topics=("a",)), NOW)
+    store.upsert_publication(pub(1, topics=("b",)), NOW)
+    assert store.newest(topic="a", limit=5) == [] and [i for i, _ in store.newest(topic="b", limit=5)] == ["p1"]
+
+
+def test_feed_fragments_round_trip_and_replace(store: Store) -> None:
+    store.upsert_publication(pub(1), NOW)
+    store.save_feed_fragments([("p1", "atom", "f1", b"<entry/>"), ("p1", "rss", "f1", b"<item/>")])
+    store.save_feed_fragments([("p1", "atom", "f2", b"<entry>2</entry>")])
+    assert store.feed_fragments([("p1", "atom"), ("p1", "rss")]) == {("p1", "atom"): ("f2", b"<entry>2</entry>"), ("p1", "rss"): ("f1", b"<item/>")}
+    assert store.feed_fragments([("nope", "atom")]) == {}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'old.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+def test_an_older_database_is_migrated_with_its_data(empty_db_url: str) -> None:
+    """A store made by the first release (revision 0001) upgrades in place and lists what it held."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import create_engine, text
+
+    from publisher.store.db import MIGRATIONS
+
+    url = empty_db_url
+    engine = create_engine(url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text(
+            "INSERT INTO publications (id, url, title, summary, body_html, content_type, authors, published_at, updated_at,"
+            " featured, source, content_hash, first_seen_at) VALUES ('old', 'https://x/old', 'Old', '', '', 'Report', '[]',"
+            " :when, :when, :no, 'content', 'h', :seen)"),
+            {"when": datetime(2024, 1, 2, 3, 4, 5), "seen": datetime(2024, 2, 1), "no": False})
+        conn.execute(text("INSERT INTO publication_topics (publication_id, topic_slug) VALUES ('old', 'a')"))
+    engine.dispose()
+    s = open_store(url)
+    [old] = s.publications(topic="a")
+    assert old.id == "old" and old.published_at == datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert s.newest(topic="a", limit=5) == [("old", "h")]
+    s.close()

@@ -85,10 +85,23 @@ class Store:
     def migrate(self) -> None:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
+        sqlite = self.engine.dialect.name == "sqlite"
         try:
-            with self.engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+            with self.engine.connect() as conn:
+                if sqlite:
+                    # SQLite alters a table by copying it and dropping the old one; with foreign keys on, that drop
+                    # would cascade and delete every row that points at it (topics, send log...). The pragma only
+                    # works outside a transaction.
+                    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                    conn.commit()
+                try:
+                    with conn.begin():
+                        cfg.attributes["connection"] = conn
+                        command.upgrade(cfg, "head")
+                finally:
+                    if sqlite:
+                        conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                        conn.commit()
         except DBAPIError as exc:
             raise StoreError(f"cannot open or migrate the store {self!r}: {exc.orig}. Check [store].url and that the database is reachable.") from None
 
