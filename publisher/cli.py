@@ -213,37 +213,50 @@ def digest() -> None:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of standard output.")
 @click.option("--email", "email", help="Render the variant this subscriber gets (their topics, their links).")
 @click.option("--text", "as_text", is_flag=True, help="The plain-text part instead of the HTML.")
+@click.option("--eml", "as_eml", is_flag=True, help="The whole MIME message, headers and both parts, as the subscriber gets it.")
 @pass_ctx
-def digest_preview(c: Context, out: Path | None, email: str | None, as_text: bool) -> None:
+def digest_preview(c: Context, out: Path | None, email: str | None, as_text: bool, as_eml: bool) -> None:
     """Render the next issue as a subscriber would get it.
 
     \b
     Example:
       publisher digest preview --out next.html
       publisher digest preview --text --email reader@example.com
+      publisher digest preview --eml --out next.eml
     """
-    from .delivery.send import links_for, plan_issue, render_variants
-    from .models import Subscriber
     from subscribers import normalise_email
 
-    plan = plan_issue(c.cfg, c.store, _now())
+    from .delivery.message import compile_message
+    from .delivery.send import links_for
+    from .digest import plan_issue, render_variants
+    from .models import Subscriber
+
+    if as_text and as_eml:
+        raise click.UsageError("choose one of --text and --eml.")
+    now = _now()
+    plan = plan_issue(c.cfg, c.store, now)
     if email:
         sub = c.store.subscriber(normalise_email(email))
         if sub is None:
             raise PublisherError(f"no subscriber {email!r}; see `publisher subscribers list`.")
     else:
-        now = _now()
         sub = Subscriber(0, "subscriber@example.com", SubscriberStatus.ACTIVE, now, now)
-    rendered = render_variants(c.cfg, plan, [sub])[sub.topics]
-    html, text = rendered.personalise({**links_for(c.cfg, sub), "email": sub.email})
-    body = text if as_text else html
+    rendered = render_variants(c.cfg, plan, [sub.topics])[sub.topics]
+    links = links_for(c.cfg, sub)
+    if as_eml:
+        body = compile_message(c.cfg, rendered, now).for_recipient(sub.id, sub.email, links)
+    else:
+        html, text = rendered.personalise({**links, "email": sub.email})
+        body = (text if as_text else html).encode("utf-8")
     if out is None:
-        click.echo(body)
+        click.echo(body.decode("utf-8"), nl=False)
     else:
         from .fsutil import write_atomic
 
-        write_atomic(out, body.encode("utf-8"))
-        click.echo(f"issue {plan.id}: {len(rendered.issue.publications)} publications ({len(rendered.issue.featured)} featured) → {out}", err=True)
+        write_atomic(out, body)
+        issue = rendered.issue
+        more = f", {issue.more_count} more on the site" if issue.more_count else ""
+        click.echo(f"issue {plan.id}: {len(issue.publications)} publications ({len(issue.featured)} featured{more}) → {out}", err=True)
 
 
 @digest.command("send")
@@ -257,15 +270,42 @@ def digest_send(c: Context, dry_run: bool) -> None:
       publisher digest send --dry-run
       publisher digest send
     """
-    from .delivery.send import plan_issue, render_variants, send_issue
+    from .delivery.send import send_issue
+    from .digest import plan_issue, render_variants
 
     if dry_run:
         plan = plan_issue(c.cfg, c.store, _now())
         recipients = c.store.subscribers(status=SubscriberStatus.ACTIVE)
-        variants = render_variants(c.cfg, plan, recipients)
-        click.echo(f"digest {plan.id}: {len(plan.base.publications)} publications, {len(recipients)} recipients, {len(variants)} variants (dry run: nothing sent)")
+        variants = render_variants(c.cfg, plan, {s.topics for s in recipients})
+        click.echo(f"digest {plan.id}: {len(plan.publications)} publications, {len(recipients)} recipients, "
+                   f"{len(variants)} variants (dry run: nothing sent)")
         return
     _print_send(send_issue(c.cfg, c.store, _now()))
+
+
+@digest.command("note")
+@click.argument("text", required=False)
+@click.option("--clear", is_flag=True, help="Remove the note set for the next issue.")
+@pass_ctx
+def digest_note(c: Context, text: str | None, clear: bool) -> None:
+    """Set the editor's note printed at the top of the next issue (it overrides [digest].note once).
+
+    \b
+    Example:
+      publisher digest note "A special issue on alliances, with two new reports."
+      publisher digest note --clear
+    """
+    from .digest.issue import NOTE_SETTING
+
+    if clear:
+        c.store.set_setting(NOTE_SETTING, None)
+        click.echo("note cleared")
+    elif text is None:
+        current = c.store.setting(NOTE_SETTING)
+        click.echo(current if current is not None else f"no note set for the next issue ([digest].note: {c.cfg.digest.note!r})")
+    else:
+        c.store.set_setting(NOTE_SETTING, text.strip())
+        click.echo("note set for the next issue")
 
 
 # -- subscribers -------------------------------------------------------------------------------------

@@ -1,22 +1,51 @@
-"""Signed tokens for links in mail: one salt per purpose, so an unsubscribe token never confirms."""
+"""Signed tokens for the links in every digest: unsubscribe and preferences.
+
+A token is ``<subscriber id>.<signature>``: 128 bits of HMAC-SHA256 over the purpose and the id,
+with a key derived per purpose from PUBLISHER_SECRET_KEY, so an unsubscribe token never opens the
+preferences page and the other way round. They do not expire: a link in a two-year-old digest
+still unsubscribes. Tokens made with an old key are accepted while that key is listed as old
+(PUBLISHER_SECRET_KEY_OLD), so the key can be rotated without breaking the links already sent.
+
+Why not itsdangerous here: these are made for every recipient of every issue, and
+itsdangerous takes about 30 us a token, two tokens a recipient, which alone would cap a send at
+under 20,000 messages a second on one core; a direct HMAC takes about 2 us. Expiring tokens
+(the confirmation link) can use itsdangerous's TimestampSigner, where that cost does not matter.
+"""
 
 from __future__ import annotations
 
-from itsdangerous import BadSignature, URLSafeSerializer
+import base64
+import hashlib
+import hmac
+from collections.abc import Sequence
+from functools import lru_cache
 
 PURPOSES = ("unsubscribe", "preferences", "confirm")
 
 
-def make_token(secret_key: str, purpose: str, subscriber_id: int) -> str:
+@lru_cache(maxsize=64)
+def _key(secret_key: str, purpose: str) -> bytes:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
-    return URLSafeSerializer(secret_key, salt=f"publisher.{purpose}").dumps(subscriber_id)
+    return hmac.digest(secret_key.encode("utf-8"), f"publisher.link.{purpose}".encode(), "sha256")
 
 
-def read_token(secret_key: str, purpose: str, token: str) -> int | None:
-    """The subscriber id, or None for a forged or wrong-purpose token."""
-    try:
-        value = URLSafeSerializer(secret_key, salt=f"publisher.{purpose}").loads(token)
-    except BadSignature:
+def _signature(key: bytes, subscriber_id: int) -> str:
+    return base64.urlsafe_b64encode(hmac.digest(key, str(subscriber_id).encode(), "sha256")[:16]).rstrip(b"=").decode("ascii")
+
+
+def make_token(secret_key: str, purpose: str, subscriber_id: int) -> str:
+    return f"{subscriber_id}.{_signature(_key(secret_key, purpose), subscriber_id)}"
+
+
+def read_token(secret_keys: str | Sequence[str], purpose: str, token: str) -> int | None:
+    """The subscriber id, or None for a forged, malformed or wrong-purpose token. The first key is the current one."""
+    keys = [secret_keys] if isinstance(secret_keys, str) else list(secret_keys)
+    head, _, sig = token.partition(".")
+    if not head.isdigit() or len(head) > 18 or not sig:
         return None
-    return value if isinstance(value, int) else None
+    subscriber_id = int(head)
+    for secret in keys:
+        if secret and hmac.compare_digest(_signature(_key(secret, purpose), subscriber_id), sig):
+            return subscriber_id
+    return None

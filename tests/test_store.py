@@ -101,7 +101,7 @@ def test_issue_lifecycle_and_send_log_claims_once(store: Store) -> None:
     assert store.last_sent_issue() is None and store.open_issue() is None
     assert store.start_issue("2026-W48", NOW, NOW) == NOW
     assert store.start_issue("2026-W48", NOW + timedelta(days=1), NOW) == NOW  # the first cutoff stands
-    assert store.open_issue() == ("2026-W48", NOW)
+    assert store.open_issue() == ("2026-W48", NOW, "")
     assert store.claim_send("2026-W48", sub.id, "<m@x>", NOW)
     assert not store.claim_send("2026-W48", sub.id, "<m@x>", NOW)  # a second sender backs off
     store.mark_send("2026-W48", sub.id, "sent", NOW)

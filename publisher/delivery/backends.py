@@ -5,7 +5,6 @@ from __future__ import annotations
 import mailbox
 import smtplib
 import ssl
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 
@@ -14,7 +13,7 @@ from ..errors import DeliveryError
 
 
 class Backend(Protocol):
-    def send(self, msg: EmailMessage, envelope_from: str, recipient: str) -> None: ...
+    def send(self, msg: bytes, envelope_from: str, recipient: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -26,8 +25,8 @@ class OutboxBackend:
         self.directory = directory
         self.maildir = mailbox.Maildir(directory, create=True)
 
-    def send(self, msg: EmailMessage, envelope_from: str, recipient: str) -> None:
-        self.maildir.add(msg.as_bytes())
+    def send(self, msg: bytes, envelope_from: str, recipient: str) -> None:
+        self.maildir.add(msg)
 
     def close(self) -> None:
         pass
@@ -59,11 +58,11 @@ class SmtpBackend:
             raise DeliveryError(f"cannot connect to SMTP server {s.host}:{s.port} ({s.security}): {exc}. Check [delivery.smtp].") from None
         return conn
 
-    def send(self, msg: EmailMessage, envelope_from: str, recipient: str) -> None:
+    def send(self, msg: bytes, envelope_from: str, recipient: str) -> None:
         if self._conn is None:
             self._conn = self._connect()
         try:
-            self._conn.send_message(msg, from_addr=envelope_from, to_addrs=[recipient])
+            self._conn.sendmail(envelope_from, [recipient], msg)
         except smtplib.SMTPException as exc:
             raise DeliveryError(f"SMTP server refused the message to {recipient}: {exc}") from None
 

@@ -19,6 +19,7 @@ from mjml import mjml2html
 
 from ..config import Config
 from ..errors import TemplateError
+from ..feeds.content import plain_text
 from ..models import DigestIssue
 
 # Per-recipient placeholders: plain ASCII that survives HTML escaping, MJML and quoted-printable unchanged.
@@ -59,6 +60,8 @@ class Renderer:
         self.text_env = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, auto_reload=True, keep_trailing_newline=True)
         for env in (self.html_env, self.text_env):
             env.filters["date"] = self._format_date
+            env.filters["plain"] = plain_text  # titles and summaries may carry markup from a source: text only
+        self.renders = 0  # how many times a template was rendered (a test counts them: once per variant)
 
     def _format_date(self, value: datetime, fmt: str = "medium") -> str:
         local = value.astimezone(ZoneInfo(self.cfg.site.timezone))
@@ -80,6 +83,7 @@ class Renderer:
         return self.cfg.digest.subject.format(site=self.cfg.site.name, date=self._format_date(issue.created_at, "long"), issue=issue.id)
 
     def render(self, issue: DigestIssue) -> RenderedIssue:
+        self.renders += 1
         ctx = self.context(issue)
         mjml_source = self._render(self.html_env, HTML_TEMPLATE, ctx)
         try:

@@ -325,27 +325,49 @@ class Store:
             row = conn.execute(select(d).where(d.c.sent_at.is_not(None)).order_by(d.c.sent_at.desc()).limit(1)).first()
         return (row.id, row.cutoff, row.sent_at) if row else None
 
-    def open_issue(self) -> tuple[str, datetime] | None:
-        """(id, cutoff) of an issue that was started and not finished: it is resumed, not re-selected."""
+    def open_issue(self) -> tuple[str, datetime, str] | None:
+        """(id, cutoff, note) of an issue that was started and not finished: it is resumed, not re-selected."""
         d = t.digest_issues
         with self._tx() as conn:
             row = conn.execute(select(d).where(d.c.sent_at.is_(None)).order_by(d.c.created_at).limit(1)).first()
-        return (row.id, row.cutoff) if row else None
+        return (row.id, row.cutoff, row.note) if row else None
 
     def issue_ids(self) -> list[str]:
         with self._tx() as conn:
             return list(conn.execute(select(t.digest_issues.c.id)).scalars())
 
-    def start_issue(self, issue_id: str, cutoff: datetime, now: datetime) -> datetime:
-        """Record the issue (idempotent); returns its cutoff, the stored one if it already existed."""
+    def sent_issues(self) -> list[tuple[str, datetime, str, int]]:
+        """(id, sent_at, note, publications) of every sent issue, newest first: the archive."""
+        d = t.digest_issues
+        with self._tx() as conn:
+            rows = conn.execute(select(d).where(d.c.sent_at.is_not(None)).order_by(d.c.sent_at.desc(), d.c.id.desc())).all()
+        return [(r.id, r.sent_at, r.note, r.publications) for r in rows]
+
+    def start_issue(self, issue_id: str, cutoff: datetime, now: datetime, *, note: str = "", publications: int = 0) -> datetime:
+        """Record the issue (idempotent); returns its cutoff, the stored one if it already existed.
+
+        The editor's pending note (see :meth:`set_setting`) goes with the first issue that starts after it.
+        """
         d = t.digest_issues
         try:
             with self._tx() as conn:
-                conn.execute(insert(d).values(id=issue_id, created_at=now, cutoff=cutoff))
+                conn.execute(insert(d).values(id=issue_id, created_at=now, cutoff=cutoff, note=note, publications=publications))
+                conn.execute(delete(t.settings).where(t.settings.c.key == "digest.next_note"))
             return cutoff
         except IntegrityError:
             with self._tx() as conn:
                 return conn.execute(select(d.c.cutoff).where(d.c.id == issue_id)).scalar_one()
+
+    def setting(self, key: str) -> str | None:
+        with self._tx() as conn:
+            return conn.execute(select(t.settings.c.value).where(t.settings.c.key == key)).scalar()
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        """Set, or with None remove, a named value."""
+        with self._tx() as conn:
+            conn.execute(delete(t.settings).where(t.settings.c.key == key))
+            if value is not None:
+                conn.execute(insert(t.settings).values(key=key, value=value))
 
     def finish_issue(self, issue_id: str, now: datetime) -> None:
         with self._tx() as conn:

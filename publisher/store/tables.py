@@ -119,6 +119,16 @@ digest_issues = Table(
     # Publications first seen up to this instant belong to this issue or an earlier one.
     Column("cutoff", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime),
+    Column("note", Text, nullable=False, server_default=""),  # the editor's note this issue went out with
+    Column("publications", Integer, nullable=False, server_default="0"),  # how many, for the archive
+)
+
+# Small named values the operator sets from the CLI, e.g. the editor's note for the next issue.
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
 )
 
 send_log = Table(
