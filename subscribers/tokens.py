@@ -14,24 +14,39 @@ under 20,000 messages a second on one core; a direct HMAC takes about 2 us. Expi
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 PURPOSES = ("unsubscribe", "preferences", "confirm")
 
 
 @lru_cache(maxsize=64)
-def _key(secret_key: str, purpose: str) -> bytes:
+def _key(secret_key: str, purpose: str) -> tuple[Any, Any]:
+    """HMAC-SHA256 keyed for this purpose, as its inner and outer hash states (RFC 2104).
+
+    Copying two prepared states per token skips the key setup that hmac.digest() repeats on every call:
+    about 1 us a token instead of 4.
+    """
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
-    return hmac.digest(secret_key.encode("utf-8"), f"publisher.link.{purpose}".encode(), "sha256")
+    key = hmac.digest(secret_key.encode("utf-8"), f"publisher.link.{purpose}".encode(), "sha256").ljust(64, b"\0")
+    inner, outer = hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
 
 
-def _signature(key: bytes, subscriber_id: int) -> str:
-    return base64.urlsafe_b64encode(hmac.digest(key, str(subscriber_id).encode(), "sha256")[:16]).rstrip(b"=").decode("ascii")
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _signature(key: tuple[Any, Any], subscriber_id: int) -> str:
+    inner, outer = key[0].copy(), key[1].copy()
+    inner.update(str(subscriber_id).encode())
+    outer.update(inner.digest())
+    # base64url of the first 128 bits, unpadded (binascii directly: base64.urlsafe_b64encode is pure Python)
+    return binascii.b2a_base64(outer.digest()[:16], newline=False)[:22].translate(_URLSAFE).decode("ascii")
 
 
 def make_token(secret_key: str, purpose: str, subscriber_id: int) -> str:

@@ -263,3 +263,9 @@ def test_any_text_gives_readable_feeds(cfg: Config, title: str, summary: str, au
     assume(not _feedparser_repairs(expected))
     out = render(cfg, pub(title=title, summary=summary, authors=(author,)))  # well-formed, not bozo, valid Atom
     assert titles(out) == {"rss": expected, "atom": expected, "json": expected}
+
+
+def test_line_separators_inside_text_keep_the_json_feed_valid(cfg: Config) -> None:
+    """Found by the property test: json leaves U+2028/U+2029 raw, and splitlines() used to break items on them."""
+    out = render(cfg, pub(title="a\u2028b\u2029c", summary="x\u2028y"))
+    assert json.loads(out["json"])["items"][0]["title"] == "a b c"  # titles are one line of text

@@ -17,7 +17,6 @@ import hashlib
 import html
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -46,29 +45,44 @@ def _qp(data: bytes) -> bytes:
     return binascii.b2a_qp(data, istext=True).replace(b"\n", CRLF)
 
 
-@dataclass(frozen=True)
-class CompiledMessage:
-    """Static byte chunks and the names of the slots between them: chunks[0] slot[0] chunks[1] slot[1] ... chunks[-1]."""
+def _body(value: str) -> bytes:
+    """A value for a quoted-printable body, on lines of its own (the soft break ends its last line)."""
+    return _qp(value.encode("utf-8")) + SOFT_BREAK
 
-    issue_id: str
-    chunks: tuple[bytes, ...]
-    slots: tuple[tuple[str, str], ...]  # (where, name): where is "header", "html" or "text"
-    domain: str
+
+_HTML_SPECIAL = frozenset("&<>\"'")
+
+
+class CompiledMessage:
+    """Static byte chunks with slots between them: chunks[0] slot[0] chunks[1] slot[1] ... chunks[-1]."""
+
+    __slots__ = ("issue_id", "chunks", "slots", "domain", "_parts", "_plan")
+
+    def __init__(self, issue_id: str, chunks: tuple[bytes, ...], slots: tuple[tuple[str, str], ...], domain: str) -> None:
+        self.issue_id = issue_id
+        self.chunks = chunks
+        self.slots = slots  # (where, name): where is "header", "html" or "text"
+        self.domain = domain
+        self._parts = [p for c in chunks for p in (c, b"")][:-1]  # chunk, slot, chunk, slot, ..., chunk
+        self._plan = [(2 * i + 1, where, name) for i, (where, name) in enumerate(slots)]
 
     def for_recipient(self, subscriber_id: int, email: str, links: dict[str, str]) -> bytes:
-        values = {"email": email, "to": email, "message_id": message_id(self.issue_id, subscriber_id, self.domain), **links}
-        out = [self.chunks[0]]
-        for (where, name), chunk in zip(self.slots, self.chunks[1:]):
-            value = values[name]
-            if where == "header":
-                if "\r" in value or "\n" in value:
-                    raise ValueError(f"refusing a line break in the {name} header value")
-                out.append(value.encode("ascii"))
-            else:
-                encoded = (html.escape(value) if where == "html" else value).encode("utf-8")
-                out.append(_qp(encoded) + SOFT_BREAK)
-            out.append(chunk)
-        return b"".join(out)
+        """The recipient's message: each distinct value encoded once, then one join of chunks and values."""
+        if "\r" in email or "\n" in email:
+            raise ValueError("refusing a line break in an address")
+        unsubscribe, preferences = links["unsubscribe_url"], links["preferences_url"]
+        header = {"to": email.encode("ascii"), "unsubscribe_url": unsubscribe.encode("ascii"),
+                  "message_id": message_id(self.issue_id, subscriber_id, self.domain).encode("ascii")}
+        text = {"email": _body(email), "unsubscribe_url": _body(unsubscribe), "preferences_url": _body(preferences)}
+        markup = text
+        if not (_HTML_SPECIAL.isdisjoint(email) and _HTML_SPECIAL.isdisjoint(unsubscribe) and _HTML_SPECIAL.isdisjoint(preferences)):
+            markup = {"email": _body(html.escape(email)), "unsubscribe_url": _body(html.escape(unsubscribe)),
+                      "preferences_url": _body(html.escape(preferences))}
+        by_where = {"header": header, "text": text, "html": markup}
+        parts = self._parts.copy()
+        for position, where, name in self._plan:
+            parts[position] = by_where[where][name]
+        return b"".join(parts)
 
 
 def compile_message(cfg: Config, rendered: RenderedIssue, now: datetime, *, test: bool = False) -> CompiledMessage:

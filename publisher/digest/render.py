@@ -119,5 +119,5 @@ def _preheader(issue: DigestIssue) -> str:
     pubs = issue.publications
     if not pubs:
         return ""
-    first = pubs[0].title
+    first = plain_text(pubs[0].title)  # the inbox preview is text: no tags, not even escaped ones
     return first if len(pubs) == 1 else f"{first}, and {len(pubs) - 1} more"

@@ -52,4 +52,5 @@ def render_json(meta: dict[str, Any], items: list[str]) -> bytes:
 
 def serialise_item(item: dict[str, Any]) -> str:
     text = json.dumps(item, ensure_ascii=False, indent=2)
-    return "\n".join("    " + line for line in text.splitlines())
+    # split("\n"), not splitlines(): json leaves U+2028 and U+2029 raw in strings, and splitlines() breaks on them
+    return "\n".join("    " + line for line in text.split("\n"))

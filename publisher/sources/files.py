@@ -133,9 +133,10 @@ class FilesSource:
             if not local.is_file():
                 warnings.append(f"{path}: image {src!r} not found in {self.folder}")
             url = f"{self.base_url}/media/{Path(src).as_posix()}"
-        if not raw.get("alt"):
+        alt = raw.get("alt", "").strip()
+        if not alt:
             warnings.append(f"{path}: image has no alt text; the caption or title stands in")
-        return Image(url=url, alt=raw.get("alt", ""), caption=raw.get("caption", ""), credit=raw.get("credit", "")), warnings
+        return Image(url=url, alt=alt, caption=raw.get("caption", "").strip(), credit=raw.get("credit", "").strip()), warnings
 
     def _datetime(self, path: Path, fm: FrontMatter, key: str, value: date | datetime | str) -> datetime:
         """Day-precision dates are midnight in the site's time zone; naive times are read in it too."""
