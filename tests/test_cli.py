@@ -99,6 +99,14 @@ def test_digest_preview_html_text_and_a_subscribers_variant(cli, project: Path) 
     text = cli("digest", "preview", "--text", "--email", "reader@example.com").output
     assert "FEATURED: Yes to Striking Iranian-Backed Militants" in text
     assert "reader@example.com" in text and "/unsubscribe/" in text
+    eml = project / "next.eml"
+    assert cli("digest", "preview", "--eml", "--email", "reader@example.com", "--out", str(eml)).exit_code == 0
+    import email as email_lib
+    import email.policy
+
+    msg = email_lib.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert msg["To"] == "reader@example.com" and msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "reader@example.com" in msg.get_body(("plain",)).get_content()
     missing = cli("digest", "preview", "--email", "nobody@example.com")
     assert missing.exit_code == 1 and "no subscriber" in missing.output
 
@@ -173,3 +181,12 @@ def test_every_command_is_documented_in_the_readme(argv: tuple[str, ...]) -> Non
     from .conftest import REPO
 
     assert f"`publisher {' '.join(argv)}" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_digest_note_sets_shows_and_clears(cli) -> None:
+    assert "no note set" in cli("digest", "note").output
+    assert "note set" in cli("digest", "note", "Two new reports this week.").output
+    assert cli("digest", "note").output.strip() == "Two new reports this week."
+    cli("ingest")
+    assert "Two new reports this week." in cli("digest", "preview", "--text").output
+    assert "note cleared" in cli("digest", "note", "--clear").output
