@@ -134,7 +134,10 @@ def _print_send(outcome: Any) -> None:
     if outcome.reason:
         click.echo(f"digest {outcome.issue_id}: not sent ({outcome.reason})")
         return
-    click.echo(f"digest {outcome.issue_id}: {outcome.sent} sent, {outcome.skipped} skipped, {outcome.failed} failed")
+    click.echo(f"digest {outcome.issue_id}: {outcome.sent} sent, {outcome.deferred} deferred, {outcome.failed} failed, "
+               f"{outcome.skipped} skipped" + ("" if outcome.finished else " (the issue stays open: the next run resumes it)"))
+    for failure in outcome.failures[:5]:
+        click.echo(f"  {failure}", err=True)
     if outcome.outbox is not None:
         click.echo(f"  delivered to the outbox: {outcome.outbox}/new/")
     if outcome.archive is not None:

@@ -104,13 +104,30 @@ class SmtpConfig:
     security: str = "starttls"
     username: str = ""
     timeout: float = 30.0
+    connections: int = 2
+    rate_limit: float = 0.0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = ""
+    timeout: float = 30.0
+    domain: str = ""
+    message_stream: str = "broadcast"
 
 
 @dataclass(frozen=True)
 class DeliveryConfig:
     backend: str = "outbox"
     outbox_dir: str = "var/outbox"
+    envelope_from: str = ""
+    feedback_id: str = ""
+    attempts: int = 3
+    retry_base: float = 2.0
+    batch_size: int = 50
+    stale_after: str = "2m"
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,7 @@ class Config:
     file: Path | None = field(default=None, compare=False)
     secret_key: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
     smtp_password: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
+    api_key: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
 
     def path(self, relative: str) -> Path:
         """A configured path, absolute, resolved against the config file's directory."""
@@ -167,7 +185,7 @@ class Config:
 
 
 # Keys that are never read from the file, only from these environment variables.
-SECRET_ENV = {"secret_key": "PUBLISHER_SECRET_KEY", "smtp_password": "PUBLISHER_SMTP_PASSWORD"}
+SECRET_ENV = {"secret_key": "PUBLISHER_SECRET_KEY", "smtp_password": "PUBLISHER_SMTP_PASSWORD", "api_key": "PUBLISHER_API_KEY"}
 _NOT_FROM_FILE = {"root", "file", *SECRET_ENV}
 
 
@@ -195,7 +213,8 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     _apply_env_overrides(data, env)
     values = _build(Config, data, "", file)
     root = file.parent if file else Path.cwd()
-    cfg = dataclasses.replace(values, root=root, file=file, smtp_password=Secret(env.get(SECRET_ENV["smtp_password"], "")))
+    cfg = dataclasses.replace(values, root=root, file=file, smtp_password=Secret(env.get(SECRET_ENV["smtp_password"], "")),
+                              api_key=Secret(env.get(SECRET_ENV["api_key"], "")))
     _validate(cfg)
     return dataclasses.replace(cfg, secret_key=_secret_key(cfg, env))
 
@@ -304,7 +323,7 @@ def parse_duration(text: str, key: str = "") -> int:
 
 
 _CHOICES = {
-    "delivery.backend": ("outbox", "smtp"),
+    "delivery.backend": ("outbox", "smtp", "postmark", "sendgrid", "mailgun", "resend"),
     "delivery.smtp.security": ("starttls", "tls", "none"),
 }
 
@@ -336,6 +355,17 @@ def _validate(cfg: Config) -> None:
     if cfg.digest.max_items < 1:
         raise ConfigError("expected a positive number of items.", file=f, key="digest.max_items")
     parse_duration(cfg.scheduler.ingest_every, "scheduler.ingest_every")
+    parse_duration(cfg.delivery.stale_after, "delivery.stale_after")
+    for key, value, low in (("delivery.attempts", cfg.delivery.attempts, 1), ("delivery.batch_size", cfg.delivery.batch_size, 1),
+                            ("delivery.smtp.connections", cfg.delivery.smtp.connections, 1)):
+        if value < low:
+            raise ConfigError(f"expected at least {low}, got {value}.", file=f, key=key)
+    if cfg.delivery.smtp.rate_limit < 0 or cfg.delivery.retry_base < 0:
+        raise ConfigError("expected zero or more.", file=f, key="delivery.smtp.rate_limit" if cfg.delivery.smtp.rate_limit < 0 else "delivery.retry_base")
+    if cfg.delivery.backend in ("postmark", "sendgrid", "mailgun", "resend") and not cfg.api_key:
+        raise ConfigError(f"backend {cfg.delivery.backend!r} needs an API key: set PUBLISHER_API_KEY in the environment.", file=f, key="delivery.backend")
+    if cfg.delivery.backend == "mailgun" and not cfg.delivery.api.domain:
+        raise ConfigError("Mailgun needs the sending domain, e.g. 'mg.example.org'.", file=f, key="delivery.api.domain")
     from apscheduler.triggers.cron import CronTrigger
 
     try:

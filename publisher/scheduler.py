@@ -29,7 +29,7 @@ def ingest_job(cfg: Config, store: Store, builder: FeedBuilder) -> None:
 
 def digest_job(cfg: Config, store: Store) -> None:
     outcome = send_issue(cfg, store, now_utc())
-    log.info("digest %s: %d sent, %d skipped, %d failed%s", outcome.issue_id, outcome.sent, outcome.skipped, outcome.failed,
+    log.info("digest %s: %d sent, %d deferred, %d failed, %d skipped%s", outcome.issue_id, outcome.sent, outcome.deferred, outcome.failed, outcome.skipped,
              f" ({outcome.reason})" if outcome.reason else "")
 
 

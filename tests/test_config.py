@@ -23,7 +23,7 @@ ENV = {"PUBLISHER_SECRET_KEY": KEY}  # an explicit env always carries a key, or 
 def leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """('feeds.item_limit', 50), ... for every settable field of a config object (secrets and root excluded)."""
     for f in dataclasses.fields(obj):
-        if f.name in ("root", "file", "secret_key", "smtp_password"):
+        if f.name in ("root", "file", "secret_key", "smtp_password", "api_key"):
             continue
         value, dotted = getattr(obj, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
@@ -154,7 +154,7 @@ def test_wrong_type_names_the_key_and_what_was_expected(tmp_path: Path) -> None:
     assert "[feeds.item_limit]" in str(err) and "expected an integer" in str(err) and "'ten'" in str(err)
 
 
-@pytest.mark.parametrize("key, var", [("secret_key", "PUBLISHER_SECRET_KEY"), ("smtp_password", "PUBLISHER_SMTP_PASSWORD")])
+@pytest.mark.parametrize("key, var", [("secret_key", "PUBLISHER_SECRET_KEY"), ("smtp_password", "PUBLISHER_SMTP_PASSWORD"), ("api_key", "PUBLISHER_API_KEY")])
 def test_top_level_secret_in_the_file_points_to_the_environment(tmp_path: Path, key: str, var: str) -> None:
     err = config_error(tmp_path, f'{key} = "do-not-put-me-here"\n')
     assert "is a secret" in str(err) and var in str(err)

@@ -97,7 +97,7 @@ def test_smtp_backend_delivers_to_a_real_smtp_server(ready) -> None:
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        smtp_cfg = replace(cfg, delivery=DeliveryConfig(backend="smtp", smtp=SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=5)))
+        smtp_cfg = replace(cfg, delivery=DeliveryConfig(backend="smtp", retry_base=0.01, smtp=SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=5)))
         outcome = send_issue(smtp_cfg, store, NOW)
     finally:
         controller.stop()
@@ -111,6 +111,8 @@ def test_smtp_backend_delivers_to_a_real_smtp_server(ready) -> None:
 def test_an_unreachable_smtp_server_fails_clearly(ready) -> None:
     cfg, store = ready
     port = free_port()  # nobody listens there
-    smtp_cfg = replace(cfg, delivery=DeliveryConfig(backend="smtp", smtp=SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=2)))
+    smtp_cfg = replace(cfg, delivery=DeliveryConfig(backend="smtp", retry_base=0.01, smtp=SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=2)))
     outcome = send_issue(smtp_cfg, store, NOW)
-    assert outcome.failed == 2 and "cannot connect to SMTP server 127.0.0.1" in outcome.failures[0]
+    assert (outcome.sent, outcome.deferred, outcome.failed) == (0, 2, 0)  # left for the next run, not bounced
+    assert f"SMTP server 127.0.0.1:{port}: ConnectionRefusedError" in outcome.failures[0]
+    assert not outcome.finished and store.open_issue() is not None and store.unfinished_sends(outcome.issue_id) == 2

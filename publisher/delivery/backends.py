@@ -1,70 +1,117 @@
-"""Where messages go: a local Maildir outbox (the default) or an SMTP relay."""
+"""Transports: where messages go. Each takes a batch of recipients of one issue variant and reports, per
+recipient, sent / deferred (try again later) / failed (refused for good). None of them retries: the send
+engine owns retries, backoff and the send log.
+
+- ``outbox``: a local Maildir (tmp/ then new/, so a message appears whole or not at all);
+- ``smtp``: one SMTP connection per transport (the engine runs one transport per connection);
+- mail APIs: the adapters in ``publisher.delivery.api``.
+"""
 
 from __future__ import annotations
 
 import mailbox
 import smtplib
+import socket
 import ssl
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import Config
-from ..errors import DeliveryError
+from .api import Prepared, Recipient, Result
+from .message import CompiledMessage
 
 
-class Backend(Protocol):
-    def send(self, msg: bytes, envelope_from: str, recipient: str) -> None: ...
+@dataclass(frozen=True)
+class Variant:
+    """One issue variant in the two forms transports need: a compiled MIME message, and its parts for APIs."""
+
+    message: CompiledMessage
+    prepared: Prepared
+
+
+class Transport(Protocol):
+    max_batch: int
+
+    def send(self, variant: Variant, recipients: Sequence[Recipient]) -> list[Result]: ...
 
     def close(self) -> None: ...
 
 
-class OutboxBackend:
-    """Each message becomes a file in a Maildir (tmp/ then new/, so it appears whole or not at all)."""
+class OutboxTransport:
+    max_batch = 1000
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.maildir = mailbox.Maildir(directory, create=True)
+    def __init__(self, cfg: Config) -> None:
+        self.maildir = mailbox.Maildir(cfg.path(cfg.delivery.outbox_dir), create=True)
 
-    def send(self, msg: bytes, envelope_from: str, recipient: str) -> None:
-        self.maildir.add(msg)
+    def send(self, variant: Variant, recipients: Sequence[Recipient]) -> list[Result]:
+        results = []
+        for r in recipients:
+            self.maildir.add(variant.message.for_recipient(r.subscriber_id, r.email, r.links))
+            results.append(Result(r.subscriber_id, "sent"))
+        return results
 
     def close(self) -> None:
         pass
 
 
-class SmtpBackend:
-    """One connection, reused for the whole run."""
+class SmtpTransport:
+    """One connection, opened on first use and again after it drops."""
+
+    max_batch = 1000
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.envelope_from = cfg.delivery.envelope_from or cfg.digest.from_address
         self._conn: smtplib.SMTP | None = None
 
     def __repr__(self) -> str:
         s = self.cfg.delivery.smtp
-        return f"SmtpBackend({s.host}:{s.port}, {s.security})"
+        return f"SmtpTransport({s.host}:{s.port}, {s.security})"
 
     def _connect(self) -> smtplib.SMTP:
         s = self.cfg.delivery.smtp
-        try:
-            if s.security == "tls":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=ssl.create_default_context())
-            else:
-                conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-                if s.security == "starttls":
-                    conn.starttls(context=ssl.create_default_context())
-            if s.username:
-                conn.login(s.username, self.cfg.smtp_password.get())
-        except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryError(f"cannot connect to SMTP server {s.host}:{s.port} ({s.security}): {exc}. Check [delivery.smtp].") from None
+        if s.security == "tls":
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=ssl.create_default_context())
+        else:
+            conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+            if s.security == "starttls":
+                conn.starttls(context=ssl.create_default_context())
+        if s.username:
+            conn.login(s.username, self.cfg.smtp_password.get())
         return conn
 
-    def send(self, msg: bytes, envelope_from: str, recipient: str) -> None:
-        if self._conn is None:
-            self._conn = self._connect()
+    def send(self, variant: Variant, recipients: Sequence[Recipient]) -> list[Result]:
+        return [self._send_one(variant, r) for r in recipients]
+
+    def _send_one(self, variant: Variant, r: Recipient) -> Result:
+        s = self.cfg.delivery.smtp
         try:
-            self._conn.sendmail(envelope_from, [recipient], msg)
-        except smtplib.SMTPException as exc:
-            raise DeliveryError(f"SMTP server refused the message to {recipient}: {exc}") from None
+            if self._conn is None:
+                self._conn = self._connect()
+            self._conn.sendmail(self.envelope_from, [r.email], variant.message.for_recipient(r.subscriber_id, r.email, r.links))
+            return Result(r.subscriber_id, "sent")
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()))
+            return _by_code(r, code, text, "refused the recipient")
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPAuthenticationError) as exc:
+            self._drop()  # the relay refuses us, not the subscriber: never a bounce
+            return Result(r.subscriber_id, "deferred", f"SMTP server {s.host}:{s.port} refused the sender: {exc.smtp_code} {_text(exc.smtp_error)}")
+        except smtplib.SMTPResponseException as exc:
+            if exc.smtp_code == 421:
+                self._drop()
+            return _by_code(r, exc.smtp_code, exc.smtp_error, "refused the message")
+        except (smtplib.SMTPException, OSError, socket.timeout) as exc:
+            self._drop()  # disconnected, timed out, or never connected: a fresh connection next time
+            return Result(r.subscriber_id, "deferred", f"SMTP server {s.host}:{s.port}: {type(exc).__name__}: {exc}")
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+            self._conn = None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -75,7 +122,52 @@ class SmtpBackend:
             self._conn = None
 
 
-def make_backend(cfg: Config) -> Backend:
-    if cfg.delivery.backend == "smtp":
-        return SmtpBackend(cfg)
-    return OutboxBackend(cfg.path(cfg.delivery.outbox_dir))
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _by_code(r: Recipient, code: int, text: bytes | str, what: str) -> Result:
+    status = "failed" if 500 <= code < 600 else "deferred"
+    return Result(r.subscriber_id, status, f"SMTP server {what}: {code} {_text(text)}")  # type: ignore[arg-type]
+
+
+class ApiTransport:
+    def __init__(self, adapter: object) -> None:
+        self.adapter = adapter
+        self.max_batch = getattr(adapter, "max_batch", 100)
+
+    def send(self, variant: Variant, recipients: Sequence[Recipient]) -> list[Result]:
+        return self.adapter.send_batch(variant.prepared, recipients)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.adapter.close()  # type: ignore[attr-defined]
+
+
+def transport_factory(cfg: Config) -> tuple[Callable[[], Transport], int]:
+    """A maker of transports for the configured backend, and how many to run at once."""
+    backend = cfg.delivery.backend
+    if backend == "outbox":
+        return (lambda: OutboxTransport(cfg)), 1
+    if backend == "smtp":
+        return (lambda: SmtpTransport(cfg)), cfg.delivery.smtp.connections
+    return (lambda: ApiTransport(make_adapter(cfg))), 2
+
+
+def make_adapter(cfg: Config) -> object:
+    api, key, backend = cfg.delivery.api, cfg.api_key.get(), cfg.delivery.backend
+    extra = {"base_url": api.base_url} if api.base_url else {}
+    if backend == "postmark":
+        from .api.postmark import PostmarkAdapter
+
+        return PostmarkAdapter(key, message_stream=api.message_stream, timeout=api.timeout, **extra)
+    if backend == "sendgrid":
+        from .api.sendgrid import SendGridAdapter
+
+        return SendGridAdapter(key, timeout=api.timeout, **extra)
+    if backend == "mailgun":
+        from .api.mailgun import MailgunAdapter
+
+        return MailgunAdapter(key, domain=api.domain, timeout=api.timeout, **extra)
+    from .api.resend import ResendAdapter
+
+    return ResendAdapter(key, timeout=api.timeout, **extra)

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from ..errors import StoreError
 from ..models import Image, Publication, Subscriber, SubscriberStatus, Topic
 from . import tables as t
+from .sendlog import SendLogMixin
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -67,7 +68,7 @@ def content_hash(pub: Publication) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-class Store:
+class Store(SendLogMixin):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 

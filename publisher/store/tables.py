@@ -136,10 +136,24 @@ send_log = Table(
     metadata,
     Column("issue_id", String(100), ForeignKey("digest_issues.id"), primary_key=True),
     Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
-    Column("status", String(20), nullable=False),  # queued / sent / failed
+    Column("status", String(20), nullable=False),  # queued / sent / deferred / failed
     Column("message_id", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("error", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("claimed_by", String(64)),  # the send run holding a queued row
+    Index("ix_send_log_issue_status", "issue_id", "status"),
+)
+
+# Each `digest send` is a run with a heartbeat; a queued row whose run stopped beating is taken over.
+send_runs = Table(
+    "send_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("issue_id", String(100), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
 )
 
 # Rendered feed entries, so a new process does not re-render what an earlier one did. A fragment is

@@ -1,0 +1,89 @@
+"""Mail providers' HTTP APIs (Postmark, SendGrid, Mailgun, Resend), one module each, behind one small interface.
+
+An adapter gets a :class:`Prepared` issue variant (subject, sender, HTML and text with the renderer's
+per-recipient placeholders, the list headers) and a batch of :class:`Recipient`, sends them in as few
+requests as the provider allows, and reports one :class:`Result` per recipient:
+
+- ``sent``: the provider accepted it;
+- ``deferred``: try again later (429, 5xx, a timeout, a dropped connection); ``retry_after`` in seconds
+  when the provider said how long to wait;
+- ``failed``: the provider refused this address for good (invalid, suppressed on its side...).
+
+Adapters never retry and never sleep: the send engine owns retries, backoff and the send log. They use
+one ``requests.Session`` (one connection pool per host), a timeout on every request, and the API key
+from the environment (``PUBLISHER_API_KEY``), which never appears in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from ...digest.render import PLACEHOLDERS
+
+Status = Literal["sent", "deferred", "failed"]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    subscriber_id: int
+    email: str
+    message_id: str  # e.g. "<digest.2026-W48.1a2b...@example.org>", stable per (issue, subscriber)
+    links: dict[str, str]  # "unsubscribe_url", "preferences_url"
+    idempotency_key: str  # derived from issue and subscriber: the same on every retry
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One issue variant, ready for any provider."""
+
+    issue_id: str
+    subject: str
+    from_name: str
+    from_address: str
+    reply_to: str
+    html: str  # contains PLACEHOLDERS["email"], ["unsubscribe_url"], ["preferences_url"]
+    text: str  # the same placeholders
+    list_id: str  # the List-Id header value
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def personalise(self, r: Recipient) -> tuple[str, str]:
+        """HTML and text for one recipient, for providers without their own substitution."""
+        from html import escape
+
+        values = {"email": r.email, **r.links}
+        html, text = self.html, self.text
+        for key, marker in PLACEHOLDERS.items():
+            html = html.replace(marker, escape(values[key]))
+            text = text.replace(marker, values[key])
+        return html, text
+
+    def headers(self, r: Recipient) -> dict[str, str]:
+        """Headers every provider must set for this recipient (RFC 2369, RFC 8058)."""
+        return {
+            "List-Id": self.list_id,
+            "List-Unsubscribe": f"<{r.links['unsubscribe_url']}>, <mailto:{self.from_address}?subject=unsubscribe>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "Message-ID": r.message_id,
+            **self.extra_headers,
+        }
+
+
+@dataclass(frozen=True)
+class Result:
+    subscriber_id: int
+    status: Status
+    error: str = ""  # never contains the API key
+    retry_after: float | None = None
+
+
+class ApiAdapter(Protocol):
+    name: str
+    max_batch: int  # recipients per request the provider allows
+
+    def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:
+        """One Result per recipient, in any order. Must not raise for a provider or network error: report deferred."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,185 @@
+"""Mailgun's messages API in batch mode: ``POST /v3/{domain}/messages``, up to 1000 recipients per request.
+
+Wire format (https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/batch-sending):
+form fields (``application/x-www-form-urlencoded``) ``from``, one ``to`` per recipient, ``subject``,
+``text``, ``html``, ``h:<Header>`` for headers, ``v:<name>`` for user variables, and
+``recipient-variables``, a JSON object ``{address: {name: value}}``. With recipient variables Mailgun
+sends one message per ``to`` (each recipient sees only their own address) and replaces
+``%recipient.<name>%`` with that recipient's value, in the body, in ``h:`` headers and in ``v:``
+variables. Mailgun answers ``200 {"id": "<...>", "message": "Queued. Thank you."}``; a refused request is
+``400 {"message": "..."}``, e.g. ``'to' parameter is not a valid address. please check documentation``
+(which does not say which address); ``401`` for the key; ``404`` for an unknown domain (or the wrong
+region's base URL); ``429`` and ``5xx``.
+
+Personalisation: the placeholders (``PLACEHOLDERS``) become ``%recipient.unsubscribe_url%`` etc. in the
+text part and ``%recipient.unsubscribe_url_html%`` etc. in the HTML part. Mailgun substitutes values raw,
+in both parts alike; our URLs are HTML-safe, but an address such as ``a&b@example.org`` is not, so the
+HTML part uses its own variables holding HTML-escaped values. The per-recipient headers
+(``List-Unsubscribe``, ``Message-ID``, and any other header whose value differs within the batch) are
+``h:<Header>: %recipient.<header_name>%`` with the exact value ``Prepared.headers`` gives for that
+recipient (so ``List-Unsubscribe`` is ``<https://.../unsubscribe/...>, <mailto:...?subject=unsubscribe>``);
+the others (``List-Id``, ``List-Unsubscribe-Post``...) are plain ``h:`` fields. ``v:subscriber_id``
+(from a recipient variable) and ``v:issue_id`` come back in Mailgun's webhooks.
+
+A ``400`` refuses the whole request, and Mailgun does not name the bad address: the adapter bisects the
+batch to isolate it (see :func:`publisher.delivery.api.sendgrid.isolate`), unless the message names
+another parameter than ``to`` (``'from' parameter is not a valid address``, ``'html' parameters``...):
+then the request itself is broken and everybody in it is failed with Mailgun's message.
+
+Mailgun has no idempotency key: after a timeout it may have queued the batch, and a retry may deliver
+twice. Reporting it sent instead could silently drop the issue for up to 1000 subscribers.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Sequence
+from email.utils import formataddr
+from urllib.parse import quote
+
+import requests
+
+from ... import __version__
+from . import PLACEHOLDERS, Prepared, Recipient, Result
+from .sendgrid import Answer, isolate, retry_after, split_headers
+
+_TO_PARAMETER = re.compile(r"(?<![\w:-])'?to'?\s+parameter", re.IGNORECASE)
+# Parameters of ours other than 'to': a 400 naming one of them is about the request, not an address.
+_OTHER_PARAMETER = re.compile(
+    r"(?<![\w:-])'?(from|subject|text|html|recipient-variables|[hvo]:[\w-]+)'?\s+parameters?\b", re.IGNORECASE
+)
+_MAX_ERROR = 500
+
+
+def header_variable(name: str) -> str:
+    """The recipient variable carrying a per-recipient header: ``Message-ID`` -> ``message_id``."""
+    return name.lower().replace("-", "_")
+
+
+class MailgunAdapter:
+    name = "mailgun"
+    max_batch = 1000
+
+    def __init__(self, api_key: str, *, domain: str, base_url: str = "https://api.mailgun.net", timeout: float = 30.0) -> None:
+        if not api_key or any(c.isspace() or ord(c) < 32 for c in api_key):
+            raise ValueError("the Mailgun API key is empty or contains whitespace or control characters (check PUBLISHER_API_KEY)")
+        if not domain or "/" in domain or "%" in domain:
+            raise ValueError(f"not a Mailgun sending domain: {domain!r}")
+        self._api_key = api_key
+        self.domain = domain
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.auth = ("api", api_key)
+        self._session.headers.update({"User-Agent": f"publisher/{__version__}", "Accept": "application/json"})
+
+    def __repr__(self) -> str:
+        return f"MailgunAdapter(domain={self.domain!r}, base_url={self.base_url!r}, timeout={self.timeout!r})"
+
+    def __enter__(self) -> MailgunAdapter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/v3/{quote(self.domain, safe='')}/messages"
+
+    # -- the request ---------------------------------------------------------------------------------
+
+    def payload(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[tuple[str, str]]:
+        text, body = prepared.text, prepared.html
+        for key, marker in PLACEHOLDERS.items():
+            text = text.replace(marker, f"%recipient.{key}%")
+            body = body.replace(marker, f"%recipient.{key}_html%")
+        shared, per_recipient = split_headers(prepared, recipients)
+        variables: dict[str, dict[str, str]] = {}
+        for r in recipients:
+            values = {"email": r.email, **r.links}
+            own = prepared.headers(r)
+            variables[r.email] = {
+                **{k: values[k] for k in PLACEHOLDERS},
+                **{f"{k}_html": html.escape(values[k]) for k in PLACEHOLDERS},
+                **{header_variable(name): own[name] for name in per_recipient},
+                "subscriber_id": str(r.subscriber_id),
+            }
+        fields = [("from", formataddr((prepared.from_name, prepared.from_address)))]
+        fields += [("to", r.email) for r in recipients]
+        fields.append(("subject", prepared.subject))
+        fields += [(name, value) for name, value in (("text", text), ("html", body)) if value]
+        fields.append(("recipient-variables", json.dumps(variables, ensure_ascii=False)))
+        if prepared.reply_to:
+            fields.append(("h:Reply-To", prepared.reply_to))
+        fields += [(f"h:{name}", value) for name, value in shared.items()]
+        fields += [(f"h:{name}", f"%recipient.{header_variable(name)}%") for name in per_recipient]
+        fields += [("v:subscriber_id", "%recipient.subscriber_id%"), ("v:issue_id", prepared.issue_id)]
+        return fields
+
+    def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:
+        return isolate(recipients, self.max_batch, lambda part: self._send(prepared, part))
+
+    def _send(self, prepared: Prepared, part: Sequence[Recipient]) -> Answer:
+        try:
+            resp = self._session.post(self.url, data=self.payload(prepared, part), timeout=self.timeout, allow_redirects=False)
+        except requests.Timeout:
+            return Answer("deferred", f"Mailgun did not answer within {self.timeout:g} s")
+        except requests.RequestException as exc:
+            return Answer("deferred", self._scrub(f"cannot reach Mailgun at {self.base_url}: {type(exc).__name__}: {exc}")[:_MAX_ERROR])
+        try:
+            return self._answer(resp)
+        finally:
+            resp.close()
+
+    # -- the answer ----------------------------------------------------------------------------------
+
+    def _answer(self, resp: requests.Response) -> Answer:
+        status = resp.status_code
+        message = self._message(resp)
+        detail = f": {message}"[:_MAX_ERROR] if message else ""
+        if 200 <= status < 300:
+            try:
+                data = resp.json()
+            except ValueError:
+                data = None
+            if isinstance(data, dict) and data.get("id"):
+                return Answer("sent")
+            # Mailgun answers 200 "Mailgun Magnificent API" for a URL that is not an endpoint (a domain
+            # with a slash, a wrong base URL): nothing was queued.
+            return Answer("deferred", f"Mailgun answered {status} without a message id (check the domain and base URL){detail}")
+        if status == 400:
+            error = f"Mailgun refused the request (400){detail}"
+            # Only a message about another parameter than 'to' condemns the request itself; one about
+            # 'to' (or one we do not recognise) is narrowed down by bisection.
+            whole = not _TO_PARAMETER.search(message) and bool(_OTHER_PARAMETER.search(message))
+            return Answer("refused", error, whole=whole)
+        if status in (401, 403):
+            # A wrong key, or a domain not allowed to send: the operator's to fix, after which the same
+            # request succeeds. Failing would drop every subscriber for a configuration error.
+            return Answer("deferred", f"Mailgun refused the API key or the domain ({status}): check PUBLISHER_API_KEY and [delivery.api] domain{detail}")
+        if status == 404:
+            return Answer("deferred", f"Mailgun does not know the domain {self.domain!r} at {self.base_url} (404): check the domain and the region (api.eu.mailgun.net){detail}")
+        if status == 429:
+            return Answer("deferred", f"Mailgun rate limit (429){detail}", retry_after(resp.headers.get("Retry-After")))
+        if status >= 500:
+            return Answer("deferred", f"Mailgun server error ({status}){detail}", retry_after(resp.headers.get("Retry-After")))
+        return Answer("deferred", f"unexpected answer from Mailgun ({status}){detail}")
+
+    def _message(self, resp: requests.Response) -> str:
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            text = data["message"]
+        else:
+            text = resp.text.strip()[:200]
+        return self._scrub(text)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "[redacted]")

@@ -1,0 +1,199 @@
+"""Resend's batch API: ``POST /emails/batch``, up to 100 emails per request.
+
+Wire format (https://resend.com/docs/api-reference/emails/send-batch-emails): a JSON array of email objects,
+``Authorization: Bearer <key>``; success is ``200 {"data": [{"id": ...}, ...]}``. Errors are
+``{"statusCode", "name", "message"}`` with the HTTP status (https://resend.com/docs/api-reference/errors).
+
+Two documented features make a batch safe to hand back to the send engine:
+
+- ``Idempotency-Key`` (https://resend.com/docs/dashboard/emails/idempotency-keys): Resend remembers a key for
+  24 hours and answers a repeat with the first answer instead of sending again. Ours is derived from the
+  issue and the batch's recipients, so the engine's retry of a timed-out batch cannot send it twice.
+- ``x-batch-validation: permissive`` (https://resend.com/docs/dashboard/emails/batch-validation-modes): by
+  default a batch is all-or-nothing, one invalid email rejecting the other 99; in permissive mode Resend
+  queues the valid ones and lists the rest as ``"errors": [{"index": i, "message": ...}]``, ``index`` being
+  the position in our request. Those are failed, every other email of the batch sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+
+from ... import __version__
+from . import Prepared, Recipient, Result, Status
+
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
+_MAX_ERROR = 500
+
+
+class ResendAdapter:
+    name = "resend"
+    max_batch = 100
+
+    def __init__(self, api_key: str, *, base_url: str = "https://api.resend.com", timeout: float = 30.0) -> None:
+        self._api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.headers.update(
+            {
+                "User-Agent": f"publisher/{__version__}",
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {api_key}",
+                "x-batch-validation": "permissive",
+            }
+        )
+
+    def __repr__(self) -> str:
+        return f"ResendAdapter(base_url={self.base_url!r}, timeout={self.timeout!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- the request ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def ordered(recipients: Sequence[Recipient]) -> list[Recipient]:
+        """The batch in a canonical order, so the same set of recipients gives the same payload and key."""
+        return sorted(recipients, key=lambda r: (r.idempotency_key, r.subscriber_id))
+
+    @staticmethod
+    def idempotency_key(prepared: Prepared, recipients: Sequence[Recipient]) -> str:
+        """``publisher/<sha256>`` of the issue and the recipients' own keys (Resend allows 1-256 characters)."""
+        h = hashlib.sha256(prepared.issue_id.encode("utf-8"))
+        for r in ResendAdapter.ordered(recipients):
+            h.update(b"\0" + r.idempotency_key.encode("utf-8"))
+        return f"publisher/{h.hexdigest()}"
+
+    def payload(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[dict[str, Any]]:
+        sender = mailbox(prepared.from_name, prepared.from_address)
+        emails = []
+        for r in recipients:
+            html, text = prepared.personalise(r)
+            email: dict[str, Any] = {"from": sender, "to": [r.email], "subject": prepared.subject, "html": html, "text": text}
+            if prepared.reply_to:
+                email["reply_to"] = prepared.reply_to
+            email["headers"] = prepared.headers(r)
+            emails.append(email)
+        return emails
+
+    def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:
+        if not recipients:
+            return []
+        if len(recipients) > self.max_batch:
+            raise ValueError(f"Resend takes at most {self.max_batch} emails per batch, got {len(recipients)}")
+        batch = self.ordered(recipients)  # errors[].index refers to this order
+        body = json.dumps(self.payload(prepared, batch), ensure_ascii=False).encode("utf-8")
+        headers = {"Idempotency-Key": self.idempotency_key(prepared, batch)}
+        try:
+            resp = self._session.post(f"{self.base_url}/emails/batch", data=body, headers=headers, timeout=self.timeout)
+        except requests.Timeout:
+            return _all(batch, "deferred", f"Resend did not answer within {self.timeout:g} s")
+        except requests.RequestException as exc:
+            return _all(batch, "deferred", self._scrub(f"cannot reach Resend at {self.base_url}: {type(exc).__name__}: {exc}"))
+        try:
+            return self._results(resp, batch)
+        finally:
+            resp.close()
+
+    # -- the answer ----------------------------------------------------------------------------------
+
+    def _results(self, resp: requests.Response, batch: list[Recipient]) -> list[Result]:
+        status = resp.status_code
+        if status == 200:
+            return self._per_email(resp, batch)
+        detail = self._detail(resp)
+        if status == 429:  # rate_limit_exceeded, daily_quota_exceeded
+            wait = retry_after(resp.headers.get("retry-after"))
+            if wait is None:  # documented next to retry-after: seconds until the window resets
+                wait = retry_after(resp.headers.get("ratelimit-reset"))
+            return _all(batch, "deferred", f"Resend rate limit (429){detail}", wait)
+        if status >= 500:
+            return _all(batch, "deferred", f"Resend server error ({status}){detail}")
+        if status == 409:
+            # concurrent_idempotent_requests: the first attempt is still in progress, its outcome unknown.
+            # invalid_idempotent_request: the same key came with a different payload, i.e. the issue was
+            # re-rendered between attempts; Resend forgets keys after 24 hours. Neither is the address's fault.
+            return _all(batch, "deferred", f"Resend idempotency conflict (409){detail}")
+        if status in (401, 403):
+            # A missing/invalid key or an unverified sending domain: configuration, not a verdict on any
+            # subscriber. "failed" would drop every recipient for good; "deferred" keeps them queued, this
+            # error tells the operator what to fix, and the engine's retry limit bounds the wait.
+            return _all(batch, "deferred", f"Resend refused the API key or the sender ({status}){detail}: check PUBLISHER_API_KEY and the domain")
+        if status in (400, 422):
+            # validation_error, missing_required_field...: a property of the request itself (per-email
+            # problems come back in errors[] in permissive mode), so sending it again cannot succeed.
+            return _all(batch, "failed", f"Resend refused the request ({status}){detail}")
+        return _all(batch, "deferred", f"unexpected answer from Resend ({status}){detail}")
+
+    def _per_email(self, resp: requests.Response, batch: list[Recipient]) -> list[Result]:
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            # Resend accepted something; the idempotency key makes a retry of this exact batch safe.
+            return _all(batch, "deferred", "Resend answered 200 with an unreadable body")
+        errors: dict[int, str] = {}
+        for item in data.get("errors") or []:
+            if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(batch):
+                errors[item["index"]] = str(item.get("message", "invalid email"))
+        return [
+            Result(r.subscriber_id, "failed", self._scrub(f"Resend refused this email: {errors[i]}")[:_MAX_ERROR])
+            if i in errors
+            else Result(r.subscriber_id, "sent")
+            for i, r in enumerate(batch)
+        ]
+
+    def _detail(self, resp: requests.Response) -> str:
+        """``: name: message`` from a Resend error body, or a short excerpt of whatever came back."""
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and "message" in data:
+            text = f"{data['name']}: {data['message']}" if data.get("name") else str(data["message"])
+        else:
+            text = resp.text.strip()[:200]
+        return f": {self._scrub(text)}"[:_MAX_ERROR] if text else ""
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+
+
+def mailbox(name: str, address: str) -> str:
+    """``Name <addr>``, the name quoted when it holds RFC 5322 specials."""
+    if not name:
+        return address
+    if _SPECIALS.search(name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _all(recipients: Sequence[Recipient], status: Status, error: str, retry: float | None = None) -> list[Result]:
+    return [Result(r.subscriber_id, status, error, retry) for r in recipients]
