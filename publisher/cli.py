@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -264,26 +268,86 @@ def digest_preview(c: Context, out: Path | None, email: str | None, as_text: boo
 
 @digest.command("send")
 @click.option("--dry-run", is_flag=True, help="Select and render, count the recipients, send nothing.")
+@click.option("--test-to", "test_to", metavar="ADDR", help="Send one copy to ADDR, subject prefixed [TEST], outside the send log.")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: when the output is a terminal).")
 @pass_ctx
-def digest_send(c: Context, dry_run: bool) -> None:
+def digest_send(c: Context, dry_run: bool, test_to: str | None, progress: bool | None) -> None:
     """Send the due issue to every active subscriber (an interrupted issue is resumed).
+
+    Safe to run again, or twice at once: the send log gives each subscriber one copy. Ctrl-C or
+    SIGTERM finishes the message in flight, records it, and stops; the next run goes on from there.
 
     \b
     Example:
       publisher digest send --dry-run
+      publisher digest send --test-to editor@example.org
       publisher digest send
     """
-    from .delivery.send import send_issue
+    from .delivery.send import send_issue, send_test
     from .digest import plan_issue, render_variants
 
     if dry_run:
         plan = plan_issue(c.cfg, c.store, _now())
-        recipients = c.store.subscribers(status=SubscriberStatus.ACTIVE)
-        variants = render_variants(c.cfg, plan, {s.topics for s in recipients})
-        click.echo(f"digest {plan.id}: {len(plan.publications)} publications, {len(recipients)} recipients, "
+        recipients = c.store.count_recipients(_now())
+        variants = render_variants(c.cfg, plan, c.store.subscriber_topic_sets())
+        click.echo(f"digest {plan.id}: {len(plan.publications)} publications, {recipients} recipients, "
                    f"{len(variants)} variants (dry run: nothing sent)")
         return
-    _print_send(send_issue(c.cfg, c.store, _now()))
+    if test_to:
+        result = send_test(c.cfg, c.store, _now(), test_to)
+        click.echo(f"test copy to {test_to}: {result.status}{': ' + result.error if result.error else ''}")
+        if result.status != "sent":
+            sys.exit(1)
+        return
+    with _stop_on_signals() as stop, _progress_bar(progress) as on_progress:
+        outcome = send_issue(c.cfg, c.store, _now(), stop=stop, progress=on_progress)
+    _print_send(outcome)
+    if outcome.stopped:
+        click.echo("stopped: the next `publisher digest send` resumes this issue", err=True)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Any:
+    """SIGTERM and Ctrl-C set an event the send checks between messages (the message in flight completes)."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        click.echo(f"\n{signal.Signals(signum).name}: finishing the messages in flight, then stopping", err=True)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool | None) -> Any:
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    counts = {"sent": 0, "deferred": 0, "failed": 0}
+    columns = (TextColumn("[bold]digest"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]:>7.0f} msg/s"), TimeRemainingColumn(), TextColumn("{task.fields[counts]}"))
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("send", total=None, rate=0.0, counts="")
+        started = time.monotonic()
+
+        def on_progress(status: str, n: int) -> None:
+            if status == "total":
+                bar.update(task, total=n)
+                return
+            counts[status] += n
+            done = sum(counts.values())
+            bar.update(task, completed=done, rate=done / max(time.monotonic() - started, 1e-6),
+                       counts=f"{counts['sent']} sent, {counts['deferred']} deferred, {counts['failed']} failed")
+
+        yield on_progress
 
 
 @digest.command("note")

@@ -39,7 +39,7 @@ from .backends import Transport, Variant, transport_factory
 from .message import compile_message, message_id
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int], None]  # (status, count): called as results are recorded
+Progress = Callable[[str, int], None]  # ("total", n) once, then (status, count) as results are recorded
 
 
 @dataclass
@@ -92,6 +92,8 @@ def send_issue(cfg: Config, store: Store, now: datetime, *, make_transport: Call
     started = store.issue_started(plan.id)
     outcome.archive = write_copy(cfg, rendered[()])  # the everything variant is always rendered
     outcome.total = store.count_recipients(started)
+    if progress:
+        progress("total", outcome.total)
     factory, default_workers = transport_factory(cfg)
     engine = _Engine(cfg, store, plan.id, variants, make_transport or factory, workers or default_workers, stop or threading.Event(), outcome, progress)
     engine.run(store.recipients(started, batch=cfg.delivery.batch_size))
@@ -164,11 +166,13 @@ class _Engine:
 
     def run(self, batches: Iterable[list[Subscriber]]) -> None:
         self.store.register_run(self.run_id, self.issue_id, _now())
+        done = threading.Event()
+        beating = threading.Thread(target=self._heartbeat, args=(done,), name="send-heartbeat", daemon=True)
+        beating.start()
         work: queue.Queue[list[Subscriber] | None] = queue.Queue(maxsize=2 * self.workers)
         threads = [threading.Thread(target=self._worker, args=(work,), name=f"send-{i}", daemon=True) for i in range(self.workers)]
         for thread in threads:
             thread.start()
-        beat = time.monotonic()
         try:
             for batch in batches:
                 if self.stop.is_set():
@@ -176,18 +180,24 @@ class _Engine:
                 claimed = self._claim(batch)
                 if claimed:
                     work.put(claimed)
-                if time.monotonic() - beat > 10:
-                    self.store.heartbeat(self.run_id, _now())
-                    beat = time.monotonic()
         finally:
             for _ in threads:
                 work.put(None)
             for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=5)
-                    self.store.heartbeat(self.run_id, _now())
+                thread.join()
+            done.set()
+            beating.join()
             self.store.finish_run(self.run_id, _now())
             self.outcome.stopped = self.stop.is_set()
+
+    def _heartbeat(self, done: threading.Event) -> None:
+        """Beat four times per stale_after, from a thread of its own (the others may block on the relay)."""
+        interval = max(0.1, self.stale.total_seconds() / 4)
+        while not done.wait(interval):
+            try:
+                self.store.heartbeat(self.run_id, _now())
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the send goes on
+                log.warning("send run %s: heartbeat failed", self.run_id, exc_info=True)
 
     def _claim(self, batch: list[Subscriber]) -> list[Subscriber]:
         send_empty = self.cfg.digest.send_empty

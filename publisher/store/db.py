@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -21,6 +22,7 @@ from . import tables as t
 from .sendlog import SendLogMixin
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATE_LOCK = threading.Lock()  # alembic's migration context is process-global: one migration at a time
 
 
 def open_store(url: str) -> Store:
@@ -88,7 +90,7 @@ class Store(SendLogMixin):
         cfg.set_main_option("script_location", str(MIGRATIONS))
         sqlite = self.engine.dialect.name == "sqlite"
         try:
-            with self.engine.connect() as conn:
+            with _MIGRATE_LOCK, self.engine.connect() as conn:
                 if sqlite:
                     # SQLite alters a table by copying it and dropping the old one; with foreign keys on, that drop
                     # would cascade and delete every row that points at it (topics, send log...). The pragma only

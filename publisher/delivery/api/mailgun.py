@@ -37,6 +37,7 @@ import json
 import re
 from collections.abc import Sequence
 from email.utils import formataddr
+from typing import Self
 from urllib.parse import quote
 
 import requests
@@ -47,9 +48,7 @@ from .sendgrid import Answer, isolate, retry_after, split_headers
 
 _TO_PARAMETER = re.compile(r"(?<![\w:-])'?to'?\s+parameter", re.IGNORECASE)
 # Parameters of ours other than 'to': a 400 naming one of them is about the request, not an address.
-_OTHER_PARAMETER = re.compile(
-    r"(?<![\w:-])'?(from|subject|text|html|recipient-variables|[hvo]:[\w-]+)'?\s+parameters?\b", re.IGNORECASE
-)
+_OTHER_PARAMETER = re.compile(r"(?<![\w:-])'?(from|subject|text|html|recipient-variables|[hvo]:[\w-]+)'?\s+parameters?\b", re.IGNORECASE)
 _MAX_ERROR = 500
 
 
@@ -78,7 +77,7 @@ class MailgunAdapter:
     def __repr__(self) -> str:
         return f"MailgunAdapter(domain={self.domain!r}, base_url={self.base_url!r}, timeout={self.timeout!r})"
 
-    def __enter__(self) -> MailgunAdapter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -161,9 +160,11 @@ class MailgunAdapter:
         if status in (401, 403):
             # A wrong key, or a domain not allowed to send: the operator's to fix, after which the same
             # request succeeds. Failing would drop every subscriber for a configuration error.
-            return Answer("deferred", f"Mailgun refused the API key or the domain ({status}): check PUBLISHER_API_KEY and [delivery.api] domain{detail}")
+            error = f"Mailgun refused the API key or the domain ({status}): check PUBLISHER_API_KEY and [delivery.api] domain{detail}"
+            return Answer("deferred", error)
         if status == 404:
-            return Answer("deferred", f"Mailgun does not know the domain {self.domain!r} at {self.base_url} (404): check the domain and the region (api.eu.mailgun.net){detail}")
+            error = f"Mailgun does not know the domain {self.domain!r} at {self.base_url} (404)"
+            return Answer("deferred", f"{error}: check the domain and the region (api.eu.mailgun.net){detail}")
         if status == 429:
             return Answer("deferred", f"Mailgun rate limit (429){detail}", retry_after(resp.headers.get("Retry-After")))
         if status >= 500:

@@ -128,7 +128,8 @@ class ResendAdapter:
             # A missing/invalid key or an unverified sending domain: configuration, not a verdict on any
             # subscriber. "failed" would drop every recipient for good; "deferred" keeps them queued, this
             # error tells the operator what to fix, and the engine's retry limit bounds the wait.
-            return _all(batch, "deferred", f"Resend refused the API key or the sender ({status}){detail}: check PUBLISHER_API_KEY and the domain")
+            error = f"Resend refused the API key or the sender ({status}){detail}: check PUBLISHER_API_KEY and the sending domain"
+            return _all(batch, "deferred", error)
         if status in (400, 422):
             # validation_error, missing_required_field...: a property of the request itself (per-email
             # problems come back in errors[] in permissive mode), so sending it again cannot succeed.

@@ -41,10 +41,10 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from math import ceil, log2
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import requests
 
@@ -100,7 +100,7 @@ class SendGridAdapter:
     def __repr__(self) -> str:
         return f"SendGridAdapter(base_url={self.base_url!r}, timeout={self.timeout!r})"
 
-    def __enter__(self) -> SendGridAdapter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -181,7 +181,8 @@ class SendGridAdapter:
             # The key (missing, revoked, lacking the Mail Send scope) or the sender identity (403: "The from
             # address does not match a verified Sender Identity"): the operator's to fix, after which the
             # very same request succeeds. Failing would drop every subscriber for a configuration error.
-            return Answer("deferred", f"SendGrid refused the API key or the sender ({status}): check PUBLISHER_API_KEY and the sender identity{detail}")
+            error = f"SendGrid refused the API key or the sender ({status}): check PUBLISHER_API_KEY and the sender identity{detail}"
+            return Answer("deferred", error)
         if status == 429:
             return Answer("deferred", f"SendGrid rate limit (429){detail}", _retry_after(resp))
         if status >= 500:
@@ -206,7 +207,8 @@ class SendGridAdapter:
         if whole:
             return Answer("refused", error, whole=True)
         if bad:
-            return Answer("refused", error, bad={i: f"SendGrid refused this address (400): {'; '.join(msgs)}"[:_MAX_ERROR] for i, msgs in bad.items()})
+            named = {i: f"SendGrid refused this address (400): {'; '.join(m)}"[:_MAX_ERROR] for i, m in bad.items()}
+            return Answer("refused", error, bad=named)
         return Answer("refused", error)
 
     def _errors(self, resp: requests.Response) -> list[dict[str, Any]]:
@@ -316,8 +318,8 @@ def retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _retry_after(resp: requests.Response) -> float | None:

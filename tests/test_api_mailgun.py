@@ -1,0 +1,343 @@
+"""The Mailgun adapter against a real local HTTP server: the exact wire format, and every kind of answer."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+
+from publisher import __version__
+from publisher.delivery.api import PLACEHOLDERS, Prepared, Recipient, Result
+from publisher.delivery.api.mailgun import MailgunAdapter
+
+from .servers import free_port, recording_server
+
+KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
+DOMAIN = "mg.example.org"
+
+HTML = '<p>Hello %%EMAIL%%</p><p><a href="%%UNSUBSCRIBE_URL%%">Unsubscribe</a> <a href="%%PREFERENCES_URL%%">Preferences</a></p>'
+TEXT = "Hello %%EMAIL%%\nUnsubscribe: %%UNSUBSCRIBE_URL%%\nPreferences: %%PREFERENCES_URL%%\n"
+QUEUED = (200, {"Content-Type": "application/json"}, b'{"id": "<20261127093000.1.ABC@mg.example.org>", "message": "Queued. Thank you."}')
+NOT_AN_ADDRESS = b'{"message": "\'to\' parameter is not a valid address. please check documentation"}'
+
+
+def prepared(**changes: Any) -> Prepared:
+    fields: dict[str, Any] = {
+        "issue_id": "2026-W48",
+        "subject": "Weekly digest — 27 November 2026",
+        "from_name": "Publisher Sample Institute",
+        "from_address": "digest@example.org",
+        "reply_to": "editors@example.org",
+        "html": HTML,
+        "text": TEXT,
+        "list_id": "Publisher Sample Institute <digest.www.example.org>",
+    }
+    fields.update(changes)
+    return Prepared(**fields)
+
+
+def recipient(i: int, email: str | None = None) -> Recipient:
+    return Recipient(
+        subscriber_id=i,
+        email=email or f"reader{i}@example.com",
+        message_id=f"<digest.2026-W48.{i:04x}@example.org>",
+        links={
+            "unsubscribe_url": f"https://www.example.org/unsubscribe?s={i}&t=tok{i}",
+            "preferences_url": f"https://www.example.org/preferences?s={i}&t=tok{i}",
+        },
+        idempotency_key=f"2026-W48:{i}",
+    )
+
+
+def by_id(results: list[Result]) -> dict[int, Result]:
+    assert len({r.subscriber_id for r in results}) == len(results), "one result per recipient"
+    return {r.subscriber_id: r for r in results}
+
+
+def form(req: dict[str, Any]) -> list[tuple[str, str]]:
+    assert req["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    return parse_qsl(req["body"].decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+
+
+def one(fields: list[tuple[str, str]], name: str) -> str:
+    values = [v for k, v in fields if k == name]
+    assert len(values) == 1, f"{name}: {values}"
+    return values[0]
+
+
+def substitute(value: str, variables: dict[str, str]) -> str:
+    """What Mailgun does with ``%recipient.name%`` for one recipient."""
+    return re.sub(r"%recipient\.([\w-]+)%", lambda m: variables[m.group(1)], value)
+
+
+@pytest.fixture
+def adapter_for() -> Iterator[Any]:
+    made: list[MailgunAdapter] = []
+
+    def make(base_url: str, **kw: Any) -> MailgunAdapter:
+        made.append(MailgunAdapter(KEY, domain=DOMAIN, base_url=base_url, **kw))
+        return made[-1]
+
+    yield make
+    for a in made:
+        a.close()
+
+
+# -- the wire format --------------------------------------------------------------------------------------
+
+
+def test_one_request_with_recipient_variables_gives_each_recipient_their_own_issue(adapter_for) -> None:
+    p = prepared()
+    rs = [recipient(1), recipient(2), recipient(3, "a&b@example.org")]
+    with recording_server(lambda m, path, body: QUEUED) as (url, reqs):
+        results = adapter_for(url).send_batch(p, rs)
+    assert {r.subscriber_id: r.status for r in results} == {1: "sent", 2: "sent", 3: "sent"}
+    assert len(reqs) == 1
+    req = reqs[0]
+    assert (req["method"], req["path"]) == ("POST", f"/v3/{DOMAIN}/messages")
+    assert req["headers"]["Authorization"] == "Basic " + base64.b64encode(f"api:{KEY}".encode()).decode()
+    assert req["headers"]["User-Agent"] == f"publisher/{__version__}"
+    fields = form(req)
+    names = {k for k, _ in fields}
+    assert names == {
+        "from", "to", "subject", "text", "html", "recipient-variables", "h:Reply-To", "h:List-Id",
+        "h:List-Unsubscribe-Post", "h:List-Unsubscribe", "h:Message-ID", "v:subscriber_id", "v:issue_id",
+    }  # fmt: skip
+    assert one(fields, "from") == "Publisher Sample Institute <digest@example.org>"
+    assert [v for k, v in fields if k == "to"] == [r.email for r in rs]
+    assert one(fields, "subject") == p.subject
+    assert one(fields, "h:Reply-To") == "editors@example.org"
+    assert one(fields, "h:List-Id") == p.list_id
+    assert one(fields, "h:List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
+    assert one(fields, "h:List-Unsubscribe") == "%recipient.list_unsubscribe%"
+    assert one(fields, "h:Message-ID") == "%recipient.message_id%"
+    assert one(fields, "v:subscriber_id") == "%recipient.subscriber_id%"
+    assert one(fields, "v:issue_id") == "2026-W48"
+    text, html = one(fields, "text"), one(fields, "html")
+    assert not any(marker in text + html for marker in PLACEHOLDERS.values())
+    assert "%recipient.unsubscribe_url%" in text and "%recipient.unsubscribe_url_html%" in html
+
+    variables = json.loads(one(fields, "recipient-variables"))
+    assert list(variables) == [r.email for r in rs]
+    for r in rs:
+        own = variables[r.email]
+        assert own["unsubscribe_url"] == r.links["unsubscribe_url"]
+        assert own["subscriber_id"] == str(r.subscriber_id)
+        # What this recipient receives, once Mailgun substituted: exactly their personalised issue and headers.
+        assert (substitute(html, own), substitute(text, own)) == p.personalise(r)
+        headers = {k[2:]: substitute(v, own) for k, v in fields if k.startswith("h:")}
+        assert headers == {**p.headers(r), "Reply-To": "editors@example.org"}
+        assert headers["List-Unsubscribe"].startswith(f"<{r.links['unsubscribe_url']}>, <mailto:")
+    # HTML-escaped values for the HTML part only.
+    third = variables["a&b@example.org"]
+    assert third["email_html"] == "a&amp;b@example.org" and third["email"] == "a&b@example.org"
+    assert third["unsubscribe_url_html"] == "https://www.example.org/unsubscribe?s=3&amp;t=tok3"
+
+
+def test_no_reply_to_and_a_name_with_specials(adapter_for) -> None:
+    p = prepared(reply_to="", from_name="Institute, Inc.", extra_headers={"X-Issue": "2026-W48"})
+    with recording_server(lambda m, path, body: QUEUED) as (url, reqs):
+        adapter_for(url).send_batch(p, [recipient(1)])
+    fields = form(reqs[0])
+    assert "h:Reply-To" not in {k for k, _ in fields}
+    assert one(fields, "from") == '"Institute, Inc." <digest@example.org>'
+    assert one(fields, "h:X-Issue") == "2026-W48"
+
+
+def test_an_empty_batch_makes_no_request(adapter_for) -> None:
+    with recording_server() as (url, reqs):
+        assert adapter_for(url).send_batch(prepared(), []) == []
+    assert reqs == []
+
+
+def test_a_duplicate_address_is_deferred_to_another_request(adapter_for) -> None:
+    """recipient-variables is keyed by address: two subscribers with one address would share one set."""
+    with recording_server(lambda m, path, body: QUEUED) as (url, reqs):
+        results = by_id(adapter_for(url).send_batch(prepared(), [recipient(1), recipient(2, "Reader1@Example.com")]))
+    assert results[1].status == "sent"
+    assert results[2].status == "deferred" and "another request" in results[2].error
+    assert [v for k, v in form(reqs[0]) if k == "to"] == ["reader1@example.com"]
+
+
+# -- answers ------------------------------------------------------------------------------------------
+
+
+def test_429_defers_everybody_with_retry_after(adapter_for) -> None:
+    with recording_server(lambda m, path, b: (429, {"Retry-After": "7"}, b'{"message": "Too many requests"}')) as (url, reqs):
+        results = adapter_for(url).send_batch(prepared(), [recipient(1), recipient(2)])
+    assert [(r.status, r.retry_after) for r in results] == [("deferred", 7.0), ("deferred", 7.0)]
+    assert "429" in results[0].error and "Too many requests" in results[0].error
+    assert len(reqs) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_5xx_defers(adapter_for, status: int) -> None:
+    with recording_server(lambda m, path, b: (status, {}, b"upstream trouble")) as (url, _):
+        results = adapter_for(url).send_batch(prepared(), [recipient(1), recipient(2)])
+    assert {r.status for r in results} == {"deferred"}
+    assert str(status) in results[0].error and results[0].retry_after is None
+
+
+def test_401_defers_with_a_configuration_error_and_never_shows_the_key(adapter_for) -> None:
+    def respond(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        return 401, {}, f"Forbidden (you sent api:{KEY})".encode()  # an echoing proxy: still no key in errors
+
+    with recording_server(respond) as (url, _):
+        adapter = adapter_for(url)
+        results = adapter.send_batch(prepared(), [recipient(1), recipient(2)])
+    assert {r.status for r in results} == {"deferred"}
+    assert "PUBLISHER_API_KEY" in results[0].error and "401" in results[0].error
+    assert all(KEY not in r.error for r in results) and "[redacted]" in results[0].error
+    assert KEY not in repr(adapter)
+
+
+def test_an_unknown_domain_defers(adapter_for) -> None:
+    with recording_server(lambda m, path, b: (404, {}, b'{"message": "Domain not found: mg.example.org"}')) as (url, _):
+        [result] = adapter_for(url).send_batch(prepared(), [recipient(1)])
+    assert result.status == "deferred" and "mg.example.org" in result.error and "region" in result.error
+
+
+def test_a_200_that_is_not_a_queued_message_defers(adapter_for) -> None:
+    with recording_server(lambda m, path, b: (200, {}, b"Mailgun Magnificent API")) as (url, _):
+        [result] = adapter_for(url).send_batch(prepared(), [recipient(1)])
+    assert result.status == "deferred" and "message id" in result.error
+
+
+def test_a_timeout_defers(adapter_for) -> None:
+    release = threading.Event()
+
+    def slow(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        release.wait(5)
+        return QUEUED
+
+    with recording_server(slow) as (url, reqs):
+        started = time.monotonic()
+        results = adapter_for(url, timeout=0.5).send_batch(prepared(), [recipient(1), recipient(2)])
+        elapsed = time.monotonic() - started
+        release.set()
+    assert {r.status for r in results} == {"deferred"}
+    assert "0.5 s" in results[0].error
+    assert elapsed < 3 and len(reqs) == 1
+
+
+def test_connection_refused_defers_and_the_error_has_no_key(adapter_for) -> None:
+    results = adapter_for(f"http://127.0.0.1:{free_port()}", timeout=2).send_batch(prepared(), [recipient(1), recipient(2)])
+    assert {r.status for r in results} == {"deferred"}
+    assert "cannot reach Mailgun" in results[0].error
+    assert all(KEY not in r.error for r in results)
+
+
+def test_a_single_refused_recipient_fails_with_mailguns_message(adapter_for) -> None:
+    with recording_server(lambda m, path, b: (400, {}, NOT_AN_ADDRESS)) as (url, reqs):
+        [result] = adapter_for(url).send_batch(prepared(), [recipient(1, "reader@example")])
+    assert result.status == "failed"
+    assert result.error == "Mailgun refused the request (400): 'to' parameter is not a valid address. please check documentation"
+    assert len(reqs) == 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["'from' parameter is not a valid address. please check documentation", "Need at least one of 'text' or 'html' parameters specified"],
+)
+def test_a_request_refused_as_a_whole_fails_everybody_in_it_at_once(adapter_for, message: str) -> None:
+    body = json.dumps({"message": message}).encode()
+    with recording_server(lambda m, path, b: (400, {}, body)) as (url, reqs):
+        results = adapter_for(url).send_batch(prepared(), [recipient(i) for i in range(8)])
+    assert {r.status for r in results} == {"failed"} and len(results) == 8
+    assert message in results[0].error
+    assert len(reqs) == 1
+
+
+# -- one bad address in a batch -------------------------------------------------------------------------
+
+
+def refuse_invalid(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Like Mailgun: one invalid ``to`` and the whole request is refused, without saying which."""
+    to = [v for k, v in parse_qsl(body.decode()) if k == "to"]
+    return (400, {}, NOT_AN_ADDRESS) if any(not re.fullmatch(r"[^@\s]+@[^@\s]+\.\w+", t) for t in to) else QUEUED
+
+
+def accepted_emails(reqs: list[dict[str, Any]]) -> list[str]:
+    return [v for req in reqs if refuse_invalid("POST", req["path"], req["body"])[0] == 200 for k, v in form(req) if k == "to"]
+
+
+def test_one_invalid_address_is_isolated_by_bisection_and_the_others_are_sent(adapter_for) -> None:
+    rs = [recipient(i) for i in range(8)]
+    rs[5] = recipient(5, "reader5@example")
+    with recording_server(refuse_invalid) as (url, reqs):
+        results = by_id(adapter_for(url).send_batch(prepared(), rs))
+    assert {i for i, r in results.items() if r.status == "failed"} == {5}
+    assert "'to' parameter is not a valid address" in results[5].error
+    assert all(r.status == "sent" for i, r in results.items() if i != 5)
+    assert len(reqs) <= 1 + 2 * 3  # log2(8) = 3 levels, at most two requests each
+    # Every valid recipient is in exactly one accepted request: nothing is sent twice.
+    assert sorted(accepted_emails(reqs)) == sorted(r.email for r in rs if r.subscriber_id != 5)
+
+
+def test_two_invalid_addresses_in_a_large_batch(adapter_for) -> None:
+    rs = [recipient(i) for i in range(100)]
+    rs[3] = recipient(3, "three")
+    rs[77] = recipient(77, "seventy seven@example.com")
+    with recording_server(refuse_invalid) as (url, reqs):
+        results = by_id(adapter_for(url).send_batch(prepared(), rs))
+    assert {i for i, r in results.items() if r.status == "failed"} == {3, 77}
+    assert sum(r.status == "sent" for r in results.values()) == 98
+    assert len(reqs) <= 1 + 4 * 7
+    assert sorted(accepted_emails(reqs)) == sorted(r.email for r in rs if r.subscriber_id not in (3, 77))
+
+
+def test_when_the_request_budget_runs_out_the_rest_is_deferred_untried(adapter_for) -> None:
+    """Every address bad: the adapter stops after its budget, and the engine's next attempt goes on."""
+    rs = [recipient(i, f"bad{i}") for i in range(16)]
+    with recording_server(refuse_invalid) as (url, reqs):
+        results = by_id(adapter_for(url).send_batch(prepared(), rs))
+    assert len(results) == 16
+    failed = {i for i, r in results.items() if r.status == "failed"}
+    deferred = {i for i, r in results.items() if r.status == "deferred"}
+    assert failed and deferred and failed | deferred == set(range(16))
+    assert all("not attempted" in results[i].error for i in deferred)
+    assert len(reqs) == 1 + 4 * 4
+    # Deferred ones were never in a request that could have been accepted, failed ones alone in theirs.
+    assert accepted_emails(reqs) == []
+
+
+def test_a_deferral_while_isolating_stops_and_defers_the_rest(adapter_for) -> None:
+    answers = iter([(400, {}, NOT_AN_ADDRESS)])
+
+    def respond(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        return next(answers, (429, {"Retry-After": "3"}, b'{"message": "slow down"}'))
+
+    with recording_server(respond) as (url, reqs):
+        results = adapter_for(url).send_batch(prepared(), [recipient(i) for i in range(4)])
+    assert {(r.status, r.retry_after) for r in results} == {("deferred", 3.0)}
+    assert len(results) == 4 and len(reqs) == 2
+
+
+# -- the key and the session ----------------------------------------------------------------------------
+
+
+def test_the_key_is_not_in_repr_and_close_closes_the_session() -> None:
+    adapter = MailgunAdapter(KEY, domain=DOMAIN, base_url="http://127.0.0.1:9")
+    assert repr(adapter) == "MailgunAdapter(domain='mg.example.org', base_url='http://127.0.0.1:9', timeout=30.0)"
+    with recording_server(lambda m, path, b: QUEUED) as (url, _):
+        adapter.base_url = url
+        adapter.send_batch(prepared(), [recipient(1)])
+        pools = adapter._session.get_adapter(url).poolmanager.pools
+        assert len(pools) == 1
+        adapter.close()
+        assert len(pools) == 0
+
+
+def test_bad_settings_are_refused_without_echoing_the_key() -> None:
+    with pytest.raises(ValueError) as info:
+        MailgunAdapter("key-secret\nX: 1", domain=DOMAIN)
+    assert "secret" not in str(info.value)
+    with pytest.raises(ValueError):
+        MailgunAdapter(KEY, domain="mg.example.org/../other")

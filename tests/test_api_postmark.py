@@ -1,0 +1,366 @@
+"""PostmarkAdapter against a real local HTTP server: the exact wire format, and every kind of answer."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+
+from publisher import __version__
+from publisher.delivery.api import Prepared, Recipient, Result
+from publisher.delivery.api.postmark import PostmarkAdapter, mailbox, retry_after
+from publisher.digest.render import PLACEHOLDERS
+
+from .servers import free_port, recording_server
+
+KEY = "pm-server-token-7d41c0ffee"
+
+Respond = Callable[[str, str, bytes], tuple[int, dict[str, str], bytes]]
+
+
+def make_prepared(**overrides: Any) -> Prepared:
+    p = PLACEHOLDERS
+    fields: dict[str, Any] = {
+        "issue_id": "2026-W48",
+        "subject": "Research digest — 27 November 2026",
+        "from_name": "Example Research",
+        "from_address": "news@example.org",
+        "reply_to": "editor@example.org",
+        "html": (
+            f'<p>Sent to {p["email"]}.</p><p><a href="{p["unsubscribe_url"]}">Unsubscribe</a> · '
+            f'<a href="{p["preferences_url"]}">Preferences</a></p>'
+        ),
+        "text": f"Sent to {p['email']}.\nUnsubscribe: {p['unsubscribe_url']}\nPreferences: {p['preferences_url']}\n",
+        "list_id": "Research digest <digest.example.org>",
+    }
+    fields.update(overrides)
+    return Prepared(**fields)
+
+
+def make_recipient(i: int, email: str) -> Recipient:
+    return Recipient(
+        subscriber_id=i,
+        email=email,
+        message_id=f"<digest.2026-W48.{i:04x}@example.org>",
+        links={
+            "unsubscribe_url": f"https://example.org/unsubscribe?s={i}&t=tok{i}",
+            "preferences_url": f"https://example.org/preferences?s={i}&t=tok{i}",
+        },
+        idempotency_key=f"2026-W48/{i}",
+    )
+
+
+RECIPIENTS = [make_recipient(1, "ada@example.com"), make_recipient(2, "bob+news@example.net"), make_recipient(3, "cy@example.edu")]
+
+
+def ok_entries(recipients: list[Recipient]) -> list[dict[str, Any]]:
+    return [
+        {"ErrorCode": 0, "Message": "OK", "MessageID": f"0a129aee-e1cd-480d-b08d-4f48548ff48{r.subscriber_id}", "To": r.email}
+        for r in recipients
+    ]
+
+
+def answer(status: int, obj: Any = None, headers: dict[str, str] | None = None) -> Respond:
+    payload = b"" if obj is None else json.dumps(obj).encode()
+
+    def respond(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        return status, {"Content-Type": "application/json", **(headers or {})}, payload
+
+    return respond
+
+
+@contextmanager
+def adapter_for(url: str, **kwargs: Any) -> Iterator[PostmarkAdapter]:
+    adapter = PostmarkAdapter(KEY, base_url=url, **kwargs)
+    try:
+        yield adapter
+    finally:
+        adapter.close()
+
+
+def send(respond: Respond, recipients: list[Recipient] = RECIPIENTS, **kwargs: Any) -> tuple[list[Result], list[dict[str, Any]]]:
+    with recording_server(respond) as (url, requests), adapter_for(url, **kwargs) as adapter:
+        results = adapter.send_batch(make_prepared(), recipients)
+    return results, requests
+
+
+def by_id(results: list[Result]) -> dict[int, Result]:
+    assert len(results) == len({r.subscriber_id for r in results})
+    return {r.subscriber_id: r for r in results}
+
+
+def assert_no_key(results: list[Result]) -> None:
+    for r in results:
+        assert KEY not in r.error
+
+
+# -- the wire format ----------------------------------------------------------------------------------
+
+
+def test_wire_format_is_postmarks_batch_endpoint() -> None:
+    results, requests = send(answer(200, ok_entries(RECIPIENTS)))
+
+    assert len(requests) == 1
+    req = requests[0]
+    assert req["method"] == "POST"
+    assert req["path"] == "/email/batch"
+    headers = {k.lower(): v for k, v in req["headers"].items()}
+    assert headers["x-postmark-server-token"] == KEY
+    assert headers["accept"] == "application/json"
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"] == f"publisher/{__version__}"
+    assert "authorization" not in headers
+
+    messages = json.loads(req["body"])
+    assert isinstance(messages, list) and len(messages) == 3
+    for msg, r in zip(messages, RECIPIENTS):
+        assert set(msg) == {"From", "To", "Subject", "HtmlBody", "TextBody", "ReplyTo", "Headers", "MessageStream", "TrackOpens"}
+        assert msg["From"] == "Example Research <news@example.org>"
+        assert msg["To"] == r.email
+        assert msg["Subject"] == "Research digest — 27 November 2026"
+        assert msg["ReplyTo"] == "editor@example.org"
+        assert msg["MessageStream"] == "broadcast"
+        assert msg["TrackOpens"] is False
+
+        i = r.subscriber_id
+        html, text = msg["HtmlBody"], msg["TextBody"]
+        assert f"Sent to {r.email}." in html
+        assert f'href="https://example.org/unsubscribe?s={i}&amp;t=tok{i}"' in html
+        assert f'href="https://example.org/preferences?s={i}&amp;t=tok{i}"' in html
+        assert f"Sent to {r.email}." in text
+        assert f"Unsubscribe: https://example.org/unsubscribe?s={i}&t=tok{i}\n" in text
+        assert f"Preferences: https://example.org/preferences?s={i}&t=tok{i}\n" in text
+        for other in RECIPIENTS:
+            if other is not r:
+                assert other.email not in html + text
+                assert f"s={other.subscriber_id}&" not in html + text
+        assert "%%" not in html + text
+
+        assert msg["Headers"] == [
+            {"Name": "List-Id", "Value": "Research digest <digest.example.org>"},
+            {
+                "Name": "List-Unsubscribe",
+                "Value": f"<https://example.org/unsubscribe?s={i}&t=tok{i}>, <mailto:news@example.org?subject=unsubscribe>",
+            },
+            {"Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click"},
+            {"Name": "Message-ID", "Value": f"<digest.2026-W48.{i:04x}@example.org>"},
+        ]
+
+    assert by_id(results) == {r.subscriber_id: Result(r.subscriber_id, "sent") for r in RECIPIENTS}
+
+
+def test_optional_fields_stream_and_extra_headers() -> None:
+    received: list[Any] = []
+
+    def respond(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        received.append(json.loads(body))
+        return 200, {}, json.dumps(ok_entries(RECIPIENTS[:1])).encode()
+
+    with recording_server(respond) as (url, _), adapter_for(url, message_stream="digest-weekly") as adapter:
+        prepared = make_prepared(reply_to="", from_name='Example "Research", Inc.', extra_headers={"X-Issue": "2026-W48"})
+        results = adapter.send_batch(prepared, RECIPIENTS[:1])
+
+    (msg,) = received[0]
+    assert "ReplyTo" not in msg
+    assert msg["From"] == '"Example \\"Research\\", Inc." <news@example.org>'
+    assert msg["MessageStream"] == "digest-weekly"
+    assert {"Name": "X-Issue", "Value": "2026-W48"} in msg["Headers"]
+    assert results == [Result(1, "sent")]
+
+
+def test_empty_batch_sends_nothing() -> None:
+    results, requests = send(answer(200, []), recipients=[])
+    assert results == [] and requests == []
+
+
+def test_oversized_batch_is_a_caller_error() -> None:
+    with adapter_for("http://127.0.0.1:9") as adapter:
+        with pytest.raises(ValueError, match="at most 500") as exc:
+            adapter.send_batch(make_prepared(), [make_recipient(i, f"u{i}@example.com") for i in range(501)])
+    assert KEY not in str(exc.value)
+
+
+# -- per-message results ------------------------------------------------------------------------------
+
+
+def test_partial_batch_failure_is_per_recipient() -> None:
+    entries = ok_entries(RECIPIENTS)
+    entries[1] = {"ErrorCode": 300, "Message": "Invalid 'To' address: 'bob+news@example.net'.", "To": "bob+news@example.net"}
+    results, _ = send(answer(200, entries))
+
+    got = by_id(results)
+    assert got[1] == Result(1, "sent")
+    assert got[3] == Result(3, "sent")
+    assert got[2].status == "failed"
+    assert "300" in got[2].error and "Invalid 'To' address" in got[2].error
+
+
+def test_inactive_recipient_fails_other_codes_defer() -> None:
+    entries = ok_entries(RECIPIENTS)
+    entries[0] = {"ErrorCode": 406, "Message": "You tried to send to recipient(s) that have been marked as inactive."}
+    entries[2] = {"ErrorCode": 429, "Message": "Rate limit exceeded."}
+    results, _ = send(answer(200, entries))
+
+    got = by_id(results)
+    assert got[1].status == "failed" and "406" in got[1].error
+    assert got[2] == Result(2, "sent")
+    assert got[3].status == "deferred" and "429" in got[3].error
+
+
+def test_short_or_unreadable_200_is_deferred_not_lost() -> None:
+    results, _ = send(answer(200, ok_entries(RECIPIENTS[:2])))
+    got = by_id(results)
+    assert got[1].status == got[2].status == "sent"
+    assert got[3].status == "deferred"
+
+    def garbage(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        return 200, {"Content-Type": "text/html"}, b"<html>proxy page</html>"
+
+    results, _ = send(garbage)
+    assert {r.status for r in results} == {"deferred"}
+    assert len(results) == 3
+
+
+# -- whole-request answers ----------------------------------------------------------------------------
+
+
+def test_429_defers_all_with_retry_after() -> None:
+    results, _ = send(answer(429, {"ErrorCode": 429, "Message": "Rate limit exceeded."}, {"Retry-After": "7"}))
+    assert len(results) == 3
+    for r in results:
+        assert r.status == "deferred"
+        assert r.retry_after == 7
+        assert "429" in r.error
+
+
+def test_429_without_retry_after() -> None:
+    results, _ = send(answer(429, {"ErrorCode": 429, "Message": "Rate limit exceeded."}))
+    assert {(r.status, r.retry_after) for r in results} == {("deferred", None)}
+
+
+def test_500_defers_all() -> None:
+    results, _ = send(answer(500, {"ErrorCode": 0, "Message": "Internal server error"}))
+    assert len(results) == 3
+    assert {r.status for r in results} == {"deferred"}
+    assert all("500" in r.error for r in results)
+
+
+def test_503_with_non_json_body_defers_all() -> None:
+    def respond(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        return 503, {"Content-Type": "text/plain"}, b"Service Unavailable"
+
+    results, _ = send(respond)
+    assert {r.status for r in results} == {"deferred"}
+    assert all("503" in r.error and "Service Unavailable" in r.error for r in results)
+
+
+def test_401_is_a_configuration_error_reported_as_deferred() -> None:
+    results, _ = send(answer(401, {"ErrorCode": 10, "Message": f"Bad or missing Server API token: {KEY}"}))
+    assert len(results) == 3
+    for r in results:
+        assert r.status == "deferred"
+        assert "Postmark rejected the server token (401)" in r.error
+    assert_no_key(results)
+
+
+def test_422_on_the_request_fails_all_with_postmarks_message() -> None:
+    results, _ = send(answer(422, {"ErrorCode": 402, "Message": "Received invalid JSON input."}))
+    assert {r.status for r in results} == {"failed"}
+    assert all("402" in r.error and "Received invalid JSON input." in r.error for r in results)
+
+
+def test_422_for_the_account_state_defers_all() -> None:
+    results, _ = send(answer(422, {"ErrorCode": 405, "Message": "Not allowed to send: you have run out of credits."}))
+    assert {r.status for r in results} == {"deferred"}
+    assert all("run out of credits" in r.error for r in results)
+
+
+def test_404_wrong_base_url_defers() -> None:
+    results, _ = send(answer(404, None))
+    assert {r.status for r in results} == {"deferred"}
+    assert all("404" in r.error for r in results)
+
+
+# -- network trouble ----------------------------------------------------------------------------------
+
+
+def test_timeout_defers_all() -> None:
+    def slow(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        time.sleep(1.5)
+        return 200, {}, json.dumps(ok_entries(RECIPIENTS)).encode()
+
+    started = time.monotonic()
+    results, requests = send(slow, timeout=0.5)
+    assert time.monotonic() - started < 1.4
+    assert len(requests) == 1  # one attempt, no retry
+    assert len(results) == 3
+    assert {r.status for r in results} == {"deferred"}
+    assert all("did not answer within 0.5 s" in r.error for r in results)
+
+
+def test_connection_refused_defers_all() -> None:
+    port = free_port()  # bound, then closed: nothing listens there
+    with adapter_for(f"http://127.0.0.1:{port}", timeout=5) as adapter:
+        results = adapter.send_batch(make_prepared(), RECIPIENTS)
+    assert len(results) == 3
+    assert {r.status for r in results} == {"deferred"}
+    assert all("cannot reach Postmark" in r.error for r in results)
+    assert_no_key(results)
+
+
+# -- the key and the session --------------------------------------------------------------------------
+
+
+def test_key_never_in_repr_or_errors() -> None:
+    with adapter_for("http://127.0.0.1:9") as adapter:
+        assert KEY not in repr(adapter)
+        assert "PostmarkAdapter(" in repr(adapter)
+
+    echo = {"ErrorCode": 300, "Message": f"token {KEY} says no"}
+    for status in (401, 422, 429, 500, 502):
+        results, _ = send(answer(status, echo))
+        assert results and all(r.error for r in results)
+        assert_no_key(results)
+    entries = ok_entries(RECIPIENTS)
+    entries[0] = {"ErrorCode": 406, "Message": f"inactive, by the way the token is {KEY}"}
+    results, _ = send(answer(200, entries))
+    assert by_id(results)[1].status == "failed"
+    assert_no_key(results)
+
+
+def test_close_releases_the_connection_pool() -> None:
+    with recording_server(answer(200, ok_entries(RECIPIENTS))) as (url, _):
+        adapter = PostmarkAdapter(KEY, base_url=url)
+        adapter.send_batch(make_prepared(), RECIPIENTS)
+        pool = adapter._session.get_adapter(url).poolmanager
+        assert len(pool.pools) == 1
+        adapter.close()
+        assert len(pool.pools) == 0
+        adapter.close()  # twice is harmless
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def test_retry_after_parses_seconds_and_http_dates() -> None:
+    assert retry_after("7") == 7
+    assert retry_after(" 2.5 ") == 2.5
+    assert retry_after(None) is None and retry_after("") is None and retry_after("soon") is None
+    assert retry_after("-3") is None
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=120), usegmt=True)
+    assert 100 < (retry_after(later) or 0) <= 120
+    earlier = format_datetime(datetime.now(timezone.utc) - timedelta(seconds=120), usegmt=True)
+    assert retry_after(earlier) == 0
+
+
+def test_mailbox_quotes_specials_only() -> None:
+    assert mailbox("Example Research", "a@b.org") == "Example Research <a@b.org>"
+    assert mailbox("Joe Sender, jr", "a@b.org") == '"Joe Sender, jr" <a@b.org>'
+    assert mailbox("Zoë", "a@b.org") == "Zoë <a@b.org>"
+    assert mailbox("", "a@b.org") == "a@b.org"
