@@ -15,6 +15,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import html
+import re
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -45,6 +46,13 @@ def _qp(data: bytes) -> bytes:
     return binascii.b2a_qp(data, istext=True).replace(b"\n", CRLF)
 
 
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _stuff(data: bytes) -> bytes:
+    return _LEADING_DOT.sub(b"..", data) if data.startswith(b".") or b"\n." in data else data
+
+
 def _body(value: str) -> bytes:
     """A value for a quoted-printable body, on lines of its own (the soft break ends its last line)."""
     return _qp(value.encode("utf-8")) + SOFT_BREAK
@@ -56,7 +64,7 @@ _HTML_SPECIAL = frozenset("&<>\"'")
 class CompiledMessage:
     """Static byte chunks with slots between them: chunks[0] slot[0] chunks[1] slot[1] ... chunks[-1]."""
 
-    __slots__ = ("issue_id", "chunks", "slots", "domain", "_parts", "_plan")
+    __slots__ = ("issue_id", "chunks", "slots", "domain", "_parts", "_stuffed", "_plan")
 
     def __init__(self, issue_id: str, chunks: tuple[bytes, ...], slots: tuple[tuple[str, str], ...], domain: str) -> None:
         self.issue_id = issue_id
@@ -64,10 +72,16 @@ class CompiledMessage:
         self.slots = slots  # (where, name): where is "header", "html" or "text"
         self.domain = domain
         self._parts = [p for c in chunks for p in (c, b"")][:-1]  # chunk, slot, chunk, slot, ..., chunk
+        # For SMTP's DATA: lines starting with "." doubled (RFC 5321 4.5.2), once here rather than per recipient.
+        # Every chunk starts at the start of a line or inside a header line that never starts with ".".
+        self._stuffed = [_stuff(p) for p in self._parts]
         self._plan = [(2 * i + 1, where, name) for i, (where, name) in enumerate(slots)]
 
-    def for_recipient(self, subscriber_id: int, email: str, links: dict[str, str]) -> bytes:
-        """The recipient's message: each distinct value encoded once, then one join of chunks and values."""
+    def for_recipient(self, subscriber_id: int, email: str, links: dict[str, str], *, dot_stuffed: bool = False) -> bytes:
+        """The recipient's message: each distinct value encoded once, then one join of chunks and values.
+
+        ``dot_stuffed`` gives the form SMTP's DATA command carries (lines starting with "." doubled).
+        """
         if "\r" in email or "\n" in email:
             raise ValueError("refusing a line break in an address")
         unsubscribe, preferences = links["unsubscribe_url"], links["preferences_url"]
@@ -79,9 +93,10 @@ class CompiledMessage:
             markup = {"email": _body(html.escape(email)), "unsubscribe_url": _body(html.escape(unsubscribe)),
                       "preferences_url": _body(html.escape(preferences))}
         by_where = {"header": header, "text": text, "html": markup}
-        parts = self._parts.copy()
+        parts = (self._stuffed if dot_stuffed else self._parts).copy()
         for position, where, name in self._plan:
-            parts[position] = by_where[where][name]
+            value = by_where[where][name]
+            parts[position] = _stuff(value) if dot_stuffed and where != "header" else value
         return b"".join(parts)
 
 
@@ -98,6 +113,8 @@ def compile_message(cfg: Config, rendered: RenderedIssue, now: datetime, *, test
     head["List-Id"] = f"{cfg.site.name} <digest.{urlsplit(cfg.site.base_url).hostname}>"
     head["List-Unsubscribe"] = f"<{HEADER_SLOTS['unsubscribe_url']}>, <mailto:{cfg.digest.from_address}?subject=unsubscribe>"
     head["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if cfg.delivery.feedback_id:
+        head["Feedback-ID"] = cfg.delivery.feedback_id
     head["MIME-Version"] = "1.0"
     boundary = f"=_digest_{secrets.token_hex(12)}"
     head["Content-Type"] = f'multipart/alternative; boundary="{boundary}"'

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 
 from ..models import Subscriber, SubscriberStatus
 from . import tables as t
@@ -114,10 +114,12 @@ class SendLogMixin:
         """(subscriber id, status, error, attempts) in one transaction; a failed address is marked bounced."""
         sl, subs = t.send_log, t.subscribers
         results = list(results)
+        stmt = (update(sl).where(sl.c.issue_id == bindparam("b_issue"), sl.c.subscriber_id == bindparam("b_sid"))
+                .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=now, attempts=sl.c.attempts + bindparam("b_attempts")))
         with self._tx() as conn:
-            for sid, status, error, attempts in results:
-                conn.execute(update(sl).where(sl.c.issue_id == issue_id, sl.c.subscriber_id == sid)
-                             .values(status=status, error=error or None, updated_at=now, attempts=sl.c.attempts + attempts))
+            if results:  # one executemany for the batch, not a statement per row
+                conn.execute(stmt, [{"b_issue": issue_id, "b_sid": sid, "b_status": status, "b_error": error or None, "b_attempts": attempts}
+                                    for sid, status, error, attempts in results])
             bounced = [sid for sid, status, _, _ in results if status == "failed"]
             if bounced:
                 conn.execute(update(subs).where(subs.c.id.in_(bounced), subs.c.status == SubscriberStatus.ACTIVE.value)
