@@ -126,6 +126,8 @@ class DeliveryConfig:
     retry_base: float = 2.0
     batch_size: int = 50
     stale_after: str = "2m"
+    dkim_selector: str = ""
+    dkim_domain: str = ""
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
 
@@ -168,6 +170,7 @@ class Config:
     secret_key: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
     smtp_password: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
     api_key: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
+    dkim_key_path: str = field(default="", compare=False, repr=False)
 
     def path(self, relative: str) -> Path:
         """A configured path, absolute, resolved against the config file's directory."""
@@ -186,7 +189,7 @@ class Config:
 
 # Keys that are never read from the file, only from these environment variables.
 SECRET_ENV = {"secret_key": "PUBLISHER_SECRET_KEY", "smtp_password": "PUBLISHER_SMTP_PASSWORD", "api_key": "PUBLISHER_API_KEY"}
-_NOT_FROM_FILE = {"root", "file", *SECRET_ENV}
+_NOT_FROM_FILE = {"root", "file", "dkim_key_path", *SECRET_ENV}
 
 
 def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -214,7 +217,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     values = _build(Config, data, "", file)
     root = file.parent if file else Path.cwd()
     cfg = dataclasses.replace(values, root=root, file=file, smtp_password=Secret(env.get(SECRET_ENV["smtp_password"], "")),
-                              api_key=Secret(env.get(SECRET_ENV["api_key"], "")))
+                              api_key=Secret(env.get(SECRET_ENV["api_key"], "")), dkim_key_path=env.get("PUBLISHER_DKIM_KEY_PATH", ""))
     _validate(cfg)
     return dataclasses.replace(cfg, secret_key=_secret_key(cfg, env))
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from ..config import Config
 from .api import Prepared, Recipient, Result
+from .dkim import signer_for
 from .message import CompiledMessage
 
 
@@ -43,11 +44,13 @@ class OutboxTransport:
 
     def __init__(self, cfg: Config) -> None:
         self.maildir = mailbox.Maildir(cfg.path(cfg.delivery.outbox_dir), create=True)
+        self.signer = signer_for(cfg)
 
     def send(self, variant: Variant, recipients: Sequence[Recipient]) -> list[Result]:
         results = []
         for r in recipients:
-            self.maildir.add(variant.message.for_recipient(r.subscriber_id, r.email, r.links))
+            message = variant.message.for_recipient(r.subscriber_id, r.email, r.links)
+            self.maildir.add(self.signer.sign(message) + message if self.signer else message)
             results.append(Result(r.subscriber_id, "sent"))
         return results
 
@@ -65,6 +68,7 @@ class SmtpTransport:
         self.envelope_from = cfg.delivery.envelope_from or cfg.digest.from_address
         self._conn: smtplib.SMTP | None = None
         self._pipelining = False
+        self.signer = signer_for(cfg)
 
     def __repr__(self) -> str:
         s = self.cfg.delivery.smtp
@@ -93,6 +97,8 @@ class SmtpTransport:
                 self._conn.ehlo_or_helo_if_needed()
                 self._pipelining = self._conn.has_extn("pipelining")
             data = variant.message.for_recipient(r.subscriber_id, r.email, r.links, dot_stuffed=True)
+            if self.signer:  # sign what the recipient will read (not dot-stuffed); the header itself never starts with "."
+                data = self.signer.sign(variant.message.for_recipient(r.subscriber_id, r.email, r.links)) + data
             code, reply = self._transaction(self._conn, r.email, data)
             if code == 250:
                 return Result(r.subscriber_id, "sent")
