@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from subscribers import add_subscriber, export_csv, import_csv
+from subscribers import add_subscriber, export_csv
 
 from . import __version__
 from .config import Config, DevelopmentKeyWarning, load_config
@@ -202,7 +202,7 @@ def serve(c: Context, host: str | None, port: int | None) -> None:
 
     from .web import create_app
 
-    app = create_app(c.cfg)
+    app = create_app(c.cfg, c.store)
     host = host or c.cfg.web.host
     port = port if port is not None else c.cfg.web.port
     click.echo(f"serving {c.cfg.path(c.cfg.site.public_dir)} on http://{host}:{port}/", err=True)
@@ -399,7 +399,7 @@ def subscribers_add(c: Context, email: str, confirmed: bool, topics: tuple[str, 
 
 
 @subscribers_group.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.argument("file", type=click.File("rb"))
 @click.option("--confirmed", is_flag=True, help="Import as active: only for lists whose consent was collected elsewhere.")
 @pass_ctx
 def subscribers_import(c: Context, file: Any, confirmed: bool) -> None:
@@ -409,10 +409,15 @@ def subscribers_import(c: Context, file: Any, confirmed: bool) -> None:
     Example:
       publisher subscribers import list.csv --confirmed
     """
-    report = import_csv(c.store, file, _now(), confirmed=confirmed)
-    click.echo(f"imported: {report.added} added, {report.existing} already known, {len(report.rejected)} rejected")
+    from subscribers import import_csv_bytes
+
+    report = import_csv_bytes(c.store, file, _now(), confirmed=confirmed)
+    click.echo(f"imported: {report.added} added, {report.existing} already known, {report.suppressed} suppressed, "
+               f"{report.rejected_count} rejected")
     for line, reason in report.rejected:
         click.echo(f"  line {line}: {reason}", err=True)
+    if report.rejected_count > len(report.rejected):
+        click.echo(f"  ... and {report.rejected_count - len(report.rejected)} more rejected rows", err=True)
 
 
 @subscribers_group.command("export")
@@ -450,6 +455,44 @@ def subscribers_list(c: Context, status: str | None) -> None:
     for s in subs:
         click.echo(f"{s.email}\t{s.status.value}\t{','.join(s.topics) or 'all topics'}")
     click.echo(f"{len(subs)} subscriber(s)", err=True)
+
+
+@subscribers_group.command("show")
+@click.argument("email")
+@pass_ctx
+def subscribers_show(c: Context, email: str) -> None:
+    """Print everything stored about one person, as JSON.
+
+    \b
+    Example:
+      publisher subscribers show reader@example.com
+    """
+    from subscribers import show
+    from subscribers.service import to_json
+
+    data = show(c.store, email)
+    if data is None:
+        raise PublisherError(f"no subscriber {email!r}; see `publisher subscribers list`.")
+    click.echo(to_json(data))
+
+
+@subscribers_group.command("forget")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def subscribers_forget(c: Context, email: str, yes: bool) -> None:
+    """Erase a person's data; only a hash of the address stays, so they are never mailed or imported again.
+
+    \b
+    Example:
+      publisher subscribers forget reader@example.com --yes
+    """
+    from subscribers import forget
+
+    if not yes:
+        click.confirm(f"Erase everything about {email}?", abort=True)
+    found = forget(c.store, email, _now())
+    click.echo(f"forgotten: {email}" if found else f"no data for {email}; it is suppressed from now on anyway")
 
 
 @subscribers_group.command("remove")

@@ -171,6 +171,12 @@ class Config:
     smtp_password: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
     api_key: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
     dkim_key_path: str = field(default="", compare=False, repr=False)
+    old_secret_keys: tuple[Secret, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def verification_keys(self) -> list[str]:
+        """The current signing key first, then the retired ones still accepted (PUBLISHER_SECRET_KEY_OLD)."""
+        return [self.secret_key.get(), *(k.get() for k in self.old_secret_keys)]
 
     def path(self, relative: str) -> Path:
         """A configured path, absolute, resolved against the config file's directory."""
@@ -189,7 +195,7 @@ class Config:
 
 # Keys that are never read from the file, only from these environment variables.
 SECRET_ENV = {"secret_key": "PUBLISHER_SECRET_KEY", "smtp_password": "PUBLISHER_SMTP_PASSWORD", "api_key": "PUBLISHER_API_KEY"}
-_NOT_FROM_FILE = {"root", "file", "dkim_key_path", *SECRET_ENV}
+_NOT_FROM_FILE = {"root", "file", "dkim_key_path", "old_secret_keys", *SECRET_ENV}
 
 
 def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -219,7 +225,8 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     cfg = dataclasses.replace(values, root=root, file=file, smtp_password=Secret(env.get(SECRET_ENV["smtp_password"], "")),
                               api_key=Secret(env.get(SECRET_ENV["api_key"], "")), dkim_key_path=env.get("PUBLISHER_DKIM_KEY_PATH", ""))
     _validate(cfg)
-    return dataclasses.replace(cfg, secret_key=_secret_key(cfg, env))
+    old = tuple(Secret(k.strip()) for k in env.get("PUBLISHER_SECRET_KEY_OLD", "").split(",") if k.strip())
+    return dataclasses.replace(cfg, secret_key=_secret_key(cfg, env), old_secret_keys=old)
 
 
 def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -1,13 +1,19 @@
-"""Add, import, export, seed. Addresses are validated and folded before anything is stored."""
+"""The audience: subscribe (double opt-in), confirm, unsubscribe, preferences, import, export, erase.
+
+Addresses are validated and folded before anything is stored. Suppressed addresses (unsubscribed,
+bounced, complained, or erased on request) are never mailed again, and no import brings them back.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import Any, BinaryIO
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -16,68 +22,205 @@ from publisher.models import Subscriber, SubscriberStatus
 from publisher.store import Store
 
 EXPORT_FIELDS = ("email", "status", "topics", "created_at", "confirmed_at")
+MAX_ADDRESS = 254  # RFC 5321's path limit, less the brackets
 
 
 class InvalidAddress(PublisherError):
     exit_code = 2
 
 
-def normalise_email(raw: str) -> str:
-    """Validated, with the domain lower-cased and the whole address case-folded (one person, one row)."""
-    if any(ch in raw for ch in "\r\n\0"):
-        raise InvalidAddress(f"{raw!r} contains a line break or NUL; an address is one line.")
+def normalise_email(raw: str, *, check_deliverability: bool = False) -> str:
+    """Validated, ASCII (international domains in their xn-- form), and case-folded: one person, one row."""
+    if not isinstance(raw, str) or any(ch in raw for ch in "\r\n\0"):
+        raise InvalidAddress("an address is one line: it contains a line break or NUL.")
     text = raw.strip()
+    if len(text) > MAX_ADDRESS:
+        raise InvalidAddress(f"an address has at most {MAX_ADDRESS} characters; this one has {len(text)}.")
     try:
-        info = validate_email(text, check_deliverability=False)
+        info = validate_email(text, check_deliverability=check_deliverability, allow_smtputf8=False)
     except EmailNotValidError as exc:
-        raise InvalidAddress(f"{text!r} is not a valid email address: {exc}") from None
-    return info.normalized.lower()
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise InvalidAddress(f"{shown!r} is not a valid email address: {exc}") from None
+    return (info.ascii_email or info.normalized).lower()
+
+
+def email_hash(address: str) -> str:
+    return hashlib.sha256(address.encode("utf-8")).hexdigest()
 
 
 def add_subscriber(store: Store, email: str, now: datetime, *, topics: Sequence[str] = (), confirmed: bool = False) -> tuple[Subscriber, bool]:
-    """Pending (double opt-in) unless ``confirmed``; an existing address is returned unchanged."""
+    """Pending (double opt-in) unless ``confirmed``; an existing address is returned unchanged.
+
+    An erased address (see :func:`forget`) is refused: it stays suppressed.
+    """
+    address = normalise_email(email)
+    if store.is_suppressed_hash(email_hash(address)):
+        raise InvalidAddress(f"{address} asked to be forgotten and is suppressed; it cannot be added again.")
     status = SubscriberStatus.ACTIVE if confirmed else SubscriberStatus.PENDING
-    return store.add_subscriber(normalise_email(email), status, topics, now)
+    return store.add_subscriber(address, status, topics, now)
+
+
+@dataclass(frozen=True)
+class SubscribeResult:
+    subscriber: Subscriber | None
+    send_confirmation: bool  # the caller mails a confirmation link; the page says the same whatever happened
+
+
+def subscribe(store: Store, email: str, topics: Sequence[str], now: datetime, *, double_opt_in: bool = True) -> SubscribeResult:
+    """A sign-up from the web. The answer a visitor sees must not tell whether the address was known.
+
+    New or unsubscribed → pending, and a confirmation goes out (an address that left must confirm again).
+    Pending → the confirmation goes out again. Active → nothing changes (nobody can alter someone else's
+    topics by signing them up). Bounced, complained or erased → nothing, and no mail.
+    """
+    address = normalise_email(email)
+    if store.is_suppressed_hash(email_hash(address)):
+        return SubscribeResult(None, False)
+    existing = store.subscriber(address)
+    if existing is None:
+        status = SubscriberStatus.PENDING if double_opt_in else SubscriberStatus.ACTIVE
+        sub, _ = store.add_subscriber(address, status, topics, now)
+        return SubscribeResult(sub, double_opt_in)
+    if existing.status in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
+        store.set_status_by_id(existing.id, SubscriberStatus.PENDING, now)
+        store.set_topics(existing.id, topics, now)
+        return SubscribeResult(store.subscriber_by_id(existing.id), True)
+    return SubscribeResult(existing, False)
+
+
+def confirm(store: Store, subscriber_id: int, now: datetime) -> Subscriber | None:
+    """Pending → active. An address that was unsubscribed in between must sign up again; suppressed ones stay so."""
+    sub = store.subscriber_by_id(subscriber_id)
+    if sub is None or sub.status is not SubscriberStatus.PENDING:
+        return sub if sub is not None and sub.status is SubscriberStatus.ACTIVE else None
+    store.set_status_by_id(sub.id, SubscriberStatus.ACTIVE, now)
+    return store.subscriber_by_id(sub.id)
+
+
+def unsubscribe(store: Store, subscriber_id: int, now: datetime) -> bool:
+    """Idempotent: True when the subscriber exists (already unsubscribed included)."""
+    sub = store.subscriber_by_id(subscriber_id)
+    if sub is None:
+        return False
+    if sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
+        store.set_status_by_id(sub.id, SubscriberStatus.UNSUBSCRIBED, now)
+    return True
+
+
+def set_preferences(store: Store, subscriber_id: int, topics: Sequence[str], known_topics: Iterable[str], now: datetime) -> bool:
+    """Only topics that exist are kept; none means everything."""
+    known = set(known_topics)
+    if store.subscriber_by_id(subscriber_id) is None:
+        return False
+    store.set_topics(subscriber_id, [t for t in topics if t in known], now)
+    return True
+
+
+def show(store: Store, email: str) -> dict[str, Any] | None:
+    """One person's data, as JSON-ready values (the answer to a subject access request)."""
+    sub = store.subscriber(normalise_email(email))
+    if sub is None:
+        return None
+    return {"email": sub.email, "status": sub.status.value, "topics": list(sub.topics), "created_at": sub.created_at.isoformat(),
+            "updated_at": sub.updated_at.isoformat(), "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else None}
+
+
+def forget(store: Store, email: str, now: datetime) -> bool:
+    """Erase a person: their row, topics and send log go; a hash of the address stays so they remain suppressed."""
+    address = normalise_email(email)
+    sub = store.subscriber(address)
+    store.erase(sub.id if sub else -1, email_hash(address), "forgotten", now)
+    return sub is not None
 
 
 @dataclass
 class ImportReport:
     added: int = 0
     existing: int = 0
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    suppressed: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason), at most the first 1,000 kept
+    rejected_count: int = 0
+
+    def reject(self, line: int, reason: str) -> None:
+        self.rejected_count += 1
+        if len(self.rejected) < 1000:
+            self.rejected.append((line, reason))
 
 
-def import_csv(store: Store, fh: TextIO, now: datetime, *, confirmed: bool = False) -> ImportReport:
+def import_csv(store: Store, fh: Iterable[str], now: datetime, *, confirmed: bool = False, batch: int = 1000) -> ImportReport:
     """Rows need an ``email`` column; ``topics`` (separated by ';' or ',') is optional.
 
-    A bad row is reported with its line number and skipped. An address already in the
-    store (suppressed ones included) is left as it is: an import never revives it.
+    Streams the file (memory stays flat for any size), adding in batches of ``batch`` rows. A bad row is reported with
+    its line number and skipped; blank lines are ignored. An address already known (suppressed ones
+    included) is left as it is: an import never revives it; an erased address is not added back.
     """
     report = ImportReport()
     reader = csv.DictReader(fh)
-    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    fields = [f.strip().lower().lstrip("\ufeff") for f in (reader.fieldnames or [])]
     if "email" not in fields:
         raise InvalidAddress(f"the CSV has no 'email' column (header: {', '.join(fields) or 'empty'}); add a header row with an 'email' column.")
     reader.fieldnames = fields
-    seen: set[str] = set()
+    status = SubscriberStatus.ACTIVE if confirmed else SubscriberStatus.PENDING
+    for chunk in _chunks(_rows(reader, report), batch):
+        unique: dict[str, list[str]] = {}
+        for line, address, topics in chunk:  # duplicates within a batch are reported; across batches the store says "known"
+            if address in unique:
+                report.reject(line, f"{address} appears earlier in the file")
+            else:
+                unique[address] = topics
+        hashes = {address: email_hash(address) for address in unique}
+        suppressed = store.suppressed_hashes(hashes.values())
+        wanted = [(a, topics) for a, topics in unique.items() if hashes[a] not in suppressed]
+        report.suppressed += len(unique) - len(wanted)
+        added = store.add_subscribers(wanted, status, now)
+        report.added += added
+        report.existing += len(wanted) - added
+    return report
+
+
+def import_csv_bytes(store: Store, fh: BinaryIO, now: datetime, *, confirmed: bool = False) -> ImportReport:
+    """Like :func:`import_csv`, from bytes: UTF-8 (with or without a BOM). A line that is not UTF-8 (say, Latin-1
+    from an old spreadsheet) is reported with its number and skipped; the rest is imported."""
+    bad: list[tuple[int, str]] = []
+
+    def lines() -> Iterator[str]:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bad.append((number, f"not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); save the file as UTF-8"))
+                yield "\n"  # keeps the csv module's line numbers in step
+
+    report = import_csv(store, lines(), now, confirmed=confirmed)
+    for line, reason in bad:
+        report.reject(line, reason)
+    report.rejected.sort()
+    return report
+
+
+def _rows(reader: csv.DictReader, report: ImportReport) -> Iterator[tuple[int, str, list[str]]]:
     for row in reader:
         line = reader.line_num
+        raw = (row.get("email") or "").strip()
+        if not raw and not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+            continue  # a blank line
         try:
-            email = normalise_email(row.get("email") or "")
+            address = normalise_email(raw)
         except InvalidAddress as exc:
-            report.rejected.append((line, str(exc)))
+            report.reject(line, str(exc))
             continue
-        if email in seen:
-            report.rejected.append((line, f"{email} appears earlier in the file"))
-            continue
-        seen.add(email)
-        topics = [t.strip() for t in (row.get("topics") or "").replace(",", ";").split(";") if t.strip()]
-        _, created = add_subscriber(store, email, now, topics=topics, confirmed=confirmed)
-        if created:
-            report.added += 1
-        else:
-            report.existing += 1
-    return report
+        yield line, address, [t.strip() for t in (row.get("topics") or "").replace(",", ";").split(";") if t.strip()]
+
+
+def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def export_csv(subscribers: Iterable[Subscriber]) -> str:
@@ -96,3 +239,21 @@ def seed_samples(store: Store, emails: Sequence[str], now: datetime) -> int:
         _, created = add_subscriber(store, email, now, confirmed=True)
         added += created
     return added
+
+
+def record_delivery_event(store: Store, email: str, kind: str, now: datetime) -> bool:
+    """A provider reported a hard bounce ("bounced") or a spam complaint ("complained") for this address.
+
+    The subscriber is suppressed from then on (never mailed again, not even after a re-import). Returns
+    False when the address is unknown (nothing to do: an event for someone we never had).
+    """
+    status = {"bounced": SubscriberStatus.BOUNCED, "complained": SubscriberStatus.COMPLAINED}[kind]
+    try:
+        address = normalise_email(email)
+    except InvalidAddress:
+        return False
+    return store.set_subscriber_status(address, status, now)
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)

@@ -64,3 +64,32 @@ def read_token(secret_keys: str | Sequence[str], purpose: str, token: str) -> in
         if secret and hmac.compare_digest(_signature(_key(secret, purpose), subscriber_id), sig):
             return subscriber_id
     return None
+
+
+def make_confirm_token(secret_key: str, subscriber_id: int, email: str) -> str:
+    """The double opt-in link's token: expires (see read_confirm_token), and is bound to the address it was sent to."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    return URLSafeTimedSerializer(secret_key, salt="publisher.confirm").dumps([subscriber_id, _address_tag(email)])
+
+
+def read_confirm_token(secret_keys: Sequence[str], token: str, email_of: Any, max_age: int = 7 * 86400) -> int | None:
+    """The subscriber id, or None when forged, expired (7 days), of another purpose, or no longer for that address.
+
+    ``email_of(subscriber_id)`` gives the address on file now; the first key signs, the others are old ones.
+    """
+    from itsdangerous import BadData, URLSafeTimedSerializer
+
+    serializer = URLSafeTimedSerializer(list(reversed([k for k in secret_keys if k])), salt="publisher.confirm")
+    try:
+        value = serializer.loads(token, max_age=max_age)
+    except BadData:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) and isinstance(value[1], str)):
+        return None
+    email = email_of(value[0])
+    return value[0] if email is not None and hmac.compare_digest(_address_tag(email), value[1]) else None
+
+
+def _address_tag(email: str) -> str:
+    return hashlib.sha256(email.encode("utf-8")).hexdigest()[:16]

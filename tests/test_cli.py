@@ -140,7 +140,7 @@ def test_subscribers_import_reports_rows_and_export_round_trips(cli, project: Pa
     data = "email,topics\nOne@Example.com,security-cooperation\nbroken-address,\none@example.com,\ntwo@example.com,\n"
     (project / "list.csv").write_text(data, encoding="utf-8")
     result = cli("subscribers", "import", "list.csv", "--confirmed")
-    assert "2 added, 0 already known, 2 rejected" in result.output
+    assert "2 added, 0 already known, 0 suppressed, 2 rejected" in result.output
     assert "line 3:" in result.output and "line 4: one@example.com appears earlier" in result.output
     exported = cli("subscribers", "export").output
     rows = list(csv.DictReader(io.StringIO(exported)))

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from ..errors import StoreError
 from ..models import Image, Publication, Subscriber, SubscriberStatus, Topic
 from . import tables as t
+from .audience import AudienceMixin
 from .sendlog import SendLogMixin
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -70,7 +71,7 @@ def content_hash(pub: Publication) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-class Store(SendLogMixin):
+class Store(SendLogMixin, AudienceMixin):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 

@@ -166,3 +166,12 @@ feed_fragments = Table(
     Column("fingerprint", String(64), nullable=False),
     Column("data", LargeBinary, nullable=False),
 )
+
+# Addresses erased on request (`subscribers forget`): only a hash stays, so they are never mailed or imported again.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("email_hash", String(64), primary_key=True),
+    Column("reason", String(20), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -11,12 +11,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.responses import Response
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from ..config import Config
 from ..feeds import MEDIA_TYPES
+from ..store import Store
 
 SUFFIX_TYPES = {".rss": MEDIA_TYPES["rss"], ".atom": MEDIA_TYPES["atom"]}
 
@@ -41,8 +42,20 @@ class SiteFiles(StaticFiles):
         return response
 
 
-def create_app(cfg: Config) -> Starlette:
+def create_app(cfg: Config, store: Store | None = None) -> Starlette:
+    """The site's static files, plus (with a store) the subscription pages and the providers' webhooks."""
     public = cfg.path(cfg.site.public_dir)
     public.mkdir(parents=True, exist_ok=True)
     site = SiteFiles(directory=public, feeds_dir=cfg.path(cfg.feeds.output_dir))
-    return Starlette(routes=[Mount("/", app=site, name="site")])
+    routes: list[BaseRoute] = []
+    if store is not None:
+        from .pages import subscription_routes
+
+        routes += subscription_routes(cfg, store)
+        try:
+            from .webhooks import webhook_routes
+        except ImportError:  # pragma: no cover - the module ships with the package
+            pass
+        else:
+            routes += webhook_routes(cfg, store)
+    return Starlette(routes=[*routes, Mount("/", app=site, name="site")])

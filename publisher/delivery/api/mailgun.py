@@ -22,7 +22,7 @@ the others (``List-Id``, ``List-Unsubscribe-Post``...) are plain ``h:`` fields. 
 (from a recipient variable) and ``v:issue_id`` come back in Mailgun's webhooks.
 
 A ``400`` refuses the whole request, and Mailgun does not name the bad address: the adapter bisects the
-batch to isolate it (see :func:`publisher.delivery.api.sendgrid.isolate`), unless the message names
+batch to isolate it (see :func:`publisher.delivery.api._http.isolate`), unless the message names
 another parameter than ``to`` (``'from' parameter is not a valid address``, ``'html' parameters``...):
 then the request itself is broken and everybody in it is failed with Mailgun's message.
 
@@ -42,14 +42,12 @@ from urllib.parse import quote
 
 import requests
 
-from ... import __version__
 from . import PLACEHOLDERS, Prepared, Recipient, Result
-from .sendgrid import Answer, isolate, retry_after, split_headers
+from ._http import MAX_ERROR, Answer, HttpAdapter, as_detail, check_key, excerpt, isolate, json_body, retry_after, split_headers
 
 _TO_PARAMETER = re.compile(r"(?<![\w:-])'?to'?\s+parameter", re.IGNORECASE)
 # Parameters of ours other than 'to': a 400 naming one of them is about the request, not an address.
 _OTHER_PARAMETER = re.compile(r"(?<![\w:-])'?(from|subject|text|html|recipient-variables|[hvo]:[\w-]+)'?\s+parameters?\b", re.IGNORECASE)
-_MAX_ERROR = 500
 
 
 def header_variable(name: str) -> str:
@@ -57,22 +55,18 @@ def header_variable(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
-class MailgunAdapter:
+class MailgunAdapter(HttpAdapter):
     name = "mailgun"
+    provider = "Mailgun"
     max_batch = 1000
 
     def __init__(self, api_key: str, *, domain: str, base_url: str = "https://api.mailgun.net", timeout: float = 30.0) -> None:
-        if not api_key or any(c.isspace() or ord(c) < 32 for c in api_key):
-            raise ValueError("the Mailgun API key is empty or contains whitespace or control characters (check PUBLISHER_API_KEY)")
+        check_key(api_key, "Mailgun")
         if not domain or "/" in domain or "%" in domain:
             raise ValueError(f"not a Mailgun sending domain: {domain!r}")
-        self._api_key = api_key
+        super().__init__(api_key, base_url=base_url, timeout=timeout)
         self.domain = domain
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._session = requests.Session()
         self._session.auth = ("api", api_key)
-        self._session.headers.update({"User-Agent": f"publisher/{__version__}", "Accept": "application/json"})
 
     def __repr__(self) -> str:
         return f"MailgunAdapter(domain={self.domain!r}, base_url={self.base_url!r}, timeout={self.timeout!r})"
@@ -82,9 +76,6 @@ class MailgunAdapter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def close(self) -> None:
-        self._session.close()
 
     @property
     def url(self) -> str:
@@ -124,28 +115,22 @@ class MailgunAdapter:
         return isolate(recipients, self.max_batch, lambda part: self._send(prepared, part))
 
     def _send(self, prepared: Prepared, part: Sequence[Recipient]) -> Answer:
-        try:
-            resp = self._session.post(self.url, data=self.payload(prepared, part), timeout=self.timeout, allow_redirects=False)
-        except requests.Timeout:
-            return Answer("deferred", f"Mailgun did not answer within {self.timeout:g} s")
-        except requests.RequestException as exc:
-            return Answer("deferred", self._scrub(f"cannot reach Mailgun at {self.base_url}: {type(exc).__name__}: {exc}")[:_MAX_ERROR])
-        try:
-            return self._answer(resp)
-        finally:
-            resp.close()
+        return self._post(
+            self.url,
+            data=self.payload(prepared, part),
+            allow_redirects=False,
+            read=self._answer,
+            unanswered=lambda error: Answer("deferred", error[:MAX_ERROR]),
+        )
 
     # -- the answer ----------------------------------------------------------------------------------
 
     def _answer(self, resp: requests.Response) -> Answer:
         status = resp.status_code
         message = self._message(resp)
-        detail = f": {message}"[:_MAX_ERROR] if message else ""
+        detail = as_detail(message)
         if 200 <= status < 300:
-            try:
-                data = resp.json()
-            except ValueError:
-                data = None
+            data = json_body(resp)
             if isinstance(data, dict) and data.get("id"):
                 return Answer("sent")
             # Mailgun answers 200 "Mailgun Magnificent API" for a URL that is not an endpoint (a domain
@@ -172,15 +157,9 @@ class MailgunAdapter:
         return Answer("deferred", f"unexpected answer from Mailgun ({status}){detail}")
 
     def _message(self, resp: requests.Response) -> str:
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
+        data = json_body(resp)
         if isinstance(data, dict) and isinstance(data.get("message"), str):
             text = data["message"]
         else:
-            text = resp.text.strip()[:200]
+            text = excerpt(resp)
         return self._scrub(text)
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]")

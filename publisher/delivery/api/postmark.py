@@ -10,16 +10,13 @@ per-message refusal. A refusal of the whole request comes as ``401`` (bad token)
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 
-from ... import __version__
-from . import Prepared, Recipient, Result, Status
+from . import Prepared, Recipient, Result
+from ._http import MAX_ERROR, HttpAdapter, all_results, as_detail, excerpt, json_body, mailbox, retry_after
 
 # Per-message ErrorCodes that say "this address, for good": 406 inactive recipient (bounced, complained,
 # suppressed on Postmark's side), 300 invalid email request (the address does not parse). Any other
@@ -35,12 +32,10 @@ RECIPIENT_FAILED_CODES = frozenset({300, 406})
 # request itself: sending it again cannot succeed, so those are failed with Postmark's message.
 ACCOUNT_STATE_CODES = frozenset({10, 100, 400, 401, 405, 412, 413, 429})
 
-_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
-_MAX_ERROR = 500
 
-
-class PostmarkAdapter:
+class PostmarkAdapter(HttpAdapter):
     name = "postmark"
+    provider = "Postmark"
     max_batch = 500
 
     def __init__(
@@ -51,25 +46,13 @@ class PostmarkAdapter:
         message_stream: str = "broadcast",
         timeout: float = 30.0,
     ) -> None:
-        self._api_key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.message_stream = message_stream
-        self.timeout = timeout
-        self._session = requests.Session()
-        self._session.headers.update(
-            {
-                "User-Agent": f"publisher/{__version__}",
-                "Accept": "application/json",
-                "Content-Type": "application/json",
-                "X-Postmark-Server-Token": api_key,
-            }
+        super().__init__(
+            api_key, base_url=base_url, timeout=timeout, headers={"Content-Type": "application/json", "X-Postmark-Server-Token": api_key}
         )
+        self.message_stream = message_stream
 
     def __repr__(self) -> str:
         return f"PostmarkAdapter(base_url={self.base_url!r}, message_stream={self.message_stream!r}, timeout={self.timeout!r})"
-
-    def close(self) -> None:
-        self._session.close()
 
     # -- the request ---------------------------------------------------------------------------------
 
@@ -99,16 +82,7 @@ class PostmarkAdapter:
         if len(recipients) > self.max_batch:
             raise ValueError(f"Postmark takes at most {self.max_batch} messages per batch, got {len(recipients)}")
         body = json.dumps(self.payload(prepared, recipients), ensure_ascii=False).encode("utf-8")
-        try:
-            resp = self._session.post(f"{self.base_url}/email/batch", data=body, timeout=self.timeout)
-        except requests.Timeout:
-            return _all(recipients, "deferred", f"Postmark did not answer within {self.timeout:g} s")
-        except requests.RequestException as exc:
-            return _all(recipients, "deferred", self._scrub(f"cannot reach Postmark at {self.base_url}: {type(exc).__name__}: {exc}"))
-        try:
-            return self._results(resp, recipients)
-        finally:
-            resp.close()
+        return self._post_batch(f"{self.base_url}/email/batch", recipients, self._results, data=body)
 
     # -- the answer ----------------------------------------------------------------------------------
 
@@ -118,35 +92,32 @@ class PostmarkAdapter:
             return self._per_message(resp, recipients)
         detail = self._detail(resp)
         if status == 429:
-            return _all(recipients, "deferred", f"Postmark rate limit (429){detail}", retry_after(resp.headers.get("Retry-After")))
+            return all_results(recipients, "deferred", f"Postmark rate limit (429){detail}", retry_after(resp.headers.get("Retry-After")))
         if status >= 500:
-            return _all(recipients, "deferred", f"Postmark server error ({status}){detail}")
+            return all_results(recipients, "deferred", f"Postmark server error ({status}){detail}")
         if status == 401:
             # A wrong or revoked server token is a configuration error, not a verdict on any subscriber.
             # Reporting "failed" would permanently drop every recipient of the issue (and the next batches
             # would keep doing so) until someone noticed; "deferred" keeps them queued, the error below
             # tells the operator exactly what to fix, and once the token is corrected the same sends go
             # through. The send engine's retry limit bounds how long they stay deferred.
-            return _all(recipients, "deferred", "Postmark rejected the server token (401): check PUBLISHER_API_KEY")
+            return all_results(recipients, "deferred", "Postmark rejected the server token (401): check PUBLISHER_API_KEY")
         if status == 422:
             code = self._error_code(resp)
             if len(recipients) == 1 and code in RECIPIENT_FAILED_CODES:
-                return _all(recipients, "failed", f"Postmark refused the message (422){detail}")
+                return all_results(recipients, "failed", f"Postmark refused the message (422){detail}")
             if code in ACCOUNT_STATE_CODES:
-                return _all(recipients, "deferred", f"Postmark refused to send for this account (422){detail}")
-            return _all(recipients, "failed", f"Postmark refused the request (422){detail}")
+                return all_results(recipients, "deferred", f"Postmark refused to send for this account (422){detail}")
+            return all_results(recipients, "failed", f"Postmark refused the request (422){detail}")
         # 404 (wrong base URL), 413 and other surprises: nothing says these addresses are bad.
-        return _all(recipients, "deferred", f"unexpected answer from Postmark ({status}){detail}")
+        return all_results(recipients, "deferred", f"unexpected answer from Postmark ({status}){detail}")
 
     def _per_message(self, resp: requests.Response, recipients: Sequence[Recipient]) -> list[Result]:
-        try:
-            entries = resp.json()
-        except ValueError:
-            entries = None
+        entries = json_body(resp)
         if not isinstance(entries, list):
             # Postmark accepted the request, but we cannot tell which messages it took. Deferred, as for a
             # timeout: a possible duplicate is better than a subscriber silently missing the issue.
-            return _all(recipients, "deferred", "Postmark answered 200 with an unreadable body")
+            return all_results(recipients, "deferred", "Postmark answered 200 with an unreadable body")
         results = []
         for i, r in enumerate(recipients):
             entry = entries[i] if i < len(entries) else None
@@ -157,56 +128,22 @@ class PostmarkAdapter:
             if code == 0:
                 results.append(Result(r.subscriber_id, "sent"))
                 continue
-            error = self._scrub(f"Postmark error {code}: {entry.get('Message', '')}")[:_MAX_ERROR]
+            error = self._scrub(f"Postmark error {code}: {entry.get('Message', '')}")[:MAX_ERROR]
             results.append(Result(r.subscriber_id, "failed" if code in RECIPIENT_FAILED_CODES else "deferred", error))
         return results
 
     def _error_code(self, resp: requests.Response) -> int | None:
-        try:
-            data = resp.json()
-        except ValueError:
-            return None
+        data = json_body(resp)
         return _int(data.get("ErrorCode")) if isinstance(data, dict) else None
 
     def _detail(self, resp: requests.Response) -> str:
         """``: ErrorCode n: Message`` from a Postmark error body, or a short excerpt of whatever came back."""
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
+        data = json_body(resp)
         if isinstance(data, dict) and ("Message" in data or "ErrorCode" in data):
             text = f"ErrorCode {data.get('ErrorCode')}: {data.get('Message', '')}"
         else:
-            text = resp.text.strip()[:200]
-        return f": {self._scrub(text)}"[:_MAX_ERROR] if text else ""
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
-
-
-def mailbox(name: str, address: str) -> str:
-    """``Name <addr>``, the name quoted when it holds RFC 5322 specials (Postmark refuses ``Joe, Jr <a@b>``)."""
-    if not name:
-        return address
-    if _SPECIALS.search(name):
-        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{name} <{address}>"
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+            text = excerpt(resp)
+        return as_detail(self._scrub(text))
 
 
 def _int(value: Any) -> int | None:
@@ -214,7 +151,3 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def _all(recipients: Sequence[Recipient], status: Status, error: str, retry: float | None = None) -> list[Result]:
-    return [Result(r.subscriber_id, status, error, retry) for r in recipients]

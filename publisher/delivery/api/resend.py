@@ -19,45 +19,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 
-from ... import __version__
-from . import Prepared, Recipient, Result, Status
-
-_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
-_MAX_ERROR = 500
+from . import Prepared, Recipient, Result
+from ._http import MAX_ERROR, HttpAdapter, all_results, as_detail, excerpt, json_body, mailbox, retry_after
 
 
-class ResendAdapter:
+class ResendAdapter(HttpAdapter):
     name = "resend"
+    provider = "Resend"
     max_batch = 100
 
     def __init__(self, api_key: str, *, base_url: str = "https://api.resend.com", timeout: float = 30.0) -> None:
-        self._api_key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._session = requests.Session()
-        self._session.headers.update(
-            {
-                "User-Agent": f"publisher/{__version__}",
-                "Accept": "application/json",
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {api_key}",
-                "x-batch-validation": "permissive",
-            }
-        )
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}", "x-batch-validation": "permissive"}
+        super().__init__(api_key, base_url=base_url, timeout=timeout, headers=headers)
 
     def __repr__(self) -> str:
         return f"ResendAdapter(base_url={self.base_url!r}, timeout={self.timeout!r})"
-
-    def close(self) -> None:
-        self._session.close()
 
     # -- the request ---------------------------------------------------------------------------------
 
@@ -94,16 +75,7 @@ class ResendAdapter:
         batch = self.ordered(recipients)  # errors[].index refers to this order
         body = json.dumps(self.payload(prepared, batch), ensure_ascii=False).encode("utf-8")
         headers = {"Idempotency-Key": self.idempotency_key(prepared, batch)}
-        try:
-            resp = self._session.post(f"{self.base_url}/emails/batch", data=body, headers=headers, timeout=self.timeout)
-        except requests.Timeout:
-            return _all(batch, "deferred", f"Resend did not answer within {self.timeout:g} s")
-        except requests.RequestException as exc:
-            return _all(batch, "deferred", self._scrub(f"cannot reach Resend at {self.base_url}: {type(exc).__name__}: {exc}"))
-        try:
-            return self._results(resp, batch)
-        finally:
-            resp.close()
+        return self._post_batch(f"{self.base_url}/emails/batch", batch, self._results, data=body, headers=headers)
 
     # -- the answer ----------------------------------------------------------------------------------
 
@@ -116,40 +88,37 @@ class ResendAdapter:
             wait = retry_after(resp.headers.get("retry-after"))
             if wait is None:  # documented next to retry-after: seconds until the window resets
                 wait = retry_after(resp.headers.get("ratelimit-reset"))
-            return _all(batch, "deferred", f"Resend rate limit (429){detail}", wait)
+            return all_results(batch, "deferred", f"Resend rate limit (429){detail}", wait)
         if status >= 500:
-            return _all(batch, "deferred", f"Resend server error ({status}){detail}")
+            return all_results(batch, "deferred", f"Resend server error ({status}){detail}")
         if status == 409:
             # concurrent_idempotent_requests: the first attempt is still in progress, its outcome unknown.
             # invalid_idempotent_request: the same key came with a different payload, i.e. the issue was
             # re-rendered between attempts; Resend forgets keys after 24 hours. Neither is the address's fault.
-            return _all(batch, "deferred", f"Resend idempotency conflict (409){detail}")
+            return all_results(batch, "deferred", f"Resend idempotency conflict (409){detail}")
         if status in (401, 403):
             # A missing/invalid key or an unverified sending domain: configuration, not a verdict on any
             # subscriber. "failed" would drop every recipient for good; "deferred" keeps them queued, this
             # error tells the operator what to fix, and the engine's retry limit bounds the wait.
             error = f"Resend refused the API key or the sender ({status}){detail}: check PUBLISHER_API_KEY and the sending domain"
-            return _all(batch, "deferred", error)
+            return all_results(batch, "deferred", error)
         if status in (400, 422):
             # validation_error, missing_required_field...: a property of the request itself (per-email
             # problems come back in errors[] in permissive mode), so sending it again cannot succeed.
-            return _all(batch, "failed", f"Resend refused the request ({status}){detail}")
-        return _all(batch, "deferred", f"unexpected answer from Resend ({status}){detail}")
+            return all_results(batch, "failed", f"Resend refused the request ({status}){detail}")
+        return all_results(batch, "deferred", f"unexpected answer from Resend ({status}){detail}")
 
     def _per_email(self, resp: requests.Response, batch: list[Recipient]) -> list[Result]:
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
+        data = json_body(resp)
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             # Resend accepted something; the idempotency key makes a retry of this exact batch safe.
-            return _all(batch, "deferred", "Resend answered 200 with an unreadable body")
+            return all_results(batch, "deferred", "Resend answered 200 with an unreadable body")
         errors: dict[int, str] = {}
         for item in data.get("errors") or []:
             if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(batch):
                 errors[item["index"]] = str(item.get("message", "invalid email"))
         return [
-            Result(r.subscriber_id, "failed", self._scrub(f"Resend refused this email: {errors[i]}")[:_MAX_ERROR])
+            Result(r.subscriber_id, "failed", self._scrub(f"Resend refused this email: {errors[i]}")[:MAX_ERROR])
             if i in errors
             else Result(r.subscriber_id, "sent")
             for i, r in enumerate(batch)
@@ -157,44 +126,9 @@ class ResendAdapter:
 
     def _detail(self, resp: requests.Response) -> str:
         """``: name: message`` from a Resend error body, or a short excerpt of whatever came back."""
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
+        data = json_body(resp)
         if isinstance(data, dict) and "message" in data:
             text = f"{data['name']}: {data['message']}" if data.get("name") else str(data["message"])
         else:
-            text = resp.text.strip()[:200]
-        return f": {self._scrub(text)}"[:_MAX_ERROR] if text else ""
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
-
-
-def mailbox(name: str, address: str) -> str:
-    """``Name <addr>``, the name quoted when it holds RFC 5322 specials."""
-    if not name:
-        return address
-    if _SPECIALS.search(name):
-        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{name} <{address}>"
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def _all(recipients: Sequence[Recipient], status: Status, error: str, retry: float | None = None) -> list[Result]:
-    return [Result(r.subscriber_id, status, error, retry) for r in recipients]
+            text = excerpt(resp)
+        return as_detail(self._scrub(text))

@@ -22,10 +22,10 @@ value differs within the batch) go in each personalization's ``headers``; the re
 ``List-Unsubscribe-Post``, extra headers) once, at the top level.
 
 A ``400`` refuses the whole request: nobody in it was sent. One bad address must not cost the other 999
-their issue, so the adapter isolates it (see :func:`isolate`): SendGrid's ``field`` points at the
-personalization, so those recipients are failed and the others go again at once in one request; when a
-``400`` cannot be attributed to recipients (``from``, ``content``...), the request itself is broken and
-everybody in it is failed with SendGrid's message. Nobody is ever in two accepted requests: a recipient
+their issue, so the adapter isolates it (see :func:`publisher.delivery.api._http.isolate`): SendGrid's
+``field`` points at the personalization, so those recipients are failed and the others go again at once
+in one request; when a ``400`` cannot be attributed to recipients (``from``, ``content``...), the request
+itself is broken and everybody in it is failed with SendGrid's message. Nobody is ever in two accepted requests: a recipient
 is only sent again after a ``400``, which means SendGrid took nothing from that request.
 
 SendGrid has no idempotency key: after a timeout SendGrid may have accepted the request, and the engine's
@@ -39,63 +39,29 @@ import html
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from math import ceil, log2
-from typing import Any, Literal, Self
+from collections.abc import Sequence
+from typing import Any, Self
 
 import requests
 
-from ... import __version__
-from . import PLACEHOLDERS, Prepared, Recipient, Result, Status
-
-# The headers that differ per recipient (Prepared.headers); any other header whose value differs within
-# a batch is also sent per personalization.
-PER_RECIPIENT_HEADERS = ("List-Unsubscribe", "Message-ID")
+from . import PLACEHOLDERS, Prepared, Recipient, Result
+from ._http import MAX_ERROR, Answer, HttpAdapter, as_detail, check_key, excerpt, isolate, json_body, retry_after, split_headers
 
 # Substitution tags: one for the text part (raw value), one for the HTML part (escaped value).
 TEXT_TAGS = {key: f"-publisher_{key}-" for key in PLACEHOLDERS}
 HTML_TAGS = {key: f"-publisher_{key}_html-" for key in PLACEHOLDERS}
 
 _FIELD_INDEX = re.compile(r"^personalizations\.(\d+)(?:\.|$)")
-_MAX_ERROR = 500
 
 
-@dataclass
-class Answer:
-    """What one request came to.
-
-    ``refused`` (a 400): ``bad`` maps positions in the request to SendGrid's message for them;
-    ``whole`` says the request itself was refused (nothing to isolate). Neither: split it in halves.
-    """
-
-    kind: Literal["sent", "deferred", "refused"]
-    error: str = ""
-    retry_after: float | None = None
-    bad: dict[int, str] = field(default_factory=dict)
-    whole: bool = False
-
-
-class SendGridAdapter:
+class SendGridAdapter(HttpAdapter):
     name = "sendgrid"
+    provider = "SendGrid"
     max_batch = 1000
 
     def __init__(self, api_key: str, *, base_url: str = "https://api.sendgrid.com", timeout: float = 30.0) -> None:
-        if not api_key or any(c.isspace() or ord(c) < 32 for c in api_key):
-            raise ValueError("the SendGrid API key is empty or contains whitespace or control characters (check PUBLISHER_API_KEY)")
-        self._api_key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._session = requests.Session()
-        self._session.headers.update(
-            {
-                "User-Agent": f"publisher/{__version__}",
-                "Accept": "application/json",
-                "Content-Type": "application/json",
-            }
-        )
+        check_key(api_key, "SendGrid")
+        super().__init__(api_key, base_url=base_url, timeout=timeout, headers={"Content-Type": "application/json"})
 
     def __repr__(self) -> str:
         return f"SendGridAdapter(base_url={self.base_url!r}, timeout={self.timeout!r})"
@@ -105,9 +71,6 @@ class SendGridAdapter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def close(self) -> None:
-        self._session.close()
 
     # -- the request ---------------------------------------------------------------------------------
 
@@ -150,22 +113,14 @@ class SendGridAdapter:
 
     def _send(self, prepared: Prepared, part: Sequence[Recipient]) -> Answer:
         body = json.dumps(self.payload(prepared, part), ensure_ascii=False).encode("utf-8")
-        try:
-            resp = self._session.post(
-                f"{self.base_url}/v3/mail/send",
-                data=body,
-                headers={"Authorization": f"Bearer {self._api_key}"},
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
-        except requests.Timeout:
-            return Answer("deferred", f"SendGrid did not answer within {self.timeout:g} s")
-        except requests.RequestException as exc:
-            return Answer("deferred", self._scrub(f"cannot reach SendGrid at {self.base_url}: {type(exc).__name__}: {exc}")[:_MAX_ERROR])
-        try:
-            return self._answer(resp, len(part))
-        finally:
-            resp.close()
+        return self._post(
+            f"{self.base_url}/v3/mail/send",
+            data=body,
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            allow_redirects=False,
+            read=lambda resp: self._answer(resp, len(part)),
+            unanswered=lambda error: Answer("deferred", error[:MAX_ERROR]),
+        )
 
     # -- the answer ----------------------------------------------------------------------------------
 
@@ -207,15 +162,12 @@ class SendGridAdapter:
         if whole:
             return Answer("refused", error, whole=True)
         if bad:
-            named = {i: f"SendGrid refused this address (400): {'; '.join(m)}"[:_MAX_ERROR] for i, m in bad.items()}
+            named = {i: f"SendGrid refused this address (400): {'; '.join(m)}"[:MAX_ERROR] for i, m in bad.items()}
             return Answer("refused", error, bad=named)
         return Answer("refused", error)
 
     def _errors(self, resp: requests.Response) -> list[dict[str, Any]]:
-        try:
-            data = resp.json()
-        except ValueError:
-            return []
+        data = json_body(resp)
         errors = data.get("errors") if isinstance(data, dict) else None
         return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
@@ -223,103 +175,8 @@ class SendGridAdapter:
         if errors:
             text = "; ".join(f"{e['field']}: {e.get('message')}" if e.get("field") else str(e.get("message")) for e in errors)
         else:
-            text = resp.text.strip()[:200]
-        return f": {self._scrub(text)}"[:_MAX_ERROR] if text else ""
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]")
-
-
-# -- shared with mailgun.py ------------------------------------------------------------------------------
-
-
-def split_headers(prepared: Prepared, recipients: Sequence[Recipient]) -> tuple[dict[str, str], list[str]]:
-    """The headers common to the whole batch (name -> value), and the names that must be set per recipient."""
-    if not recipients:
-        return {}, []
-    first, *rest = [prepared.headers(r) for r in recipients]
-    varying = [n for n in first if n in PER_RECIPIENT_HEADERS or any(h.get(n) != first[n] for h in rest)]
-    return {n: v for n, v in first.items() if n not in varying}, varying
-
-
-def split_budget(n: int, max_batch: int) -> int:
-    """Requests one ``send_batch`` may make: one per chunk, plus enough to isolate two bad addresses by bisection."""
-    chunks = ceil(n / max_batch)
-    return chunks + 4 * max(1, ceil(log2(max(2, min(n, max_batch)))))
-
-
-def isolate(recipients: Sequence[Recipient], max_batch: int, send: Callable[[Sequence[Recipient]], Answer]) -> list[Result]:
-    """Send ``recipients`` in requests of at most ``max_batch``, isolating addresses a 400 refuses.
-
-    A provider that takes a batch as a whole refuses it as a whole: one invalid address and the request is
-    a ``400``, nobody sent. Reporting everybody failed would punish the valid ones; reporting them deferred
-    would not help either, since the engine would retry the same batch and get the same ``400`` until its
-    attempts ran out. So a refused request is narrowed down here, without ever sending anything twice (a
-    recipient is only in a new request after a ``400``, i.e. after the provider took nothing):
-
-    - the provider named the culprits (SendGrid's ``personalizations.N``): they fail, the rest goes again;
-    - the request itself is broken (a bad ``from``...): everybody in it fails with the provider's message;
-    - otherwise (Mailgun: "'to' parameter is not a valid address", without saying which): split in halves,
-      depth first, so the first bad address is isolated within 1 + 2·log2(n) requests; a lone recipient
-      refused is failed.
-
-    The number of requests is bounded (:func:`split_budget`): what is left when it runs out is reported
-    deferred, untried, and the engine's next attempt goes on with it (without the ones already failed).
-    A deferral (429, 5xx, timeout...) stops the whole call: the rest is deferred without hammering the API.
-    Duplicate addresses (case-insensitive) in one batch are deferred, to go in another request: providers
-    refuse (SendGrid) or merge (Mailgun) them.
-    """
-    results: list[Result] = []
-    seen: set[str] = set()
-    todo: list[Recipient] = []
-    for r in recipients:
-        if r.email.casefold() in seen:
-            results.append(Result(r.subscriber_id, "deferred", "the same address is earlier in this batch: it must go in another request"))
-        else:
-            seen.add(r.email.casefold())
-            todo.append(r)
-    stack = [todo[i : i + max_batch] for i in range(0, len(todo), max_batch)][::-1]
-    budget = split_budget(len(todo), max_batch)
-    while stack:
-        part = stack.pop()
-        if budget == 0:
-            results += _all(part, "deferred", "not attempted: the requests allowed for isolating refused addresses ran out; retry")
-            continue
-        budget -= 1
-        answer = send(part)
-        if answer.kind == "sent":
-            results += _all(part, "sent")
-        elif answer.kind == "deferred":
-            results += _all(part, "deferred", answer.error, answer.retry_after)
-            for rest in stack:
-                results += _all(rest, "deferred", f"not attempted: {answer.error}"[:_MAX_ERROR], answer.retry_after)
-            stack.clear()
-        elif answer.bad:
-            results += [Result(r.subscriber_id, "failed", answer.bad[i]) for i, r in enumerate(part) if i in answer.bad]
-            if others := [r for i, r in enumerate(part) if i not in answer.bad]:
-                stack.append(others)
-        elif answer.whole or len(part) == 1:
-            results += _all(part, "failed", answer.error)
-        else:
-            mid = len(part) // 2
-            stack += [part[mid:], part[:mid]]  # the first half is tried first
-    return results
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+            text = excerpt(resp)
+        return as_detail(self._scrub(text))
 
 
 def _retry_after(resp: requests.Response) -> float | None:
@@ -331,7 +188,3 @@ def _retry_after(resp: requests.Response) -> float | None:
     if re.fullmatch(r"\d+(\.\d+)?", reset):
         return max(0.0, float(reset) - time.time())
     return None
-
-
-def _all(recipients: Sequence[Recipient], status: Status, error: str = "", retry: float | None = None) -> list[Result]:
-    return [Result(r.subscriber_id, status, error, retry) for r in recipients]

@@ -1,0 +1,238 @@
+"""What the HTTP adapters share: the session and the key, error text, Retry-After, and isolating refused addresses.
+
+Private to :mod:`publisher.delivery.api`: each provider's module (``postmark``, ``resend``, ``sendgrid``,
+``mailgun``) keeps its wire format and its reading of the provider's answers; the machinery around them
+lives here once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from math import ceil, log2
+from typing import Any, Literal, TypeVar
+
+import requests
+
+from ... import __version__
+from . import Prepared, Recipient, Result, Status
+
+MAX_ERROR = 500  # characters of an error kept in a Result
+
+# The headers that differ per recipient (Prepared.headers); any other header whose value differs within
+# a batch is also sent per recipient (see split_headers).
+PER_RECIPIENT_HEADERS = ("List-Unsubscribe", "Message-ID")
+
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
+
+T = TypeVar("T")
+B = TypeVar("B", bound=Sequence[Recipient])
+
+
+# -- the adapter: key, base URL, timeout, session --------------------------------------------------------
+
+
+class HttpAdapter:
+    """The state every adapter keeps: the API key (never shown), the base URL, the timeout and one session.
+
+    ``provider`` names the service in error messages ("Postmark", "SendGrid"...).
+    """
+
+    provider = ""
+
+    def __init__(self, api_key: str, *, base_url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
+        self._api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session = session(headers)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _scrub(self, text: str) -> str:
+        """The text with the API key replaced by ``[redacted]``."""
+        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+
+    def _post(self, url: str, *, read: Callable[[requests.Response], T], unanswered: Callable[[str], T], **kwargs: Any) -> T:
+        """POST with the adapter's timeout and ``read`` the answer (then release the connection).
+
+        No answer (a timeout, a refused or dropped connection) is ``unanswered(error)``, the error saying
+        which, without the key: the adapter reports it deferred.
+        """
+        try:
+            resp = self._session.post(url, timeout=self.timeout, **kwargs)
+        except requests.Timeout:
+            return unanswered(f"{self.provider} did not answer within {self.timeout:g} s")
+        except requests.RequestException as exc:
+            return unanswered(self._scrub(f"cannot reach {self.provider} at {self.base_url}: {type(exc).__name__}: {exc}"))
+        try:
+            return read(resp)
+        finally:
+            resp.close()
+
+    def _post_batch(self, url: str, batch: B, read: Callable[[requests.Response, B], list[Result]], **kwargs: Any) -> list[Result]:
+        """:meth:`_post` for a request that carries all of ``batch``: ``read(resp, batch)``, or everybody deferred."""
+        return self._post(
+            url, read=lambda resp: read(resp, batch), unanswered=lambda error: all_results(batch, "deferred", error), **kwargs
+        )
+
+
+def session(headers: dict[str, str] | None = None) -> requests.Session:
+    """A session (one connection pool per host) sending our User-Agent, asking for JSON, plus ``headers``."""
+    s = requests.Session()
+    s.headers.update({"User-Agent": f"publisher/{__version__}", "Accept": "application/json", **(headers or {})})
+    return s
+
+
+def check_key(api_key: str, provider: str) -> None:
+    """Refuse a key that is empty or would break the request's headers, without echoing it."""
+    if not api_key or any(c.isspace() or ord(c) < 32 for c in api_key):
+        raise ValueError(f"the {provider} API key is empty or contains whitespace or control characters (check PUBLISHER_API_KEY)")
+
+
+# -- the answer ------------------------------------------------------------------------------------------
+
+
+def json_body(resp: requests.Response) -> Any:
+    """The decoded JSON body, or None when it is not JSON."""
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def excerpt(resp: requests.Response) -> str:
+    """A short excerpt of whatever came back, for a body that is not the provider's error format."""
+    return resp.text.strip()[:200]
+
+
+def as_detail(text: str) -> str:
+    """``: text``, cut to :data:`MAX_ERROR`, to follow an error message; nothing for no text."""
+    return f": {text}"[:MAX_ERROR] if text else ""
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def all_results(recipients: Sequence[Recipient], status: Status, error: str = "", retry: float | None = None) -> list[Result]:
+    """The same result for everybody in ``recipients``."""
+    return [Result(r.subscriber_id, status, error, retry) for r in recipients]
+
+
+# -- the request -----------------------------------------------------------------------------------------
+
+
+def mailbox(name: str, address: str) -> str:
+    """``Name <addr>``, the name quoted when it holds RFC 5322 specials (Postmark refuses ``Joe, Jr <a@b>``)."""
+    if not name:
+        return address
+    if _SPECIALS.search(name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"
+
+
+def split_headers(prepared: Prepared, recipients: Sequence[Recipient]) -> tuple[dict[str, str], list[str]]:
+    """The headers common to the whole batch (name -> value), and the names that must be set per recipient."""
+    if not recipients:
+        return {}, []
+    first, *rest = [prepared.headers(r) for r in recipients]
+    varying = [n for n in first if n in PER_RECIPIENT_HEADERS or any(h.get(n) != first[n] for h in rest)]
+    return {n: v for n, v in first.items() if n not in varying}, varying
+
+
+# -- isolating refused addresses (SendGrid, Mailgun) -----------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """What one request came to.
+
+    ``refused`` (a 400): ``bad`` maps positions in the request to the provider's message for them;
+    ``whole`` says the request itself was refused (nothing to isolate). Neither: split it in halves.
+    """
+
+    kind: Literal["sent", "deferred", "refused"]
+    error: str = ""
+    retry_after: float | None = None
+    bad: dict[int, str] = field(default_factory=dict)
+    whole: bool = False
+
+
+def split_budget(n: int, max_batch: int) -> int:
+    """Requests one ``send_batch`` may make: one per chunk, plus enough to isolate two bad addresses by bisection."""
+    chunks = ceil(n / max_batch)
+    return chunks + 4 * max(1, ceil(log2(max(2, min(n, max_batch)))))
+
+
+def isolate(recipients: Sequence[Recipient], max_batch: int, send: Callable[[Sequence[Recipient]], Answer]) -> list[Result]:
+    """Send ``recipients`` in requests of at most ``max_batch``, isolating addresses a 400 refuses.
+
+    A provider that takes a batch as a whole refuses it as a whole: one invalid address and the request is
+    a ``400``, nobody sent. Reporting everybody failed would punish the valid ones; reporting them deferred
+    would not help either, since the engine would retry the same batch and get the same ``400`` until its
+    attempts ran out. So a refused request is narrowed down here, without ever sending anything twice (a
+    recipient is only in a new request after a ``400``, i.e. after the provider took nothing):
+
+    - the provider named the culprits (SendGrid's ``personalizations.N``): they fail, the rest goes again;
+    - the request itself is broken (a bad ``from``...): everybody in it fails with the provider's message;
+    - otherwise (Mailgun: "'to' parameter is not a valid address", without saying which): split in halves,
+      depth first, so the first bad address is isolated within 1 + 2·log2(n) requests; a lone recipient
+      refused is failed.
+
+    The number of requests is bounded (:func:`split_budget`): what is left when it runs out is reported
+    deferred, untried, and the engine's next attempt goes on with it (without the ones already failed).
+    A deferral (429, 5xx, timeout...) stops the whole call: the rest is deferred without hammering the API.
+    Duplicate addresses (case-insensitive) in one batch are deferred, to go in another request: providers
+    refuse (SendGrid) or merge (Mailgun) them.
+    """
+    results: list[Result] = []
+    seen: set[str] = set()
+    todo: list[Recipient] = []
+    for r in recipients:
+        if r.email.casefold() in seen:
+            results.append(Result(r.subscriber_id, "deferred", "the same address is earlier in this batch: it must go in another request"))
+        else:
+            seen.add(r.email.casefold())
+            todo.append(r)
+    stack = [todo[i : i + max_batch] for i in range(0, len(todo), max_batch)][::-1]
+    budget = split_budget(len(todo), max_batch)
+    while stack:
+        part = stack.pop()
+        if budget == 0:
+            results += all_results(part, "deferred", "not attempted: the requests allowed for isolating refused addresses ran out; retry")
+            continue
+        budget -= 1
+        answer = send(part)
+        if answer.kind == "sent":
+            results += all_results(part, "sent")
+        elif answer.kind == "deferred":
+            results += all_results(part, "deferred", answer.error, answer.retry_after)
+            for rest in stack:
+                results += all_results(rest, "deferred", f"not attempted: {answer.error}"[:MAX_ERROR], answer.retry_after)
+            stack.clear()
+        elif answer.bad:
+            results += [Result(r.subscriber_id, "failed", answer.bad[i]) for i, r in enumerate(part) if i in answer.bad]
+            if others := [r for i, r in enumerate(part) if i not in answer.bad]:
+                stack.append(others)
+        elif answer.whole or len(part) == 1:
+            results += all_results(part, "failed", answer.error)
+        else:
+            mid = len(part) // 2
+            stack += [part[mid:], part[:mid]]  # the first half is tried first
+    return results

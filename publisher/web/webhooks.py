@@ -1,0 +1,354 @@
+"""Delivery webhooks: Postmark, SendGrid and Mailgun tell us about hard bounces and spam complaints.
+
+Each endpoint checks that the request really comes from the provider, then marks the subscriber
+bounced or complained (``subscribers.record_delivery_event``), which suppresses the address for good.
+
+    POST /webhooks/postmark   HTTP Basic auth, $PUBLISHER_WEBHOOK_POSTMARK_AUTH ("user:password").
+                              Postmark does not sign webhooks; put the credentials in the webhook URL:
+                              https://user:password@www.example.org/webhooks/postmark
+    POST /webhooks/sendgrid   Signed Event Webhook: ECDSA P-256 / SHA-256 over timestamp + raw body,
+                              verified with $PUBLISHER_WEBHOOK_SENDGRID_PUBLIC_KEY (the base64 DER key
+                              SendGrid shows; a PEM block works too).
+    POST /webhooks/mailgun    HMAC-SHA256 of timestamp + token with $PUBLISHER_WEBHOOK_MAILGUN_SIGNING_KEY;
+                              timestamps more than 5 minutes off and tokens already seen are refused.
+
+Answers:
+
+    200 {"updated": n}   n = known subscribers whose status was set; unknown addresses and events
+                         we do not act on (soft bounces, deliveries, opens...) are fine and count 0
+    401                  Postmark: missing or wrong Basic credentials (with a WWW-Authenticate challenge)
+    403                  SendGrid / Mailgun: missing, wrong, stale or replayed signature
+    400                  authenticated but not the JSON shape the provider sends
+    413                  a body over 1 MiB
+    404                  the endpoint's secret is not set: the endpoint does not exist (any method), so
+                         a provider pointed at it by mistake gets the same answer as for any unknown URL
+
+In every refusal nothing changes in the store. The environment is read once, when the routes are
+built; a secret that is set but unusable (no ':' in the Postmark credentials, a SendGrid key that is
+not an EC P-256 public key) is a ConfigError then, not a 500 on every request. Secrets and signatures
+never appear in a log line or a response.
+
+The Mailgun replay guard is in memory and per process: with several worker processes each has its
+own set of recent tokens (a replay can then only succeed once per worker, within 5 minutes, and only
+repeats an event that was already recorded).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from subscribers import record_delivery_event
+
+from ..config import Config
+from ..errors import ConfigError
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+POSTMARK_AUTH_ENV = "PUBLISHER_WEBHOOK_POSTMARK_AUTH"
+SENDGRID_KEY_ENV = "PUBLISHER_WEBHOOK_SENDGRID_PUBLIC_KEY"
+MAILGUN_KEY_ENV = "PUBLISHER_WEBHOOK_MAILGUN_SIGNING_KEY"
+
+MAX_BODY = 1024 * 1024  # 1 MiB; a provider's batch is far smaller
+MAILGUN_TOLERANCE = 300  # seconds either side of our clock
+MAILGUN_MAX_TOKENS = 10_000  # recent tokens kept; ~33 signed requests a second for 5 minutes
+
+SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
+SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+# Postmark bounce types that say the address itself is bad. Transient, SoftBounce, DnsError, Blocked
+# (an ISP block of the message or the sender), AutoResponder... are not the address's fault.
+# ManuallyDeactivated is left out on purpose: it is someone's action in Postmark's UI or API, not a
+# delivery failure, and calling it "bounced" here would be a guess.
+POSTMARK_HARD = frozenset({"HardBounce", "BadEmailAddress"})
+
+Event = tuple[str, str]  # (kind: "bounced" | "complained", email)
+
+
+class _Refused(Exception):
+    """Answer ``status`` with a short reason; logged without any secret."""
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+
+def webhook_routes(cfg: Config, store: Store, env: Mapping[str, str] | None = None, *,
+                   clock: Callable[[], float] = time.time) -> list[Route]:
+    """The three webhook endpoints; an endpoint whose secret is unset answers 404.
+
+    ``clock`` (seconds since the epoch) is for tests: it dates the status change and judges
+    Mailgun's timestamps.
+    """
+    env = os.environ if env is None else env
+    postmark = env.get(POSTMARK_AUTH_ENV, "")
+    sendgrid = env.get(SENDGRID_KEY_ENV, "").strip()
+    mailgun = env.get(MAILGUN_KEY_ENV, "")
+    recorder = _Recorder(store, clock)
+    return [
+        _route("/webhooks/postmark", "webhook_postmark", _postmark_handler(postmark, recorder) if postmark else None),
+        _route("/webhooks/sendgrid", "webhook_sendgrid", _sendgrid_handler(_sendgrid_key(sendgrid), recorder) if sendgrid else None),
+        _route("/webhooks/mailgun", "webhook_mailgun", _mailgun_handler(mailgun, recorder, clock) if mailgun else None),
+    ]
+
+
+def _route(path: str, name: str, handler: Callable[[Request], Awaitable[Response]] | None) -> Route:
+    if handler is None:
+        # Not configured: a route that is not there. Kept as a route (every method) so that a mount
+        # behind it, e.g. the static site, cannot answer 405 and give the endpoint away.
+        return Route(path, _not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"], name=name)
+    provider = name.removeprefix("webhook_")
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except _Refused as exc:
+            log.warning("webhook %s: refused with %d: %s", provider, exc.status, exc.reason)
+            return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=exc.headers)
+
+    return Route(path, endpoint, methods=["POST"], name=name)
+
+
+async def _not_found(request: Request) -> Response:
+    return PlainTextResponse("Not Found", status_code=404)
+
+
+class _Recorder:
+    """Apply events to the store off the event loop (the store is synchronous)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def apply(self, events: list[Event]) -> Response:
+        updated = await run_in_threadpool(self._apply, events) if events else 0
+        return JSONResponse({"updated": updated})
+
+    def _apply(self, events: list[Event]) -> int:
+        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        return sum(record_delivery_event(self.store, email, kind, now) for kind, email in events)
+
+
+# -- request helpers ------------------------------------------------------------------------------
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body, refused with 413 as soon as it is known to exceed MAX_BODY."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY:
+        raise _Refused(413, f"body over {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _Refused(413, f"body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _Refused(400, "body is not valid JSON") from None
+
+
+def _email(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Refused(400, f"{where} has no email address")
+    return value
+
+
+# -- Postmark ---------------------------------------------------------------------------------------
+
+
+def _postmark_handler(credentials: str, recorder: _Recorder) -> Callable[[Request], Awaitable[Response]]:
+    if ":" not in credentials:
+        raise ConfigError(f"{POSTMARK_AUTH_ENV} must be 'user:password' (the credentials in Postmark's webhook URL).")
+    expected = hashlib.sha256(credentials.encode("utf-8")).digest()
+    challenge = {"WWW-Authenticate": 'Basic realm="webhooks", charset="UTF-8"'}
+
+    async def handle(request: Request) -> Response:
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic" or not encoded.strip():
+            raise _Refused(401, "Basic credentials required", challenge)
+        try:
+            given = base64.b64decode(encoded.strip(), validate=True)
+        except binascii.Error:
+            raise _Refused(401, "Basic credentials required", challenge) from None
+        # Hashing both sides first: equal-length digests, so the comparison leaks neither content nor length.
+        if not hmac.compare_digest(hashlib.sha256(given).digest(), expected):
+            raise _Refused(401, "wrong credentials", challenge)
+        payload = _json(await _read_body(request))
+        if not isinstance(payload, dict):
+            raise _Refused(400, "expected one JSON object")
+        return await recorder.apply(_postmark_events(payload))
+
+    return handle
+
+
+def _postmark_events(payload: dict[str, Any]) -> list[Event]:
+    record = payload.get("RecordType")
+    kind = payload.get("Type")
+    # Older bounce webhooks carry no RecordType; their Type says what they are.
+    if record == "SpamComplaint" or (record in ("Bounce", None) and kind == "SpamComplaint"):
+        return [("complained", _email(payload.get("Email"), "the spam complaint"))]
+    if record in ("Bounce", None) and kind in POSTMARK_HARD:
+        return [("bounced", _email(payload.get("Email"), "the bounce"))]
+    return []  # soft bounces, deliveries, opens, clicks, subscription changes: nothing to do
+
+
+# -- SendGrid ---------------------------------------------------------------------------------------
+
+
+def _sendgrid_key(value: str) -> ec.EllipticCurvePublicKey:
+    try:
+        if "-----BEGIN" in value:
+            key = serialization.load_pem_public_key(value.encode("ascii"))
+        else:
+            key = serialization.load_der_public_key(base64.b64decode("".join(value.split()), validate=True))
+    except (ValueError, binascii.Error, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ConfigError(f"{SENDGRID_KEY_ENV} is not an ECDSA P-256 public key; paste the verification key "
+                          "SendGrid shows for the Signed Event Webhook (base64).")
+    return key
+
+
+def _sendgrid_handler(key: ec.EllipticCurvePublicKey, recorder: _Recorder) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        signature = request.headers.get(SENDGRID_SIGNATURE, "")
+        timestamp = request.headers.get(SENDGRID_TIMESTAMP, "")
+        if not signature or not timestamp:
+            raise _Refused(403, "signature headers missing")
+        body = await _read_body(request)
+        try:
+            key.verify(base64.b64decode(signature, validate=True), timestamp.encode("utf-8") + body, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, binascii.Error, ValueError):
+            raise _Refused(403, "bad signature") from None
+        payload = _json(body)
+        if not isinstance(payload, list) or not all(isinstance(e, dict) for e in payload):
+            raise _Refused(400, "expected a JSON array of event objects")
+        return await recorder.apply(_sendgrid_events(payload))
+
+    return handle
+
+
+def _sendgrid_events(payload: list[dict[str, Any]]) -> list[Event]:
+    events: list[Event] = []
+    for item in payload:
+        event = item.get("event")
+        if event == "bounce" and item.get("type") == "bounce":  # "blocked" is a block of the message, not a bad address
+            events.append(("bounced", _email(item.get("email"), "a bounce event")))
+        elif event == "spamreport":
+            events.append(("complained", _email(item.get("email"), "a spamreport event")))
+        # "dropped" is ignored: SendGrid refused to send because the address is already on one of its
+        # suppression lists, and the bounce or spam report that put it there came as its own event.
+        # The reason is free text ("Bounced Address", "Unsubscribed Address", "Invalid"...), not a code.
+    return events
+
+
+# -- Mailgun ----------------------------------------------------------------------------------------
+
+
+class _RecentTokens:
+    """Tokens of accepted Mailgun requests, forgotten once their timestamp is too old to pass anyway.
+
+    Bounded: past ``limit`` the oldest entry goes first, even if it could still be replayed.
+    """
+
+    def __init__(self, window: int, limit: int) -> None:
+        self.window = window
+        self.limit = limit
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def claim(self, token: str, timestamp: float, now: float) -> bool:
+        """True the first time a token is seen (it is then remembered); False for a replay."""
+        with self._lock:
+            while self._expiry and next(iter(self._expiry.values())) < now:
+                self._expiry.popitem(last=False)
+            if token in self._expiry:
+                return False
+            while len(self._expiry) >= self.limit:
+                self._expiry.popitem(last=False)
+            self._expiry[token] = timestamp + self.window
+            return True
+
+    def release(self, token: str) -> None:
+        with self._lock:
+            self._expiry.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+
+def _mailgun_handler(signing_key: str, recorder: _Recorder, clock: Callable[[], float]) -> Callable[[Request], Awaitable[Response]]:
+    key = signing_key.encode("utf-8")
+    tokens = _RecentTokens(MAILGUN_TOLERANCE, MAILGUN_MAX_TOKENS)
+
+    async def handle(request: Request) -> Response:
+        payload = _json(await _read_body(request))
+        if not isinstance(payload, dict):
+            raise _Refused(400, "expected one JSON object")
+        sig = payload.get("signature")
+        if not isinstance(sig, dict):
+            raise _Refused(403, "signature missing")
+        timestamp, token, signature = sig.get("timestamp"), sig.get("token"), sig.get("signature")
+        if isinstance(timestamp, int) and not isinstance(timestamp, bool):
+            timestamp = str(timestamp)
+        if not all(isinstance(v, str) and v for v in (timestamp, token, signature)):
+            raise _Refused(403, "signature missing")
+        digest = hmac.new(key, (timestamp + token).encode("utf-8"), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(digest.encode("ascii"), signature.lower().encode("utf-8")):
+            raise _Refused(403, "bad signature")
+        now = clock()
+        if not timestamp.isdigit() or abs(now - int(timestamp)) > MAILGUN_TOLERANCE:
+            raise _Refused(403, f"timestamp more than {MAILGUN_TOLERANCE} s from our clock")
+        events = _mailgun_events(payload.get("event-data"))
+        if not tokens.claim(token, int(timestamp), now):
+            raise _Refused(403, "token already used (replay)")
+        try:
+            return await recorder.apply(events)
+        except BaseException:
+            tokens.release(token)  # not recorded: Mailgun's retry of this very request must still pass
+            raise
+
+    return handle
+
+
+def _mailgun_events(data: Any) -> list[Event]:
+    if not isinstance(data, dict):
+        raise _Refused(400, "event-data missing")
+    event = data.get("event")
+    if event == "complained":
+        return [("complained", _email(data.get("recipient"), "the complained event"))]
+    if event == "failed" and data.get("severity") == "permanent":
+        # Mailgun refusing to send because the address is on its complaint list is a complaint;
+        # every other permanent failure (bounce, suppress-bounce, suppress-unsubscribe, ...) suppresses as bounced.
+        kind = "complained" if data.get("reason") == "suppress-complaint" else "bounced"
+        return [(kind, _email(data.get("recipient"), "the failed event"))]
+    return []  # temporary failures, deliveries, opens...: nothing to do
