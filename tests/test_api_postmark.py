@@ -3,60 +3,32 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
 
-import pytest
-
 from publisher import __version__
-from publisher.delivery.api import Prepared, Recipient, Result
+from publisher.delivery.api import Recipient, Result
 from publisher.delivery.api.postmark import PostmarkAdapter, mailbox, retry_after
-from publisher.digest.render import PLACEHOLDERS
 
-from .servers import free_port, recording_server
+from .api_support import (
+    RECIPIENTS,
+    Respond,
+    answer,
+    assert_a_timeout_defers_all,
+    assert_an_oversized_batch_is_refused,
+    assert_close_releases_the_pool,
+    assert_connection_refused_defers_all,
+    assert_no_key,
+    assert_personalised,
+    by_id,
+    make_prepared,
+    send_through,
+)
+from .servers import recording_server
 
 KEY = "pm-server-token-7d41c0ffee"
-
-Respond = Callable[[str, str, bytes], tuple[int, dict[str, str], bytes]]
-
-
-def make_prepared(**overrides: Any) -> Prepared:
-    p = PLACEHOLDERS
-    fields: dict[str, Any] = {
-        "issue_id": "2026-W48",
-        "subject": "Research digest — 27 November 2026",
-        "from_name": "Example Research",
-        "from_address": "news@example.org",
-        "reply_to": "editor@example.org",
-        "html": (
-            f'<p>Sent to {p["email"]}.</p><p><a href="{p["unsubscribe_url"]}">Unsubscribe</a> · '
-            f'<a href="{p["preferences_url"]}">Preferences</a></p>'
-        ),
-        "text": f"Sent to {p['email']}.\nUnsubscribe: {p['unsubscribe_url']}\nPreferences: {p['preferences_url']}\n",
-        "list_id": "Research digest <digest.example.org>",
-    }
-    fields.update(overrides)
-    return Prepared(**fields)
-
-
-def make_recipient(i: int, email: str) -> Recipient:
-    return Recipient(
-        subscriber_id=i,
-        email=email,
-        message_id=f"<digest.2026-W48.{i:04x}@example.org>",
-        links={
-            "unsubscribe_url": f"https://example.org/unsubscribe?s={i}&t=tok{i}",
-            "preferences_url": f"https://example.org/preferences?s={i}&t=tok{i}",
-        },
-        idempotency_key=f"2026-W48/{i}",
-    )
-
-
-RECIPIENTS = [make_recipient(1, "ada@example.com"), make_recipient(2, "bob+news@example.net"), make_recipient(3, "cy@example.edu")]
 
 
 def ok_entries(recipients: list[Recipient]) -> list[dict[str, Any]]:
@@ -66,38 +38,12 @@ def ok_entries(recipients: list[Recipient]) -> list[dict[str, Any]]:
     ]
 
 
-def answer(status: int, obj: Any = None, headers: dict[str, str] | None = None) -> Respond:
-    payload = b"" if obj is None else json.dumps(obj).encode()
-
-    def respond(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        return status, {"Content-Type": "application/json", **(headers or {})}, payload
-
-    return respond
-
-
-@contextmanager
-def adapter_for(url: str, **kwargs: Any) -> Iterator[PostmarkAdapter]:
-    adapter = PostmarkAdapter(KEY, base_url=url, **kwargs)
-    try:
-        yield adapter
-    finally:
-        adapter.close()
+def adapter_for(url: str, **kwargs: Any) -> closing[PostmarkAdapter]:
+    return closing(PostmarkAdapter(KEY, base_url=url, **kwargs))
 
 
 def send(respond: Respond, recipients: list[Recipient] = RECIPIENTS, **kwargs: Any) -> tuple[list[Result], list[dict[str, Any]]]:
-    with recording_server(respond) as (url, requests), adapter_for(url, **kwargs) as adapter:
-        results = adapter.send_batch(make_prepared(), recipients)
-    return results, requests
-
-
-def by_id(results: list[Result]) -> dict[int, Result]:
-    assert len(results) == len({r.subscriber_id for r in results})
-    return {r.subscriber_id: r for r in results}
-
-
-def assert_no_key(results: list[Result]) -> None:
-    for r in results:
-        assert KEY not in r.error
+    return send_through(adapter_for, respond, recipients, **kwargs)
 
 
 # -- the wire format ----------------------------------------------------------------------------------
@@ -129,18 +75,7 @@ def test_wire_format_is_postmarks_batch_endpoint() -> None:
         assert msg["TrackOpens"] is False
 
         i = r.subscriber_id
-        html, text = msg["HtmlBody"], msg["TextBody"]
-        assert f"Sent to {r.email}." in html
-        assert f'href="https://example.org/unsubscribe?s={i}&amp;t=tok{i}"' in html
-        assert f'href="https://example.org/preferences?s={i}&amp;t=tok{i}"' in html
-        assert f"Sent to {r.email}." in text
-        assert f"Unsubscribe: https://example.org/unsubscribe?s={i}&t=tok{i}\n" in text
-        assert f"Preferences: https://example.org/preferences?s={i}&t=tok{i}\n" in text
-        for other in RECIPIENTS:
-            if other is not r:
-                assert other.email not in html + text
-                assert f"s={other.subscriber_id}&" not in html + text
-        assert "%%" not in html + text
+        assert_personalised(msg["HtmlBody"], msg["TextBody"], r, RECIPIENTS)
 
         assert msg["Headers"] == [
             {"Name": "List-Id", "Value": "Research digest <digest.example.org>"},
@@ -180,10 +115,7 @@ def test_empty_batch_sends_nothing() -> None:
 
 
 def test_oversized_batch_is_a_caller_error() -> None:
-    with adapter_for("http://127.0.0.1:9") as adapter:
-        with pytest.raises(ValueError, match="at most 500") as exc:
-            adapter.send_batch(make_prepared(), [make_recipient(i, f"u{i}@example.com") for i in range(501)])
-    assert KEY not in str(exc.value)
+    assert_an_oversized_batch_is_refused(adapter_for, 500, KEY)
 
 
 # -- per-message results ------------------------------------------------------------------------------
@@ -266,7 +198,7 @@ def test_401_is_a_configuration_error_reported_as_deferred() -> None:
     for r in results:
         assert r.status == "deferred"
         assert "Postmark rejected the server token (401)" in r.error
-    assert_no_key(results)
+    assert_no_key(results, KEY)
 
 
 def test_422_on_the_request_fails_all_with_postmarks_message() -> None:
@@ -291,27 +223,11 @@ def test_404_wrong_base_url_defers() -> None:
 
 
 def test_timeout_defers_all() -> None:
-    def slow(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        time.sleep(1.5)
-        return 200, {}, json.dumps(ok_entries(RECIPIENTS)).encode()
-
-    started = time.monotonic()
-    results, requests = send(slow, timeout=0.5)
-    assert time.monotonic() - started < 1.4
-    assert len(requests) == 1  # one attempt, no retry
-    assert len(results) == 3
-    assert {r.status for r in results} == {"deferred"}
-    assert all("did not answer within 0.5 s" in r.error for r in results)
+    assert_a_timeout_defers_all(send, json.dumps(ok_entries(RECIPIENTS)).encode())
 
 
 def test_connection_refused_defers_all() -> None:
-    port = free_port()  # bound, then closed: nothing listens there
-    with adapter_for(f"http://127.0.0.1:{port}", timeout=5) as adapter:
-        results = adapter.send_batch(make_prepared(), RECIPIENTS)
-    assert len(results) == 3
-    assert {r.status for r in results} == {"deferred"}
-    assert all("cannot reach Postmark" in r.error for r in results)
-    assert_no_key(results)
+    assert_connection_refused_defers_all(adapter_for, "Postmark", KEY)
 
 
 # -- the key and the session --------------------------------------------------------------------------
@@ -326,22 +242,18 @@ def test_key_never_in_repr_or_errors() -> None:
     for status in (401, 422, 429, 500, 502):
         results, _ = send(answer(status, echo))
         assert results and all(r.error for r in results)
-        assert_no_key(results)
+        assert_no_key(results, KEY)
     entries = ok_entries(RECIPIENTS)
     entries[0] = {"ErrorCode": 406, "Message": f"inactive, by the way the token is {KEY}"}
     results, _ = send(answer(200, entries))
     assert by_id(results)[1].status == "failed"
-    assert_no_key(results)
+    assert_no_key(results, KEY)
 
 
 def test_close_releases_the_connection_pool() -> None:
     with recording_server(answer(200, ok_entries(RECIPIENTS))) as (url, _):
         adapter = PostmarkAdapter(KEY, base_url=url)
-        adapter.send_batch(make_prepared(), RECIPIENTS)
-        pool = adapter._session.get_adapter(url).poolmanager
-        assert len(pool.pools) == 1
-        adapter.close()
-        assert len(pool.pools) == 0
+        assert_close_releases_the_pool(adapter, url, lambda: adapter.send_batch(make_prepared(), RECIPIENTS))
         adapter.close()  # twice is harmless
 
 

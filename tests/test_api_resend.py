@@ -4,58 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from typing import Any
 
 import pytest
 
 from publisher import __version__
-from publisher.delivery.api import Prepared, Recipient, Result
+from publisher.delivery.api import Recipient, Result
 from publisher.delivery.api.resend import ResendAdapter
-from publisher.digest.render import PLACEHOLDERS
 
-from .servers import free_port, recording_server
+from .api_support import (
+    RECIPIENTS,
+    Respond,
+    answer,
+    assert_a_timeout_defers_all,
+    assert_an_oversized_batch_is_refused,
+    assert_close_releases_the_pool,
+    assert_connection_refused_defers_all,
+    assert_no_key,
+    assert_personalised,
+    by_id,
+    lower,
+    make_prepared,
+    send_through,
+)
+from .servers import recording_server
 
 KEY = "re_Secr3tKey_9f8e7d6c5b4a"
 
-Respond = Callable[[str, str, bytes], tuple[int, dict[str, str], bytes]]
-
-
-def make_prepared(**overrides: Any) -> Prepared:
-    p = PLACEHOLDERS
-    fields: dict[str, Any] = {
-        "issue_id": "2026-W48",
-        "subject": "Research digest — 27 November 2026",
-        "from_name": "Example Research",
-        "from_address": "news@example.org",
-        "reply_to": "editor@example.org",
-        "html": (
-            f'<p>Sent to {p["email"]}.</p><p><a href="{p["unsubscribe_url"]}">Unsubscribe</a> · '
-            f'<a href="{p["preferences_url"]}">Preferences</a></p>'
-        ),
-        "text": f"Sent to {p['email']}.\nUnsubscribe: {p['unsubscribe_url']}\nPreferences: {p['preferences_url']}\n",
-        "list_id": "Research digest <digest.example.org>",
-    }
-    fields.update(overrides)
-    return Prepared(**fields)
-
-
-def make_recipient(i: int, email: str) -> Recipient:
-    return Recipient(
-        subscriber_id=i,
-        email=email,
-        message_id=f"<digest.2026-W48.{i:04x}@example.org>",
-        links={
-            "unsubscribe_url": f"https://example.org/unsubscribe?s={i}&t=tok{i}",
-            "preferences_url": f"https://example.org/preferences?s={i}&t=tok{i}",
-        },
-        idempotency_key=f"2026-W48/{i}",
-    )
-
-
-RECIPIENTS = [make_recipient(1, "ada@example.com"), make_recipient(2, "bob+news@example.net"), make_recipient(3, "cy@example.edu")]
 OK = {
     "data": [
         {"id": "ae2014de-c168-4c61-8267-70d2662a1ce1"},
@@ -65,46 +41,16 @@ OK = {
 }
 
 
-def answer(status: int, obj: Any = None, headers: dict[str, str] | None = None) -> Respond:
-    payload = b"" if obj is None else json.dumps(obj).encode()
-
-    def respond(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        return status, {"Content-Type": "application/json", **(headers or {})}, payload
-
-    return respond
-
-
 def error(status: int, name: str, message: str, headers: dict[str, str] | None = None) -> Respond:
     return answer(status, {"statusCode": status, "name": name, "message": message}, headers)
 
 
-@contextmanager
-def adapter_for(url: str, **kwargs: Any) -> Iterator[ResendAdapter]:
-    adapter = ResendAdapter(KEY, base_url=url, **kwargs)
-    try:
-        yield adapter
-    finally:
-        adapter.close()
+def adapter_for(url: str, **kwargs: Any) -> closing[ResendAdapter]:
+    return closing(ResendAdapter(KEY, base_url=url, **kwargs))
 
 
 def send(respond: Respond, recipients: list[Recipient] = RECIPIENTS, **kwargs: Any) -> tuple[list[Result], list[dict[str, Any]]]:
-    with recording_server(respond) as (url, requests), adapter_for(url, **kwargs) as adapter:
-        results = adapter.send_batch(make_prepared(), recipients)
-    return results, requests
-
-
-def by_id(results: list[Result]) -> dict[int, Result]:
-    assert len(results) == len({r.subscriber_id for r in results})
-    return {r.subscriber_id: r for r in results}
-
-
-def lower(headers: dict[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
-
-
-def assert_no_key(results: list[Result]) -> None:
-    for r in results:
-        assert KEY not in r.error
+    return send_through(adapter_for, respond, recipients, **kwargs)
 
 
 # -- the wire format ----------------------------------------------------------------------------------
@@ -135,18 +81,7 @@ def test_wire_format_is_resends_batch_endpoint() -> None:
         assert email["reply_to"] == "editor@example.org"
 
         i = r.subscriber_id
-        html, text = email["html"], email["text"]
-        assert f"Sent to {r.email}." in html
-        assert f'href="https://example.org/unsubscribe?s={i}&amp;t=tok{i}"' in html
-        assert f'href="https://example.org/preferences?s={i}&amp;t=tok{i}"' in html
-        assert f"Sent to {r.email}." in text
-        assert f"Unsubscribe: https://example.org/unsubscribe?s={i}&t=tok{i}\n" in text
-        assert f"Preferences: https://example.org/preferences?s={i}&t=tok{i}\n" in text
-        for other in RECIPIENTS:
-            if other is not r:
-                assert other.email not in html + text
-                assert f"s={other.subscriber_id}&" not in html + text
-        assert "%%" not in html + text
+        assert_personalised(email["html"], email["text"], r, RECIPIENTS)
 
         assert email["headers"] == {
             "List-Id": "Research digest <digest.example.org>",
@@ -190,10 +125,7 @@ def test_empty_batch_sends_nothing() -> None:
 
 
 def test_oversized_batch_is_a_caller_error() -> None:
-    with adapter_for("http://127.0.0.1:9") as adapter:
-        with pytest.raises(ValueError, match="at most 100") as exc:
-            adapter.send_batch(make_prepared(), [make_recipient(i, f"u{i}@example.com") for i in range(101)])
-    assert KEY not in str(exc.value)
+    assert_an_oversized_batch_is_refused(adapter_for, 100, KEY)
 
 
 # -- per-email results (permissive batch validation) --------------------------------------------------
@@ -285,27 +217,11 @@ def test_key_and_domain_refusals_are_configuration_errors_reported_as_deferred(s
 
 
 def test_timeout_defers_all() -> None:
-    def slow(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        time.sleep(1.5)
-        return 200, {}, json.dumps(OK).encode()
-
-    started = time.monotonic()
-    results, requests = send(slow, timeout=0.5)
-    assert time.monotonic() - started < 1.4
-    assert len(requests) == 1  # one attempt, no retry
-    assert len(results) == 3
-    assert {r.status for r in results} == {"deferred"}
-    assert all("did not answer within 0.5 s" in r.error for r in results)
+    assert_a_timeout_defers_all(send, json.dumps(OK).encode())
 
 
 def test_connection_refused_defers_all() -> None:
-    port = free_port()  # bound, then closed: nothing listens there
-    with adapter_for(f"http://127.0.0.1:{port}", timeout=5) as adapter:
-        results = adapter.send_batch(make_prepared(), RECIPIENTS)
-    assert len(results) == 3
-    assert {r.status for r in results} == {"deferred"}
-    assert all("cannot reach Resend" in r.error for r in results)
-    assert_no_key(results)
+    assert_connection_refused_defers_all(adapter_for, "Resend", KEY)
 
 
 # -- the key and the session --------------------------------------------------------------------------
@@ -319,18 +235,14 @@ def test_key_never_in_repr_or_errors() -> None:
     for status in (400, 401, 403, 409, 422, 429, 500):
         results, _ = send(error(status, "some_error", f"key {KEY} says no"))
         assert results and all(r.error for r in results)
-        assert_no_key(results)
+        assert_no_key(results, KEY)
     results, _ = send(answer(200, {"data": [], "errors": [{"index": 0, "message": f"bad, and the key was {KEY}"}]}))
     assert by_id(results)[1].status == "failed"
-    assert_no_key(results)
+    assert_no_key(results, KEY)
 
 
 def test_close_releases_the_connection_pool() -> None:
     with recording_server(answer(200, OK)) as (url, _):
         adapter = ResendAdapter(KEY, base_url=url)
-        adapter.send_batch(make_prepared(), RECIPIENTS)
-        pool = adapter._session.get_adapter(url).poolmanager
-        assert len(pool.pools) == 1
-        adapter.close()
-        assert len(pool.pools) == 0
+        assert_close_releases_the_pool(adapter, url, lambda: adapter.send_batch(make_prepared(), RECIPIENTS))
         adapter.close()  # twice is harmless

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,48 +10,23 @@ from typing import Any
 import pytest
 
 from publisher import __version__
-from publisher.delivery.api import PLACEHOLDERS, Prepared, Recipient, Result
-from publisher.delivery.api.sendgrid import HTML_TAGS, TEXT_TAGS, SendGridAdapter, split_budget
+from publisher.delivery.api import PLACEHOLDERS
+from publisher.delivery.api._http import split_budget
+from publisher.delivery.api.sendgrid import HTML_TAGS, TEXT_TAGS, SendGridAdapter
 
-from .servers import free_port, recording_server
+from .api_support import (
+    assert_a_deferral_while_isolating_defers_the_rest,
+    assert_a_timeout_defers,
+    assert_close_releases_the_pool,
+    assert_connection_refused_defers,
+    by_id,
+    closing_all,
+    prepared,
+    recipient,
+)
+from .servers import recording_server
 
 KEY = "SG.test-key.Zm9vYmFyLXNlY3JldA"
-
-HTML = '<p>Hello %%EMAIL%%</p><p><a href="%%UNSUBSCRIBE_URL%%">Unsubscribe</a> <a href="%%PREFERENCES_URL%%">Preferences</a></p>'
-TEXT = "Hello %%EMAIL%%\nUnsubscribe: %%UNSUBSCRIBE_URL%%\nPreferences: %%PREFERENCES_URL%%\n"
-
-
-def prepared(**changes: Any) -> Prepared:
-    fields: dict[str, Any] = {
-        "issue_id": "2026-W48",
-        "subject": "Weekly digest — 27 November 2026",
-        "from_name": "Publisher Sample Institute",
-        "from_address": "digest@example.org",
-        "reply_to": "editors@example.org",
-        "html": HTML,
-        "text": TEXT,
-        "list_id": "Publisher Sample Institute <digest.www.example.org>",
-    }
-    fields.update(changes)
-    return Prepared(**fields)
-
-
-def recipient(i: int, email: str | None = None) -> Recipient:
-    return Recipient(
-        subscriber_id=i,
-        email=email or f"reader{i}@example.com",
-        message_id=f"<digest.2026-W48.{i:04x}@example.org>",
-        links={
-            "unsubscribe_url": f"https://www.example.org/unsubscribe?s={i}&t=tok{i}",
-            "preferences_url": f"https://www.example.org/preferences?s={i}&t=tok{i}",
-        },
-        idempotency_key=f"2026-W48:{i}",
-    )
-
-
-def by_id(results: list[Result]) -> dict[int, Result]:
-    assert len({r.subscriber_id for r in results}) == len(results), "one result per recipient"
-    return {r.subscriber_id: r for r in results}
 
 
 def sent_body(req: dict[str, Any]) -> dict[str, Any]:
@@ -65,15 +39,7 @@ def accepted() -> tuple[int, dict[str, str], bytes]:
 
 @pytest.fixture
 def adapter_for() -> Iterator[Any]:
-    made: list[SendGridAdapter] = []
-
-    def make(base_url: str, **kw: Any) -> SendGridAdapter:
-        made.append(SendGridAdapter(KEY, base_url=base_url, **kw))
-        return made[-1]
-
-    yield make
-    for a in made:
-        a.close()
+    yield from closing_all(lambda base_url, **kw: SendGridAdapter(KEY, base_url=base_url, **kw))
 
 
 def apply_substitutions(value: str, subs: dict[str, str]) -> str:
@@ -212,29 +178,11 @@ def test_401_and_403_defer_with_a_configuration_error_and_never_show_the_key(ada
 
 
 def test_a_timeout_defers(adapter_for) -> None:
-    release = threading.Event()
-
-    def slow(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        release.wait(5)
-        return accepted()
-
-    with recording_server(slow) as (url, reqs):
-        started = time.monotonic()
-        results = adapter_for(url, timeout=0.5).send_batch(prepared(), [recipient(1), recipient(2)])
-        elapsed = time.monotonic() - started
-        release.set()
-    assert {r.status for r in results} == {"deferred"}
-    assert "0.5 s" in results[0].error
-    assert elapsed < 3
-    assert len(reqs) == 1
+    assert_a_timeout_defers(adapter_for, accepted())
 
 
 def test_connection_refused_defers_and_the_error_has_no_key(adapter_for) -> None:
-    adapter = adapter_for(f"http://127.0.0.1:{free_port()}", timeout=2)
-    results = adapter.send_batch(prepared(), [recipient(1), recipient(2)])
-    assert {r.status for r in results} == {"deferred"}
-    assert "cannot reach SendGrid" in results[0].error
-    assert all(KEY not in r.error for r in results)
+    assert_connection_refused_defers(adapter_for, "SendGrid", KEY)
 
 
 def test_a_request_refused_as_a_whole_fails_everybody_in_it(adapter_for) -> None:
@@ -317,15 +265,8 @@ def test_the_number_of_requests_is_bounded() -> None:
 
 
 def test_a_deferral_while_isolating_stops_and_defers_the_rest(adapter_for) -> None:
-    answers = iter([(400, {}, json.dumps({"errors": [{"field": "personalizations", "message": "invalid"}]}).encode())])
-
-    def respond(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        return next(answers, (429, {"Retry-After": "3"}, b""))
-
-    with recording_server(respond) as (url, reqs):
-        results = adapter_for(url).send_batch(prepared(), [recipient(i) for i in range(4)])
-    assert {(r.status, r.retry_after) for r in results} == {("deferred", 3.0)}
-    assert len(results) == 4 and len(reqs) == 2
+    refusal = json.dumps({"errors": [{"field": "personalizations", "message": "invalid"}]}).encode()
+    assert_a_deferral_while_isolating_defers_the_rest(adapter_for, refusal, b"")
 
 
 # -- the key --------------------------------------------------------------------------------------------
@@ -337,11 +278,7 @@ def test_the_key_is_not_in_repr_and_close_closes_the_session() -> None:
     assert repr(adapter) == "SendGridAdapter(base_url='http://127.0.0.1:9', timeout=30.0)"
     with recording_server(lambda m, path, b: accepted()) as (url, _):
         adapter.base_url = url
-        adapter.send_batch(prepared(), [recipient(1)])
-        pools = adapter._session.get_adapter(url).poolmanager.pools
-        assert len(pools) == 1
-        adapter.close()
-        assert len(pools) == 0
+        assert_close_releases_the_pool(adapter, url, lambda: adapter.send_batch(prepared(), [recipient(1)]))
 
 
 def test_a_malformed_key_is_refused_without_echoing_it() -> None:

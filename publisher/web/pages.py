@@ -79,7 +79,7 @@ def subscription_routes(cfg: Config, store: Store, *, rate_limit: RateLimit | No
 
     def subscribe_form(request: Request, *, error: str = "", email: str = "", chosen: tuple[str, ...] = (), status: int = 200) -> HTMLResponse:
         cookie = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
-        response = page("web/subscribe.html.j2", status, action=f"{base}/subscribe", csrf=csrf.dumps(cookie), error=error, email=email,
+        response = page("web/subscribe.html.j2", status, action="/subscribe", csrf=csrf.dumps(cookie), error=error, email=email,
                         topics=store.topics(), chosen=chosen)
         response.set_cookie(CSRF_COOKIE, cookie, max_age=7200, httponly=True, samesite="lax", secure=request.url.scheme == "https")
         return response
@@ -125,7 +125,7 @@ def subscription_routes(cfg: Config, store: Store, *, rate_limit: RateLimit | No
             return bad_link()
         if request.method == "GET":  # a button, not an action: mail scanners follow links
             return page("web/action.html.j2", heading="Confirm your subscription", text="One click and the weekly digest is on its way.",
-                        action=f"{base}/confirm/{token}", button="Confirm my subscription")
+                        action=f"/confirm/{token}", button="Confirm my subscription")
         sub = confirm(store, subscriber_id, now())
         if sub is None:
             return bad_link()
@@ -138,7 +138,7 @@ def subscription_routes(cfg: Config, store: Store, *, rate_limit: RateLimit | No
             return bad_link()
         if request.method == "GET":
             return page("web/action.html.j2", heading="Unsubscribe", text=f"Stop the {cfg.site.name} weekly digest?",
-                        action=f"{base}/unsubscribe/{token}", button="Unsubscribe")
+                        action=f"/unsubscribe/{token}", button="Unsubscribe")
         form = await _form(request)
         unsubscribe(store, subscriber_id, now())
         if form is not None and form.get("List-Unsubscribe") == ["One-Click"]:
@@ -159,7 +159,7 @@ def subscription_routes(cfg: Config, store: Store, *, rate_limit: RateLimit | No
             set_preferences(store, sub.id, form.get("topics", []), [t.slug for t in store.topics()], now())
             sub, saved = store.subscriber_by_id(sub.id), True
         assert sub is not None
-        return page("web/preferences.html.j2", action=f"{base}/preferences/{token}", topics=store.topics(), chosen=sub.topics,
+        return page("web/preferences.html.j2", action=f"/preferences/{token}", topics=store.topics(), chosen=sub.topics,
                     email=sub.email, saved=saved, unsubscribe_url=links_for(cfg, sub)["unsubscribe_url"])
 
     async def subscribe_redirect(request: Request) -> Response:
