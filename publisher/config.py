@@ -135,6 +135,7 @@ class DeliveryConfig:
 @dataclass(frozen=True)
 class SubscribersConfig:
     double_opt_in: bool = True
+    check_deliverability: bool = False
     sample_subscribers: tuple[str, ...] = ()
 
 

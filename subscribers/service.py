@@ -66,7 +66,8 @@ class SubscribeResult:
     send_confirmation: bool  # the caller mails a confirmation link; the page says the same whatever happened
 
 
-def subscribe(store: Store, email: str, topics: Sequence[str], now: datetime, *, double_opt_in: bool = True) -> SubscribeResult:
+def subscribe(store: Store, email: str, topics: Sequence[str], now: datetime, *, double_opt_in: bool = True,
+              check_deliverability: bool = False) -> SubscribeResult:
     """A sign-up from the web. The answer a visitor sees must not tell whether the address was known.
 
     New or unsubscribed → pending, and a confirmation goes out (an address that left must confirm again).

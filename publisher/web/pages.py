@@ -98,7 +98,8 @@ def subscription_routes(cfg: Config, store: Store, *, rate_limit: RateLimit | No
         if not limiter.allow(request.client.host if request.client else "?"):
             return message("Too many attempts", "Please wait a few minutes and try again.", 429)
         try:
-            result = subscribe(store, email, chosen, now(), double_opt_in=cfg.subscribers.double_opt_in)
+            result = subscribe(store, email, chosen, now(), double_opt_in=cfg.subscribers.double_opt_in,
+                               check_deliverability=cfg.subscribers.check_deliverability)
         except InvalidAddress:
             return subscribe_form(request, error="That does not look like an email address. Please check it.", email=_safe_echo(email),
                                   chosen=chosen, status=400)
