@@ -314,11 +314,9 @@ class Store(SendLogMixin, AudienceMixin):
         ]
 
     def set_subscriber_status(self, email: str, status: SubscriberStatus, now: datetime) -> bool:
-        values: dict[str, Any] = {"status": status.value, "updated_at": now}
-        if status is SubscriberStatus.ACTIVE:
-            values["confirmed_at"] = now
         with self._tx() as conn:
-            return conn.execute(update(t.subscribers).where(t.subscribers.c.email == email).values(**values)).rowcount > 0
+            subscriber_id = conn.execute(select(t.subscribers.c.id).where(t.subscribers.c.email == email)).scalar()
+        return subscriber_id is not None and self.set_status_by_id(subscriber_id, status, now)
 
     # -- digest issues and the send log -------------------------------------------------------
 
