@@ -112,7 +112,8 @@ def run(c: Context, once: bool, force_digest: bool) -> None:
         from .scheduler import run_forever
 
         logging.getLogger().setLevel(logging.INFO)
-        run_forever(c.cfg, c.store)
+        with _stop_on_signals() as stop:
+            run_forever(c.cfg, c.store, stop)
         return
     from .pipeline import run_cycle
 
@@ -163,6 +164,52 @@ def ingest_cmd(c: Context) -> None:
     _print_ingest(report)
     for pub_id in report.new:
         click.echo(f"  new: {pub_id}")
+
+
+@main.command()
+@pass_ctx
+def status(c: Context) -> None:
+    """What ran, what will run, which sources are unhealthy, and the pending issue.
+
+    \b
+    Example:
+      publisher status
+    """
+    from .pipeline import digest_due
+    from .scheduler import LEASE, next_runs
+
+    now = _now()
+    holder = c.store.lease_holder(LEASE)
+    if holder and holder[1] > now:
+        click.echo(f"scheduler: running ({holder[0]}, lease until {holder[1].isoformat(timespec='seconds')})")
+    else:
+        click.echo("scheduler: not running (start it with `publisher run`)")
+    runs = next_runs(c.store, c.cfg)
+    for job in ("ingest", "digest"):
+        last = c.store.setting(f"job.{job}.last_run") or "never"
+        nxt = runs.get(job)
+        click.echo(f"  {job}: last {last}; next {nxt.isoformat(timespec='seconds') if nxt else 'not scheduled'}")
+    states = {s["name"]: s for s in c.store.all_source_states()}
+    click.echo("sources:")
+    for name, source in c.cfg.sources.items():
+        st = states.get(name, {})
+        ok, bad = st.get("last_success_at"), st.get("last_error_at")
+        health = "UNHEALTHY" if bad and (not ok or bad > ok) else "ok" if ok else "not polled yet"
+        line = f"  {name} ({source.kind}{', ' + source.url if source.url else ''}): {health}"
+        if ok:
+            line += f"; last success {ok.isoformat(timespec='seconds')}"
+        if bad:
+            line += f"; last error {bad.isoformat(timespec='seconds')}: {st.get('last_error')}"
+        click.echo(line)
+    opened = c.store.open_issue()
+    due, why = digest_due(c.cfg, c.store, now)
+    if opened:
+        click.echo(f"pending issue: {opened[0]} (interrupted; {c.store.unfinished_sends(opened[0])} sends left), resumed by the next send")
+    else:
+        from .digest import plan_issue
+
+        plan = plan_issue(c.cfg, c.store, now)
+        click.echo(f"pending issue: {len(plan.publications)} new publications; {'due now' if due else why}")
 
 
 # -- feeds ---------------------------------------------------------------------------------------

@@ -148,6 +148,8 @@ class WebConfig:
 @dataclass(frozen=True)
 class SchedulerConfig:
     ingest_every: str = "15m"
+    misfire_grace: str = "6h"
+    lease: str = "30s"
 
 
 def _default_sources() -> dict[str, SourceConfig]:
@@ -367,6 +369,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("expected a positive number of items.", file=f, key="digest.max_items")
     parse_duration(cfg.scheduler.ingest_every, "scheduler.ingest_every")
     parse_duration(cfg.delivery.stale_after, "delivery.stale_after")
+    parse_duration(cfg.scheduler.misfire_grace, "scheduler.misfire_grace")
+    parse_duration(cfg.scheduler.lease, "scheduler.lease")
     for key, value, low in (("delivery.attempts", cfg.delivery.attempts, 1), ("delivery.batch_size", cfg.delivery.batch_size, 1),
                             ("delivery.smtp.connections", cfg.delivery.smtp.connections, 1)):
         if value < low:
@@ -380,7 +384,10 @@ def _validate(cfg: Config) -> None:
     from apscheduler.triggers.cron import CronTrigger
 
     try:
-        CronTrigger.from_crontab(cfg.digest.schedule, timezone=cfg.site.timezone)
+        if cfg.digest.schedule.strip().startswith("every "):
+            parse_duration(cfg.digest.schedule.strip()[6:], "digest.schedule")
+        else:
+            CronTrigger.from_crontab(cfg.digest.schedule, timezone=cfg.site.timezone)
     except ValueError as exc:
         raise ConfigError(f"expected a crontab line like '0 8 * * mon', got {cfg.digest.schedule!r} ({exc}).", file=f, key="digest.schedule") from None
 

@@ -1,12 +1,27 @@
-"""`publisher run`: APScheduler in the foreground. The jobs only call the pipeline's stages."""
+"""`publisher run`: APScheduler in the foreground, one instance at a time. The jobs only call the pipeline's stages.
+
+- Jobs live in a persistent job store on the project's database (explicit ids, replace_existing), so a
+  digest missed while the service was down runs when it comes back, within [scheduler].misfire_grace
+  (an older miss is skipped, and APScheduler logs it). Runs that piled up are coalesced into one.
+- A lease in the database makes one `publisher run` the scheduler; a second one waits as a standby and
+  takes over when the first stops renewing (it died, or its machine did). The send log stays the last
+  line of defence: even two schedulers at once send each subscriber an issue once.
+- SIGTERM and Ctrl-C stop between steps: a running ingest finishes, a running send finishes the
+  messages in flight and records them.
+"""
 
 from __future__ import annotations
 
 import logging
-import signal
-from types import FrameType
+import os
+import socket
+import threading
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
 
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -17,42 +32,103 @@ from .pipeline import now_utc, run_feeds, run_ingest
 from .store import Store
 
 log = logging.getLogger(__name__)
+LEASE = "scheduler"
+JOBS_TABLE = "apscheduler_jobs"
+# The jobs are stored by reference ("publisher.scheduler:ingest_job"), not with their arguments (a Store does
+# not pickle); the running scheduler puts what they need here.
+_context: dict[str, Any] = {}
 
 
-def ingest_job(cfg: Config, store: Store, builder: FeedBuilder) -> None:
+def ingest_job() -> None:
+    cfg, store = _context["cfg"], _context["store"]
     report = run_ingest(cfg, store, now_utc())
-    log.info("ingest: %d new, %d updated, %d errors", len(report.new), len(report.updated), len(report.errors))
+    log.info("ingest: %d new, %d updated, %d skipped", len(report.new), len(report.updated), len(report.errors))
+    for err in report.errors:
+        log.warning("source problem: %s", err)
     if report.changed:
-        changed = run_feeds(cfg, store, report, builder)
+        changed = run_feeds(cfg, store, report, _context["builder"])
         log.info("feeds: %d files rewritten", len(changed))
+    store.set_setting("job.ingest.last_run", f"{now_utc().isoformat()} {len(report.new)} new, {len(report.errors)} skipped")
 
 
-def digest_job(cfg: Config, store: Store) -> None:
-    outcome = send_issue(cfg, store, now_utc())
-    log.info("digest %s: %d sent, %d deferred, %d failed, %d skipped%s", outcome.issue_id, outcome.sent, outcome.deferred, outcome.failed, outcome.skipped,
-             f" ({outcome.reason})" if outcome.reason else "")
+def digest_job() -> None:
+    cfg, store = _context["cfg"], _context["store"]
+    outcome = send_issue(cfg, store, now_utc(), stop=_context.get("stop"))
+    summary = (f"{outcome.reason}" if outcome.reason else
+               f"{outcome.sent} sent, {outcome.deferred} deferred, {outcome.failed} failed, {outcome.skipped} skipped")
+    log.info("digest %s: %s", outcome.issue_id, summary)
+    store.set_setting("job.digest.last_run", f"{now_utc().isoformat()} {outcome.issue_id}: {summary}")
 
 
-def build_scheduler(cfg: Config, store: Store) -> BlockingScheduler:
-    sched = BlockingScheduler(timezone=cfg.site.timezone)
-    builder = FeedBuilder(cfg)  # kept across runs: its rendered entries make a rebuild after one new item cheap
-    sched.add_job(ingest_job, IntervalTrigger(seconds=parse_duration(cfg.scheduler.ingest_every)), args=(cfg, store, builder),
-                  id="ingest", replace_existing=True, coalesce=True, max_instances=1, next_run_time=now_utc())
-    sched.add_job(digest_job, CronTrigger.from_crontab(cfg.digest.schedule, timezone=cfg.site.timezone), args=(cfg, store),
-                  id="digest", replace_existing=True, coalesce=True, max_instances=1, misfire_grace_time=6 * 3600)
+def digest_trigger(cfg: Config) -> Any:
+    """[digest].schedule: a crontab line in [site].timezone (DST-aware), or "every <duration>" (tests, special cases)."""
+    schedule = cfg.digest.schedule.strip()
+    if schedule.startswith("every "):
+        return IntervalTrigger(seconds=parse_duration(schedule[6:]), timezone=cfg.site.timezone)
+    return CronTrigger.from_crontab(schedule, timezone=cfg.site.timezone)
+
+
+def build_scheduler(cfg: Config, store: Store) -> BackgroundScheduler:
+    sched = BackgroundScheduler(timezone=cfg.site.timezone, jobstores={"default": SQLAlchemyJobStore(engine=store.engine, tablename=JOBS_TABLE)},
+                                job_defaults={"coalesce": True, "max_instances": 1})
     return sched
 
 
-def run_forever(cfg: Config, store: Store) -> None:
-    sched = build_scheduler(cfg, store)
+def add_jobs(sched: BackgroundScheduler, cfg: Config) -> None:
+    sched.add_job("publisher.scheduler:ingest_job", IntervalTrigger(seconds=parse_duration(cfg.scheduler.ingest_every)), id="ingest",
+                  name="ingest", replace_existing=True, next_run_time=now_utc(), misfire_grace_time=None)
+    existing = sched.get_job("digest")
+    trigger = digest_trigger(cfg)
+    kwargs: dict[str, Any] = {"id": "digest", "name": "digest", "replace_existing": True,
+                              "misfire_grace_time": parse_duration(cfg.scheduler.misfire_grace)}
+    if existing is not None and str(existing.trigger) == str(trigger):
+        kwargs["next_run_time"] = existing.next_run_time  # keep a missed run: it is caught up below, within the grace
+    sched.add_job("publisher.scheduler:digest_job", trigger, **kwargs)
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s; stopping after the running job", signal.Signals(signum).name)
-        sched.shutdown(wait=True)
 
-    signal.signal(signal.SIGTERM, stop)
-    log.info("scheduler started: ingest every %s, digest on '%s' (%s)", cfg.scheduler.ingest_every, cfg.digest.schedule, cfg.site.timezone)
+def run_forever(cfg: Config, store: Store, stop: threading.Event) -> None:
+    """Hold the lease and run the jobs; without the lease, wait as a standby. Returns when ``stop`` is set."""
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    ttl = timedelta(seconds=parse_duration(cfg.scheduler.lease))
+    _context.update(cfg=cfg, store=store, builder=FeedBuilder(cfg), stop=stop)
+    sched: BackgroundScheduler | None = None
+    waiting_logged = False
     try:
-        sched.start()
-    except KeyboardInterrupt:
-        log.info("interrupted; stopped")
+        while not stop.is_set():
+            now = now_utc()
+            if store.acquire_lease(LEASE, holder, now, now + ttl):
+                if sched is None:
+                    sched = build_scheduler(cfg, store)
+                    sched.start(paused=True)
+                    add_jobs(sched, cfg)
+                    sched.resume()
+                    log.info("scheduler started (%s): ingest every %s, digest on '%s' (%s), misfire grace %s",
+                             holder, cfg.scheduler.ingest_every, cfg.digest.schedule, cfg.site.timezone, cfg.scheduler.misfire_grace)
+                    waiting_logged = False
+            else:
+                if sched is not None:
+                    log.warning("lost the scheduler lease; stopping jobs and waiting as a standby")
+                    sched.shutdown(wait=True)
+                    sched = None
+                if not waiting_logged:
+                    other = store.lease_holder(LEASE)
+                    log.info("standby: %s holds the scheduler lease; taking over if it stops", other[0] if other else "another process")
+                    waiting_logged = True
+            stop.wait(ttl.total_seconds() / 3)
+    finally:
+        if sched is not None:
+            log.info("stopping: waiting for running jobs to reach a safe point")
+            sched.shutdown(wait=True)
+            store.release_lease(LEASE, holder, now_utc())
+        log.info("stopped")
+
+
+def next_runs(store: Store, cfg: Config) -> dict[str, datetime | None]:
+    """Each stored job's next run (for `publisher status`), without starting anything."""
+    jobstore = SQLAlchemyJobStore(engine=store.engine, tablename=JOBS_TABLE)
+    sched = BackgroundScheduler(timezone=cfg.site.timezone, jobstores={"default": jobstore})
+    jobstore.start(sched, "default")
+    try:
+        return {job.id: job.next_run_time for job in jobstore.get_all_jobs()}
+    except Exception:  # noqa: BLE001 - no job table yet: the scheduler never ran
+        return {}

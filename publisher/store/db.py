@@ -20,6 +20,7 @@ from ..errors import StoreError
 from ..models import Image, Publication, Subscriber, SubscriberStatus, Topic
 from . import tables as t
 from .audience import AudienceMixin
+from .operations import OperationsMixin
 from .sendlog import SendLogMixin
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -71,7 +72,7 @@ def content_hash(pub: Publication) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-class Store(SendLogMixin, AudienceMixin):
+class Store(SendLogMixin, AudienceMixin, OperationsMixin):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 

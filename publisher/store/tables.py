@@ -175,3 +175,24 @@ suppressions = Table(
     Column("reason", String(20), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+# The single running scheduler: whoever holds an unexpired lease runs the jobs; another `publisher run` waits.
+scheduler_lease = Table(
+    "scheduler_lease",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("holder", String(100), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# What each source last did: its HTTP validators (conditional GET) and its health, for `publisher status`.
+source_state = Table(
+    "source_state",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("last_success_at", UTCDateTime),
+    Column("last_error_at", UTCDateTime),
+    Column("last_error", Text),
+)
