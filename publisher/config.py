@@ -73,6 +73,18 @@ class SourceConfig:
     path: str = "content"
     url: str = ""
     enabled: bool = True
+    topics: tuple[str, ...] = ()
+    content_type: str = "Commentary"
+    selectors: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    allow_private_addresses: bool = False
+    timeout: float = 10.0
+    total_timeout: float = 60.0
+    max_bytes: int = 10_485_760
+    max_redirects: int = 5
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,7 @@ class Config:
     site: SiteConfig = field(default_factory=SiteConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     sources: Mapping[str, SourceConfig] = field(default_factory=_default_sources)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     feeds: FeedsConfig = field(default_factory=FeedsConfig)
     digest: DigestConfig = field(default_factory=DigestConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
@@ -356,8 +369,17 @@ def _validate(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"expected one of {', '.join(allowed)}, got {value!r}.", file=f, key=key)
     for name, src in cfg.sources.items():
-        if src.kind != "files":
-            raise ConfigError(f"unknown source kind {src.kind!r}; this version reads 'files' (a folder of Markdown).", file=f, key=f"sources.{name}.kind")
+        if src.kind not in ("files", "feed", "page"):
+            raise ConfigError(f"unknown source kind {src.kind!r}; choose files (a folder of Markdown), feed (RSS, Atom, JSON Feed) "
+                              "or page (an HTML listing page).", file=f, key=f"sources.{name}.kind")
+        if src.kind in ("feed", "page") and not re.match(r"^https?://[^/\s]+", src.url):
+            raise ConfigError(f"a {src.kind} source needs the absolute http(s) URL to poll, got {src.url!r}.", file=f, key=f"sources.{name}.url")
+        if src.kind == "page":
+            from .sources.remote import selector_problems
+
+            problems = selector_problems(src.selectors)
+            if problems:
+                raise ConfigError("; ".join(problems) + ".", file=f, key=f"sources.{name}.selectors")
     bad_formats = set(cfg.feeds.formats) - {"rss", "atom", "json"}
     if bad_formats:
         raise ConfigError(f"unknown feed format(s) {sorted(bad_formats)}; choose from rss, atom, json.", file=f, key="feeds.formats")

@@ -5,14 +5,17 @@ One broken source or item is reported and skipped; the rest goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from .config import Config
 from .errors import SourceError
 from .sources import Source
 from .sources.files import FilesSource
+from .sources.remote import FeedSource, Fetcher, PageSource
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,8 @@ class IngestReport:
     unchanged: int = 0
     topics_changed: list[str] = field(default_factory=list)
     errors: list[SourceError] = field(default_factory=list)
+    sources_ok: set[str] = field(default_factory=set)  # sources that answered (a bad item in one is still an error)
+    not_modified: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -32,14 +37,66 @@ class IngestReport:
         return bool(self.new or self.updated or self.topics_changed)
 
 
-def build_sources(cfg: Config) -> list[Source]:
+def build_sources(cfg: Config, *, states: dict[str, dict] | None = None, fetcher: Fetcher | None = None) -> list[Source]:
+    """The enabled sources; remote ones get their stored state (validators, ids) and the shared fetcher."""
     sources: list[Source] = []
     for name, sc in cfg.sources.items():
         if not sc.enabled:
             continue
         if sc.kind == "files":
             sources.append(FilesSource(name, cfg.path(sc.path), cfg.site.base_url, cfg.site.timezone))
+            continue
+        fetcher = fetcher or make_fetcher(cfg)
+        common: dict[str, Any] = dict(base_url=cfg.site.base_url, timezone=cfg.site.timezone, state=(states or {}).setdefault(name, {}),
+                                      fetcher=fetcher, topics=sc.topics, content_type=sc.content_type,
+                                      content_types=cfg.digest.type_order)
+        if sc.kind == "feed":
+            sources.append(FeedSource(name, sc.url, **common))
+        else:
+            sources.append(PageSource(name, sc.url, selectors=dict(sc.selectors), **common))
     return sources
+
+
+def make_fetcher(cfg: Config) -> Fetcher:
+    i = cfg.ingest
+    return Fetcher(cfg.site.base_url, timeout=i.timeout, total_timeout=i.total_timeout, max_bytes=i.max_bytes,
+                   max_redirects=i.max_redirects, allow_private=i.allow_private_addresses)
+
+
+def run_sources(cfg: Config, store: Store, now: datetime) -> IngestReport:
+    """Ingest from every source, with each remote source's state loaded from and saved back to the store.
+
+    State is saved only after the publications are stored: an ETag saved for content that was not would
+    turn the next poll into a 304 and lose those entries.
+    """
+    states = {name: _load_state(store, name) for name, sc in cfg.sources.items() if sc.kind != "files"}
+    fetcher = make_fetcher(cfg) if states else None
+    try:
+        report = ingest(build_sources(cfg, states=states, fetcher=fetcher), store, now)
+    finally:
+        if fetcher is not None:
+            fetcher.close()
+    failed = {e.source: e for e in report.errors}
+    for name in cfg.sources:
+        if not cfg.sources[name].enabled:
+            continue
+        values: dict[str, Any] = {}
+        if name in states:
+            values["state"] = json.dumps(states[name])
+        if name in failed and (name not in report.sources_ok):
+            values.update(last_error_at=now, last_error=str(failed[name].reason)[:500])
+        else:
+            values["last_success_at"] = now
+        store.save_source_state(name, **values)
+    return report
+
+
+def _load_state(store: Store, name: str) -> dict:
+    raw = store.source_state(name).get("state")
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
 
 
 def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
@@ -58,6 +115,10 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
             continue
         report.errors.extend(result.errors)
         report.warnings.extend(result.warnings)
+        if result.publications or result.topics or getattr(result, "not_modified", False) or not result.errors:
+            report.sources_ok.add(source.name)
+        if getattr(result, "not_modified", False):
+            report.not_modified.append(source.name)
         for err in result.errors:
             log.error("skipped: %s", err)
         for warning in result.warnings:

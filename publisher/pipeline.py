@@ -19,7 +19,7 @@ from .delivery.send import SendOutcome, send_issue
 from .feeds import FeedBuilder, copy_media, feed_specs, feeds_url, specs_holding
 from .feeds.site import build_pages
 from .feeds.websub import ping_hub
-from .ingest import IngestReport, build_sources, ingest
+from .ingest import IngestReport, run_sources
 from .store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def open_project_store(cfg: Config) -> Store:
 
 
 def run_ingest(cfg: Config, store: Store, now: datetime) -> IngestReport:
-    return ingest(build_sources(cfg), store, now)
+    return run_sources(cfg, store, now)
 
 
 def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, builder: FeedBuilder | None = None) -> list[Path]:

@@ -190,8 +190,7 @@ source_state = Table(
     "source_state",
     metadata,
     Column("name", String(200), primary_key=True),
-    Column("etag", Text),
-    Column("last_modified", Text),
+    Column("state", Text),  # JSON: HTTP validators (ETag, Last-Modified) and the ids the source has given
     Column("last_success_at", UTCDateTime),
     Column("last_error_at", UTCDateTime),
     Column("last_error", Text),

@@ -1,4 +1,4 @@
-"""The scheduler's lease, and each source's state (validators for conditional GET, last success and error)
+"""The scheduler's lease, and each source's state (validators for conditional GET, the ids it gave, last success and error)
 
 Revision ID: 0008
 Revises: 0007
@@ -24,8 +24,7 @@ def upgrade() -> None:
     )
     op.create_table('source_state',
     sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('etag', sa.Text(), nullable=True),
-    sa.Column('last_modified', sa.Text(), nullable=True),
+    sa.Column('state', sa.Text(), nullable=True),
     sa.Column('last_success_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
