@@ -256,6 +256,28 @@ def serve(c: Context, host: str | None, port: int | None) -> None:
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
+@main.command()
+@click.option("--port", type=int, help="Port on 127.0.0.1 (default [preview].port).")
+@pass_ctx
+def preview(c: Context, port: int | None) -> None:
+    """Editor preview: the next issue as subscribers get it, updating live as you edit content, templates or config.
+
+    It binds 127.0.0.1 only, needs no mail server, and sends test copies only to [preview].test_recipients.
+
+    \b
+    Example:
+      publisher preview --port 8025
+    """
+    import uvicorn
+
+    from .web.preview import create_preview_app
+
+    port = port if port is not None else c.cfg.preview.port
+    app = create_preview_app(c.cfg, c.store)
+    click.echo(f"preview: http://127.0.0.1:{port}/  (Ctrl-C to stop)", err=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 # -- digest ----------------------------------------------------------------------------------------
 
 @main.group()

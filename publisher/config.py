@@ -158,6 +158,12 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class PreviewConfig:
+    port: int = 8025
+    test_recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SchedulerConfig:
     ingest_every: str = "15m"
     misfire_grace: str = "6h"
@@ -179,6 +185,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     subscribers: SubscribersConfig = field(default_factory=SubscribersConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Where relative paths are resolved from: the directory of the config file.
     root: Path = field(default=Path("."), compare=False)

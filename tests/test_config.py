@@ -81,6 +81,7 @@ def test_shipped_config_mirrors_the_embedded_defaults(project: Path) -> None:
     shipped = dict(leaves(load_config(project / "config.toml")))
     defaults = dict(leaves(Config()))
     assert shipped.pop("subscribers.sample_subscribers") != defaults.pop("subscribers.sample_subscribers")
+    assert shipped.pop("preview.test_recipients") != defaults.pop("preview.test_recipients")  # a sample address, as above
     assert shipped == defaults
     # ...and it sets every key there is, no more and no fewer
     file_keys = toml_keys(tomllib.loads((project / "config.toml").read_text(encoding="utf-8")))
