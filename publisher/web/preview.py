@@ -8,6 +8,7 @@ server keeps running. Sends only test copies, and only to [preview].test_recipie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.parser
 import email.policy
 import html
@@ -172,11 +173,14 @@ def create_preview_app(cfg: Config, store: Store, *, watch: bool = True) -> Star
 
     routes = [Route("/", index), Route("/frame", frame), Route("/events", events), Route("/send-test", send_test_copy, methods=["POST"]),
               Route("/confirmation", confirmation), Route("/feeds", feeds)]
-    app = Starlette(routes=routes)
-    if watch:
-        watcher = threading.Thread(target=state.watch, name="preview-watch", daemon=True)
-        app.add_event_handler("startup", watcher.start)
-        app.add_event_handler("shutdown", state.stop.set)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        yield
+        state.stop.set()  # the watcher ends within its timeout
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    if watch:  # started here, not at startup: it must run however the app is served
+        threading.Thread(target=state.watch, name="preview-watch", daemon=True).start()
     app.state.preview = state
     return app
 
