@@ -18,13 +18,9 @@ import argparse
 import importlib.util
 import os
 import shutil
-import socket
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -57,31 +53,11 @@ def copy_project(dest: Path) -> Path:
     return dest / "config.toml"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
+def serve(app: Any) -> Any:
     """Serve an ASGI app with uvicorn in a thread; yields its base URL."""
-    import uvicorn
+    from publisher.web.threaded import serve_in_thread
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start within 10 s")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return serve_in_thread(app, lifespan="on")
 
 
 def route_requests(media_url: str, media_dir: Path) -> Callable[[Any], None]:

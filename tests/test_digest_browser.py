@@ -7,10 +7,8 @@ it drives /usr/bin/chromium (Debian package `chromium`; `.ci/run` installs it wh
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -24,37 +22,9 @@ from .conftest import NOW
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route
 
-CHROMIUM = "/usr/bin/chromium"
-# We run as root (no sandbox then), with no network but localhost.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 MEDIA_URL = "https://www.example.org/media/"
 FIRST_FEATURED = "Yes to Striking Iranian-Backed Militants"
 FIRST_OTHER = "Persistent Gray Zone Aggression in the South China Sea Calls for Increased Coordination in Rule of Law"
-
-
-def _browser_unavailable() -> str | None:
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"{CHROMIUM} is missing (install the Debian package chromium)"
-    if importlib.util.find_spec("playwright") is None:
-        return "playwright is not installed (pip install -e '.[test]')"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium for the whole module."""
-    reason = _browser_unavailable()
-    if reason:
-        if os.environ.get("CI"):  # CI promises chromium: there a skip would hide a broken digest layout
-            pytest.fail(f"CI is set but {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from publisher.config import Config
 
 from .servers import run_app
 from .test_digest_browser import FIRST_FEATURED, FIRST_OTHER
-from .test_digest_browser import browser  # noqa: F401 - the module-scoped Chromium fixture
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, FrameLocator, Locator, Page
@@ -58,7 +57,7 @@ def preview(cfg: Config) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(browser: Browser, preview: str) -> Iterator[Page]:  # noqa: F811
+def page(browser: Browser, preview: str) -> Iterator[Page]:
     """A page on the preview; closed before the server stops, so its /events stream ends first."""
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(15_000)

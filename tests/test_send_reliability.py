@@ -89,7 +89,6 @@ def test_unsubscribed_mid_send_is_skipped_and_a_late_joiner_waits(cfg: Config, d
     handler = FaultyRelay()
     with relay(handler) as port:
         c = smtp(cfg, port, batch_size=10, smtp=replace(cfg.delivery.smtp, host="127.0.0.1", port=port, security="none", connections=1))
-        stop = threading.Event()
         seen = []
 
         def progress(status: str, n: int) -> None:  # after the first batch: one leaves, one joins, then we stop

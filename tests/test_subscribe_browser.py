@@ -14,7 +14,6 @@ from publisher.web import create_app
 
 from .conftest import NOW
 from .servers import run_app
-from .test_digest_browser import browser  # noqa: F401 - the module-scoped Chromium fixture
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ def site(cfg: Config) -> Iterator[tuple[str, object]]:
 
 
 @pytest.mark.parametrize("width", [375, 1024])
-def test_fill_in_submit_and_see_check_your_inbox(browser, site, width: int) -> None:  # noqa: F811
+def test_fill_in_submit_and_see_check_your_inbox(browser, site, width: int) -> None:
     base, store = site
     page = browser.new_page(viewport={"width": width, "height": 800}, java_script_enabled=False)  # it works without JS
     try:
@@ -45,7 +44,7 @@ def test_fill_in_submit_and_see_check_your_inbox(browser, site, width: int) -> N
     assert sub is not None and sub.status is SubscriberStatus.PENDING and sub.topics == ("security-cooperation",)
 
 
-def test_a_mistyped_address_is_shown_back_with_the_error(browser, site) -> None:  # noqa: F811
+def test_a_mistyped_address_is_shown_back_with_the_error(browser, site) -> None:
     base, store = site
     page = browser.new_page(java_script_enabled=False)
     try:

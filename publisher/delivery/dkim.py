@@ -7,6 +7,7 @@ unsubscribe to count.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from ..config import Config
@@ -44,9 +45,7 @@ def signer_for(cfg: Config) -> Signer | None:
         key = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the DKIM key named by PUBLISHER_DKIM_KEY_PATH: {exc.strerror}.") from None
-    try:
-        import dkim  # noqa: F401
-    except ImportError:
-        raise ConfigError('DKIM signing needs dkimpy: pip install "publisher[dkim]".') from None
+    if importlib.util.find_spec("dkim") is None:
+        raise ConfigError('DKIM signing needs dkimpy: pip install "publisher[dkim]".')
     domain = cfg.delivery.dkim_domain or cfg.digest.from_address.rpartition("@")[2]
     return Signer(key, cfg.delivery.dkim_selector, domain)
