@@ -182,3 +182,22 @@ def test_an_older_database_is_migrated_with_its_data(empty_db_url: str) -> None:
     assert old.id == "old" and old.published_at == datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     assert s.newest(topic="a", limit=5) == [("old", "h")]
     s.close()
+
+
+def test_the_scheduler_lease_has_one_holder_until_it_expires(store: Store) -> None:
+    later = NOW + timedelta(seconds=30)
+    assert store.acquire_lease("scheduler", "a", NOW, later)
+    assert not store.acquire_lease("scheduler", "b", NOW + timedelta(seconds=10), later)  # a holds it
+    assert store.acquire_lease("scheduler", "a", NOW + timedelta(seconds=10), later + timedelta(seconds=10))  # a renews
+    assert store.acquire_lease("scheduler", "b", later + timedelta(seconds=11), later + timedelta(seconds=60))  # a went quiet
+    assert store.lease_holder("scheduler")[0] == "b"
+    store.release_lease("scheduler", "b", later + timedelta(seconds=12))
+    assert store.acquire_lease("scheduler", "c", later + timedelta(seconds=13), later + timedelta(seconds=40))
+
+
+def test_source_state_round_trip(store: Store) -> None:
+    store.save_source_state("partner", state='{"etag": "v1"}', last_success_at=NOW)
+    store.save_source_state("partner", last_error_at=NOW + timedelta(hours=1), last_error="timed out")
+    saved = store.source_state("partner")
+    assert (saved["state"], saved["last_success_at"], saved["last_error"]) == ('{"etag": "v1"}', NOW, "timed out")
+    assert [s["name"] for s in store.all_source_states()] == ["partner"]
