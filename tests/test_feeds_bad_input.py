@@ -7,6 +7,7 @@ the RFC 4287 schema, json), then what the case is about.
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime
 from typing import Any
@@ -256,7 +257,9 @@ def _feedparser_repairs(text: str) -> bool:
 ANY_TEXT = st.text(st.characters(exclude_categories=()))
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# New random examples on every developer run; a fixed set in CI, so a landing never hinges on a lucky draw.
+@settings(max_examples=150, deadline=None, database=None, derandomize=bool(os.environ.get("CI")),
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(title=ANY_TEXT, summary=ANY_TEXT, author=ANY_TEXT)
 def test_any_text_gives_readable_feeds(cfg: Config, title: str, summary: str, author: str) -> None:
     expected = plain_text(title) or "(untitled)"
