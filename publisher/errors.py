@@ -5,8 +5,7 @@
     ├── StoreError                 the database cannot be reached or migrated
     ├── SourceError                one source or one item of a source is broken; ingest reports and skips it
     │   └── ContentFileError       a Markdown file in content/ with bad front matter (file, line, reason)
-    ├── TemplateError              a digest template failed to render (template file, line, reason)
-    └── DeliveryError              a message could not be handed to the configured backend
+    └── TemplateError              a template failed to render (template file, line, reason)
 
 Every message names the thing that is wrong and, where there is one, the fix.
 """
@@ -63,6 +62,3 @@ class TemplateError(PublisherError):
         where = f"{template}:{line}" if line else template
         super().__init__(f"template {where}: {reason}")
 
-
-class DeliveryError(PublisherError):
-    pass

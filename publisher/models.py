@@ -7,7 +7,7 @@ is a bug, so constructors check.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 
@@ -111,12 +111,3 @@ class DigestIssue:
     @property
     def is_empty(self) -> bool:
         return not self.publications
-
-
-@dataclass(frozen=True, slots=True)
-class SendReport:
-    issue_id: str
-    sent: int = 0
-    skipped: int = 0
-    failed: int = 0
-    failures: tuple[str, ...] = field(default_factory=tuple)

@@ -102,10 +102,15 @@ def test_issue_lifecycle_and_send_log_claims_once(store: Store) -> None:
     assert store.start_issue("2026-W48", NOW, NOW) == NOW
     assert store.start_issue("2026-W48", NOW + timedelta(days=1), NOW) == NOW  # the first cutoff stands
     assert store.open_issue() == ("2026-W48", NOW, "")
-    assert store.claim_send("2026-W48", sub.id, "<m@x>", NOW)
-    assert not store.claim_send("2026-W48", sub.id, "<m@x>", NOW)  # a second sender backs off
-    store.mark_send("2026-W48", sub.id, "sent", NOW)
-    assert store.send_counts("2026-W48") == {"sent": 1}
+    store.register_run("run-a", "2026-W48", NOW)
+    store.register_run("run-b", "2026-W48", NOW)
+    stale_before = NOW - timedelta(minutes=2)
+    assert store.claim_batch("2026-W48", "run-a", [(sub.id, "<m@x>")], NOW, stale_before) == {sub.id}
+    assert store.claim_batch("2026-W48", "run-b", [(sub.id, "<m@x>")], NOW, stale_before) == set()  # a second sender backs off
+    assert store.unfinished_sends("2026-W48") == 1
+    store.record_sends("2026-W48", [(sub.id, "sent", "", 1)], NOW)
+    assert store.send_counts("2026-W48") == {"sent": 1} and store.unfinished_sends("2026-W48") == 0
+    assert store.claim_batch("2026-W48", "run-b", [(sub.id, "<m@x>")], NOW, NOW + timedelta(hours=1)) == set()  # sent stays sent
     store.finish_issue("2026-W48", NOW)
     assert store.open_issue() is None
     assert store.last_sent_issue() == ("2026-W48", NOW, NOW)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -67,7 +67,3 @@ def render_fitting(cfg: Config, plan: PlannedIssue, topics: tuple[str, ...], ren
         cap = max(1, min(shown - 1, int(shown * ratio)))
         rendered = renderer.render(plan.select(cfg, topics, cap))
     return rendered
-
-
-def issue_topics(subscribers: Sequence[object]) -> set[tuple[str, ...]]:
-    return {getattr(s, "topics") for s in subscribers}

@@ -8,8 +8,6 @@ from typing import Any
 from ..models import Publication
 from .content import content_html, plain_text
 
-MEDIA_TYPE = "application/feed+json"
-
 
 def json_item(pub: Publication, entry_id: str, topic_names: dict[str, str]) -> dict[str, Any]:
     item: dict[str, Any] = {

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from datetime import datetime, timezone
-from email.utils import format_datetime
 from typing import Any
 
 from feedgen.entry import FeedEntry
@@ -31,7 +30,7 @@ from lxml import etree
 
 from .. import __version__
 from ..models import Publication
-from .content import clean_text, content_html, plain_text, summary_html
+from .content import content_html, plain_text, summary_html
 
 MEDIA_NS = "http://search.yahoo.com/mrss/"
 DC_NS = "http://purl.org/dc/elements/1.1/"
@@ -196,8 +195,4 @@ def render_document(fmt: str, meta: dict[str, Any], entries: list[bytes]) -> byt
     return doc[:at] + body + doc[at:]
 
 
-def rfc822(dt: datetime) -> str:
-    return format_datetime(dt.astimezone(timezone.utc), usegmt=True)
-
-
-__all__ = ["EntryCache", "render_document", "render_entry", "clean_text", "content_html", "_entry"]
+__all__ = ["EPOCH", "EntryCache", "render_document", "render_entry"]

@@ -376,22 +376,6 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin):
         with self._tx() as conn:
             conn.execute(update(t.digest_issues).where(t.digest_issues.c.id == issue_id).values(sent_at=now))
 
-    def claim_send(self, issue_id: str, subscriber_id: int, message_id: str, now: datetime) -> bool:
-        """Write the send-log row before sending. False when this (issue, subscriber) was already claimed."""
-        try:
-            with self._tx() as conn:
-                conn.execute(insert(t.send_log).values(issue_id=issue_id, subscriber_id=subscriber_id, status="queued", message_id=message_id, updated_at=now))
-            return True
-        except IntegrityError:
-            return False
-
-    def mark_send(self, issue_id: str, subscriber_id: int, status: str, now: datetime, error: str | None = None) -> None:
-        sl = t.send_log
-        with self._tx() as conn:
-            conn.execute(
-                update(sl).where(sl.c.issue_id == issue_id, sl.c.subscriber_id == subscriber_id).values(status=status, updated_at=now, error=error)
-            )
-
     def send_counts(self, issue_id: str) -> dict[str, int]:
         sl = t.send_log
         with self._tx() as conn:
