@@ -8,6 +8,7 @@ so sending never re-renders.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from html import escape
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,15 @@ class RenderedIssue:
     text: str
 
     def personalise(self, values: dict[str, str]) -> tuple[str, str]:
-        html, text = self.html, self.text
-        for key, marker in PLACEHOLDERS.items():
-            html = html.replace(marker, _html_attr(values[key]))
-            text = text.replace(marker, values[key])
-        return html, text
+        return personalise(self.html, self.text, values)
 
 
-def _html_attr(value: str) -> str:
-    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+def personalise(html: str, text: str, values: dict[str, str]) -> tuple[str, str]:
+    """Fill the per-recipient placeholders: escaped for the HTML, as they are for the text."""
+    for key, marker in PLACEHOLDERS.items():
+        html = html.replace(marker, escape(values[key]))
+        text = text.replace(marker, values[key])
+    return html, text
 
 
 class Renderer:

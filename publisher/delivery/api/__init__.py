@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from ...digest.render import PLACEHOLDERS
+from ...digest.render import PLACEHOLDERS, personalise
+
+__all__ = ["PLACEHOLDERS", "ApiAdapter", "Prepared", "Recipient", "Result", "Status"]  # PLACEHOLDERS: for adapters
 
 Status = Literal["sent", "deferred", "failed"]
 
@@ -50,14 +52,7 @@ class Prepared:
 
     def personalise(self, r: Recipient) -> tuple[str, str]:
         """HTML and text for one recipient, for providers without their own substitution."""
-        from html import escape
-
-        values = {"email": r.email, **r.links}
-        html, text = self.html, self.text
-        for key, marker in PLACEHOLDERS.items():
-            html = html.replace(marker, escape(values[key]))
-            text = text.replace(marker, values[key])
-        return html, text
+        return personalise(self.html, self.text, {"email": r.email, **r.links})
 
     def headers(self, r: Recipient) -> dict[str, str]:
         """Headers every provider must set for this recipient (RFC 2369, RFC 8058)."""
