@@ -15,8 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
-from publisher.delivery.api import Prepared, Recipient, Result
-from publisher.digest.render import PLACEHOLDERS
+from publisher.delivery.api import Prepared, Recipient, Result, Slots
 
 from .servers import free_port, recording_server
 
@@ -48,6 +47,10 @@ def _recipient(i: int, email: str, *, site: str, idempotency_key: str) -> Recipi
     )
 
 
+SLOTS = Slots()  # one render's markers, as the renderer would draw them
+PLACEHOLDERS = SLOTS.markers
+
+
 def make_prepared(**overrides: Any) -> Prepared:
     p = PLACEHOLDERS
     fields: dict[str, Any] = {
@@ -62,6 +65,7 @@ def make_prepared(**overrides: Any) -> Prepared:
         ),
         "text": f"Sent to {p['email']}.\nUnsubscribe: {p['unsubscribe_url']}\nPreferences: {p['preferences_url']}\n",
         "list_id": "Research digest <digest.example.org>",
+        "slots": SLOTS,
     }
     fields.update(overrides)
     return Prepared(**fields)
@@ -73,8 +77,9 @@ def make_recipient(i: int, email: str) -> Recipient:
 
 RECIPIENTS = [make_recipient(1, "ada@example.com"), make_recipient(2, "bob+news@example.net"), make_recipient(3, "cy@example.edu")]
 
-HTML = '<p>Hello %%EMAIL%%</p><p><a href="%%UNSUBSCRIBE_URL%%">Unsubscribe</a> <a href="%%PREFERENCES_URL%%">Preferences</a></p>'
-TEXT = "Hello %%EMAIL%%\nUnsubscribe: %%UNSUBSCRIBE_URL%%\nPreferences: %%PREFERENCES_URL%%\n"
+_p = PLACEHOLDERS
+HTML = f'<p>Hello {_p["email"]}</p><p><a href="{_p["unsubscribe_url"]}">Unsubscribe</a> <a href="{_p["preferences_url"]}">Preferences</a></p>'
+TEXT = f"Hello {_p['email']}\nUnsubscribe: {_p['unsubscribe_url']}\nPreferences: {_p['preferences_url']}\n"
 
 
 def prepared(**changes: Any) -> Prepared:
@@ -87,6 +92,7 @@ def prepared(**changes: Any) -> Prepared:
         "html": HTML,
         "text": TEXT,
         "list_id": "Publisher Sample Institute <digest.www.example.org>",
+        "slots": SLOTS,
     }
     fields.update(changes)
     return Prepared(**fields)
@@ -131,7 +137,7 @@ def assert_personalised(html: str, text: str, r: Recipient, everybody: list[Reci
         if other is not r:
             assert other.email not in html + text
             assert f"s={other.subscriber_id}&" not in html + text
-    assert "%%" not in html + text
+    assert SLOTS.nonce not in html + text
 
 
 def by_id(results: list[Result]) -> dict[int, Result]:

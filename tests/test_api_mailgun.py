@@ -12,8 +12,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from publisher import __version__
-from publisher.delivery.api import PLACEHOLDERS
-from publisher.delivery.api.mailgun import MailgunAdapter
+from publisher.delivery.api.mailgun import MailgunAdapter, variable
 
 from .api_support import (
     assert_a_deferral_while_isolating_defers_the_rest,
@@ -81,20 +80,24 @@ def test_one_request_with_recipient_variables_gives_each_recipient_their_own_iss
     assert one(fields, "h:Reply-To") == "editors@example.org"
     assert one(fields, "h:List-Id") == p.list_id
     assert one(fields, "h:List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
-    assert one(fields, "h:List-Unsubscribe") == "%recipient.list_unsubscribe%"
-    assert one(fields, "h:Message-ID") == "%recipient.message_id%"
-    assert one(fields, "v:subscriber_id") == "%recipient.subscriber_id%"
+    def var(name: str) -> str:
+        return variable(p, name)
+
+    assert one(fields, "h:List-Unsubscribe") == f"%recipient.{var('list_unsubscribe')}%"
+    assert one(fields, "h:Message-ID") == f"%recipient.{var('message_id')}%"
+    assert one(fields, "v:subscriber_id") == f"%recipient.{var('subscriber_id')}%"
     assert one(fields, "v:issue_id") == "2026-W48"
     text, html = one(fields, "text"), one(fields, "html")
-    assert not any(marker in text + html for marker in PLACEHOLDERS.values())
-    assert "%recipient.unsubscribe_url%" in text and "%recipient.unsubscribe_url_html%" in html
+    assert not any(marker in text + html for marker in p.slots.markers.values())
+    assert f"%recipient.{var('unsubscribe_url')}%" in text and f"%recipient.{var('unsubscribe_url_html')}%" in html
+    assert p.slots.nonce in var("unsubscribe_url")  # the render's nonce: no source can write one
 
     variables = json.loads(one(fields, "recipient-variables"))
     assert list(variables) == [r.email for r in rs]
     for r in rs:
         own = variables[r.email]
-        assert own["unsubscribe_url"] == r.links["unsubscribe_url"]
-        assert own["subscriber_id"] == str(r.subscriber_id)
+        assert own[var("unsubscribe_url")] == r.links["unsubscribe_url"]
+        assert own[var("subscriber_id")] == str(r.subscriber_id)
         # What this recipient receives, once Mailgun substituted: exactly their personalised issue and headers.
         assert (substitute(html, own), substitute(text, own)) == p.personalise(r)
         headers = {k[2:]: substitute(v, own) for k, v in fields if k.startswith("h:")}
@@ -102,8 +105,8 @@ def test_one_request_with_recipient_variables_gives_each_recipient_their_own_iss
         assert headers["List-Unsubscribe"].startswith(f"<{r.links['unsubscribe_url']}>, <mailto:")
     # HTML-escaped values for the HTML part only.
     third = variables["a&b@example.org"]
-    assert third["email_html"] == "a&amp;b@example.org" and third["email"] == "a&b@example.org"
-    assert third["unsubscribe_url_html"] == "https://www.example.org/unsubscribe?s=3&amp;t=tok3"
+    assert third[var("email_html")] == "a&amp;b@example.org" and third[var("email")] == "a&b@example.org"
+    assert third[var("unsubscribe_url_html")] == "https://www.example.org/unsubscribe?s=3&amp;t=tok3"
 
 
 def test_no_reply_to_and_a_name_with_specials(adapter_for) -> None:

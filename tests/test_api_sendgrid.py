@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from publisher import __version__
-from publisher.delivery.api import PLACEHOLDERS
 from publisher.delivery.api._http import split_budget
-from publisher.delivery.api.sendgrid import HTML_TAGS, TEXT_TAGS, SendGridAdapter
+from publisher.delivery.api.sendgrid import SendGridAdapter, tags
 
 from .api_support import (
     assert_a_deferral_while_isolating_defers_the_rest,
@@ -65,7 +64,8 @@ def test_one_request_carries_the_body_once_and_each_recipient_its_own_values(ada
     assert req["headers"]["User-Agent"] == f"publisher/{__version__}"
     assert req["headers"]["Content-Type"] == "application/json"
     data = sent_body(req)
-    assert set(data) == {"personalizations", "from", "reply_to", "subject", "content", "headers", "custom_args"}
+    assert set(data) == {"personalizations", "from", "reply_to", "subject", "content", "headers", "custom_args", "tracking_settings"}
+    assert data["tracking_settings"] == {"subscription_tracking": {"enable": False}}
     assert data["from"] == {"email": "digest@example.org", "name": "Publisher Sample Institute"}
     assert data["reply_to"] == {"email": "editors@example.org"}
     assert data["subject"] == p.subject
@@ -74,7 +74,8 @@ def test_one_request_carries_the_body_once_and_each_recipient_its_own_values(ada
     # The body is there once, with tags instead of our placeholders, text/plain first.
     assert [c["type"] for c in data["content"]] == ["text/plain", "text/html"]
     text, html = (c["value"] for c in data["content"])
-    assert not any(marker in text + html for marker in PLACEHOLDERS.values())
+    TEXT_TAGS, HTML_TAGS = tags(p, "text"), tags(p, "html")
+    assert not any(marker in text + html for marker in p.slots.markers.values())
     assert TEXT_TAGS["unsubscribe_url"] in text and HTML_TAGS["unsubscribe_url"] in html
     assert not any(tag in html for tag in TEXT_TAGS.values()) and not any(tag in text for tag in HTML_TAGS.values())
 
@@ -95,9 +96,11 @@ def test_one_request_carries_the_body_once_and_each_recipient_its_own_values(ada
 
 
 def test_no_tag_is_part_of_another() -> None:
-    tags = [*TEXT_TAGS.values(), *HTML_TAGS.values()]
-    assert len(set(tags)) == len(tags)
-    assert not any(a != b and a in b for a in tags for b in tags)
+    p = prepared()
+    every = [*tags(p, "text").values(), *tags(p, "html").values()]
+    assert len(set(every)) == len(every)
+    assert not any(a != b and a in b for a in every for b in every)
+    assert all(p.slots.nonce in tag for tag in every)  # the render's nonce: no source can write one
 
 
 def test_no_reply_to_no_name_and_extra_headers(adapter_for) -> None:

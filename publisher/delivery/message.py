@@ -8,6 +8,9 @@ slots and joins the pieces, which costs microseconds, not a render.
 The bodies are encoded here rather than by the email package so the slots never land inside a
 quoted-printable line: each slot sits on lines of its own between soft line breaks ("=" at the end of a
 line, which decoders drop), and its value is encoded on its own. Every line stays within 76 octets.
+
+The slots are found by the render's own markers (``digest.render.Slots``: a random nonce per render), in
+the bodies and in the headers alike, so a source's data can never be taken for one.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from email.utils import format_datetime, formataddr
 from urllib.parse import urlsplit
 
 from ..config import Config
-from ..digest.render import PLACEHOLDERS, RenderedIssue
+from ..digest.render import RenderedIssue, Slots
 
 # Headers stay on one line up to RFC 5322's hard limit: some receivers mis-parse a List-Unsubscribe
 # folded right after its colon.
 POLICY = SMTP.clone(max_line_length=998)
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
-HEADER_SLOTS = {"to": "%%TO%%", "message_id": "%%MESSAGE_ID%%", "unsubscribe_url": "%%LIST_UNSUBSCRIBE_URL%%"}
+# What differs per recipient in the headers; their markers use the render's nonce (see digest.render.Slots).
+HEADER_SLOTS = ("to", "message_id", "list_unsubscribe_url")
 
 
 def message_id(issue_id: str, subscriber_id: int, domain: str) -> str:
@@ -85,7 +89,7 @@ class CompiledMessage:
         if "\r" in email or "\n" in email:
             raise ValueError("refusing a line break in an address")
         unsubscribe, preferences = links["unsubscribe_url"], links["preferences_url"]
-        header = {"to": email.encode("ascii"), "unsubscribe_url": unsubscribe.encode("ascii"),
+        header = {"to": email.encode("ascii"), "list_unsubscribe_url": unsubscribe.encode("ascii"),
                   "message_id": message_id(self.issue_id, subscriber_id, self.domain).encode("ascii")}
         text = {"email": _body(email), "unsubscribe_url": _body(unsubscribe), "preferences_url": _body(preferences)}
         markup = text
@@ -102,16 +106,17 @@ class CompiledMessage:
 
 def compile_message(cfg: Config, rendered: RenderedIssue, now: datetime, *, test: bool = False) -> CompiledMessage:
     domain = cfg.digest.from_address.rpartition("@")[2] or "localhost"
+    slot = rendered.slots.marker
     head = EmailMessage(policy=POLICY)
     head["From"] = formataddr((cfg.digest.from_name, cfg.digest.from_address))
-    head["To"] = HEADER_SLOTS["to"]
+    head["To"] = slot("to")
     head["Subject"] = ("[TEST] " if test else "") + rendered.subject
     head["Date"] = format_datetime(now)
-    head["Message-ID"] = HEADER_SLOTS["message_id"]
+    head["Message-ID"] = slot("message_id")
     if cfg.digest.reply_to:
         head["Reply-To"] = cfg.digest.reply_to
     head["List-Id"] = f"{cfg.site.name} <digest.{urlsplit(cfg.site.base_url).hostname}>"
-    head["List-Unsubscribe"] = f"<{HEADER_SLOTS['unsubscribe_url']}>, <mailto:{cfg.digest.from_address}?subject=unsubscribe>"
+    head["List-Unsubscribe"] = f"<{slot('list_unsubscribe_url')}>, <mailto:{cfg.digest.from_address}?subject=unsubscribe>"
     head["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     if cfg.delivery.feedback_id:
         head["Feedback-ID"] = cfg.delivery.feedback_id
@@ -121,11 +126,11 @@ def compile_message(cfg: Config, rendered: RenderedIssue, now: datetime, *, test
     header_bytes = b"".join(POLICY.fold_binary(name, value) for name, value in head.items()) + CRLF
 
     builder = _Chunks()
-    builder.split_on(header_bytes, {marker: ("header", name) for name, marker in HEADER_SLOTS.items()})
+    builder.split_on(header_bytes, {slot(name): ("header", name) for name in HEADER_SLOTS})
     for subtype, body, where in (("plain", rendered.text, "text"), ("html", rendered.html, "html")):
         builder.add(f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
                     "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii"))
-        builder.add_body(body, where)
+        builder.add_body(body, where, rendered.slots)
         builder.add(CRLF)
     builder.add(f"--{boundary}--\r\n".encode("ascii"))
     return CompiledMessage(rendered.issue.id, tuple(builder.chunks), tuple(builder.slots), domain)
@@ -147,9 +152,9 @@ class _Chunks:
         """Static bytes with markers: each marker becomes a slot."""
         _scan(data.decode("ascii"), markers, lambda s: self.add(s.encode("ascii")), lambda w, n: self.slot(w, n))
 
-    def add_body(self, text: str, where: str) -> None:
-        """A body with the renderer's placeholders: static parts quoted-printable, each slot on lines of its own."""
-        markers = {marker: (where, name) for name, marker in PLACEHOLDERS.items()}
+    def add_body(self, text: str, where: str, slots: Slots) -> None:
+        """A body with the renderer's slots: static parts quoted-printable, each slot on lines of its own."""
+        markers = {marker: (where, name) for name, marker in slots.markers.items()}
 
         def static(part: str) -> None:
             if part:

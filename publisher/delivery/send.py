@@ -71,7 +71,7 @@ def prepare(cfg: Config, rendered: RenderedIssue, *, test: bool = False) -> Prep
     extra = {"Feedback-ID": cfg.delivery.feedback_id} if cfg.delivery.feedback_id else {}
     return Prepared(rendered.issue.id, ("[TEST] " if test else "") + rendered.subject, cfg.digest.from_name, cfg.digest.from_address,
                     cfg.digest.reply_to, rendered.html, rendered.text,
-                    f"{cfg.site.name} <digest.{urlsplit(cfg.site.base_url).hostname}>", extra)
+                    f"{cfg.site.name} <digest.{urlsplit(cfg.site.base_url).hostname}>", extra, rendered.slots)
 
 
 def recipient(cfg: Config, issue_id: str, sub: Subscriber, domain: str) -> Recipient:

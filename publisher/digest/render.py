@@ -1,13 +1,20 @@
 """Render an issue: Jinja2 (autoescape on) → MJML → HTML via mjml-python; text from its own template.
 
 An issue variant is rendered once. What differs per recipient (their address, their
-unsubscribe and preferences links) is left as placeholders that delivery substitutes,
-so sending never re-renders.
+unsubscribe and preferences links) is left as slots that delivery fills, so sending never
+re-renders.
+
+A slot's marker carries a random nonce drawn for that render (see :class:`Slots`). Everything a
+source supplies (titles, summaries, links, image URLs, captions) was fixed before the nonce
+existed, so nothing in it can be a marker: a partner feed whose title or link says
+``%%UNSUBSCRIBE_URL%%`` (or any other guess) gets those characters back literally, never a
+recipient's address or working link.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from html import escape
 from datetime import datetime
 from pathlib import Path
@@ -23,14 +30,31 @@ from ..errors import TemplateError
 from ..feeds.content import plain_text
 from ..models import DigestIssue
 
-# Per-recipient placeholders: plain ASCII that survives HTML escaping, MJML and quoted-printable unchanged.
-PLACEHOLDERS = {
-    "unsubscribe_url": "%%UNSUBSCRIBE_URL%%",
-    "preferences_url": "%%PREFERENCES_URL%%",
-    "email": "%%EMAIL%%",
-}
+# What differs per recipient in the bodies.
+SLOT_NAMES = ("email", "unsubscribe_url", "preferences_url")
 HTML_TEMPLATE = "email/digest.mjml.j2"
 TEXT_TEMPLATE = "email/digest.txt.j2"
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The markers of one render: ``slot-<nonce>-<name>``, the nonce 128 random bits drawn for that render.
+
+    Lower-case ASCII letters, digits and hyphens: they pass HTML escaping, MJML, URLs and
+    quoted-printable unchanged, and contain nothing a mail provider substitutes (no ``%``, ``-x-`` tags
+    are built from the nonce too). Because the nonce is new for every render and never published before
+    the issue is rendered, source data cannot contain a marker.
+    """
+
+    nonce: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def marker(self, name: str) -> str:
+        return f"slot-{self.nonce}-{name.replace('_', '-')}"
+
+    @property
+    def markers(self) -> dict[str, str]:
+        """name → marker, for the body slots (:data:`SLOT_NAMES`)."""
+        return {name: self.marker(name) for name in SLOT_NAMES}
 
 
 @dataclass(frozen=True)
@@ -39,14 +63,15 @@ class RenderedIssue:
     subject: str
     html: str
     text: str
+    slots: Slots = field(default_factory=Slots)
 
     def personalise(self, values: dict[str, str]) -> tuple[str, str]:
-        return personalise(self.html, self.text, values)
+        return personalise(self.html, self.text, values, self.slots)
 
 
-def personalise(html: str, text: str, values: dict[str, str]) -> tuple[str, str]:
-    """Fill the per-recipient placeholders: escaped for the HTML, as they are for the text."""
-    for key, marker in PLACEHOLDERS.items():
+def personalise(html: str, text: str, values: dict[str, str], slots: Slots) -> tuple[str, str]:
+    """Fill the slots: values escaped for the HTML, as they are for the text."""
+    for key, marker in slots.markers.items():
         html = html.replace(marker, escape(values[key]))
         text = text.replace(marker, values[key])
     return html, text
@@ -68,7 +93,7 @@ class Renderer:
         local = value.astimezone(ZoneInfo(self.cfg.site.timezone))
         return format_date(local.date(), format=fmt, locale=self.cfg.site.language.replace("-", "_"))
 
-    def context(self, issue: DigestIssue) -> dict[str, Any]:
+    def context(self, issue: DigestIssue, slots: Slots) -> dict[str, Any]:
         site = self.cfg.site
         return {
             "issue": issue,
@@ -76,7 +101,7 @@ class Renderer:
             "base_url": site.base_url.rstrip("/"),
             "view_url": f"{site.base_url.rstrip('/')}/digests/{issue.id}.html",
             "preheader": _preheader(issue),
-            "placeholders": PLACEHOLDERS,
+            "placeholders": slots.markers,
             "subject": self.subject(issue),
         }
 
@@ -85,14 +110,15 @@ class Renderer:
 
     def render(self, issue: DigestIssue) -> RenderedIssue:
         self.renders += 1
-        ctx = self.context(issue)
+        slots = Slots()  # a new nonce for every render
+        ctx = self.context(issue, slots)
         mjml_source = self._render(self.html_env, HTML_TEMPLATE, ctx)
         try:
             html = mjml2html(mjml_source)
         except ValueError as exc:
             raise TemplateError(str(self.templates_dir / HTML_TEMPLATE), None, f"MJML could not compile the rendered template: {exc}") from None
         text = self._render(self.text_env, TEXT_TEMPLATE, ctx)
-        return RenderedIssue(issue=issue, subject=ctx["subject"], html=html, text=text)
+        return RenderedIssue(issue=issue, subject=ctx["subject"], html=html, text=text, slots=slots)
 
     def _render(self, env: jinja2.Environment, name: str, ctx: dict[str, Any]) -> str:
         try:

@@ -1,7 +1,7 @@
 """Mail providers' HTTP APIs (Postmark, SendGrid, Mailgun, Resend), one module each, behind one small interface.
 
 An adapter gets a :class:`Prepared` issue variant (subject, sender, HTML and text with the renderer's
-per-recipient placeholders, the list headers) and a batch of :class:`Recipient`, sends them in as few
+per-recipient slots, the list headers) and a batch of :class:`Recipient`, sends them in as few
 requests as the provider allows, and reports one :class:`Result` per recipient:
 
 - ``sent``: the provider accepted it;
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from ...digest.render import PLACEHOLDERS, personalise
+from ...digest.render import SLOT_NAMES, Slots, personalise
 
-__all__ = ["PLACEHOLDERS", "ApiAdapter", "Prepared", "Recipient", "Result", "Status"]  # PLACEHOLDERS: for adapters
+__all__ = ["SLOT_NAMES", "ApiAdapter", "Prepared", "Recipient", "Result", "Slots", "Status"]
 
 Status = Literal["sent", "deferred", "failed"]
 
@@ -45,14 +45,15 @@ class Prepared:
     from_name: str
     from_address: str
     reply_to: str
-    html: str  # contains PLACEHOLDERS["email"], ["unsubscribe_url"], ["preferences_url"]
-    text: str  # the same placeholders
+    html: str  # contains slots.markers["email"], ["unsubscribe_url"], ["preferences_url"]
+    text: str  # the same slots
     list_id: str  # the List-Id header value
     extra_headers: dict[str, str] = field(default_factory=dict)
+    slots: Slots = field(default_factory=Slots)  # the render's markers (a random nonce: data cannot contain one)
 
     def personalise(self, r: Recipient) -> tuple[str, str]:
         """HTML and text for one recipient, for providers without their own substitution."""
-        return personalise(self.html, self.text, {"email": r.email, **r.links})
+        return personalise(self.html, self.text, {"email": r.email, **r.links}, self.slots)
 
     def headers(self, r: Recipient) -> dict[str, str]:
         """Headers every provider must set for this recipient (RFC 2369, RFC 8058)."""

@@ -11,15 +11,27 @@ variables. Mailgun answers ``200 {"id": "<...>", "message": "Queued. Thank you."
 (which does not say which address); ``401`` for the key; ``404`` for an unknown domain (or the wrong
 region's base URL); ``429`` and ``5xx``.
 
-Personalisation: the placeholders (``PLACEHOLDERS``) become ``%recipient.unsubscribe_url%`` etc. in the
-text part and ``%recipient.unsubscribe_url_html%`` etc. in the HTML part. Mailgun substitutes values raw,
-in both parts alike; our URLs are HTML-safe, but an address such as ``a&b@example.org`` is not, so the
-HTML part uses its own variables holding HTML-escaped values. The per-recipient headers
+Personalisation: the render's slots become ``%recipient.pub<nonce>_unsubscribe_url%`` etc. in the
+text part and ``%recipient.pub<nonce>_unsubscribe_url_html%`` etc. in the HTML part. Mailgun substitutes
+values raw, in both parts alike; our URLs are HTML-safe, but an address such as ``a&b@example.org`` is
+not, so the HTML part uses its own variables holding HTML-escaped values. The per-recipient headers
 (``List-Unsubscribe``, ``Message-ID``, and any other header whose value differs within the batch) are
-``h:<Header>: %recipient.<header_name>%`` with the exact value ``Prepared.headers`` gives for that
-recipient (so ``List-Unsubscribe`` is ``<https://.../unsubscribe/...>, <mailto:...?subject=unsubscribe>``);
+``h:<Header>: %recipient.pub<nonce>_<header_name>%`` with the exact value ``Prepared.headers`` gives for
+that recipient (so ``List-Unsubscribe`` is ``<https://.../unsubscribe/...>, <mailto:...?subject=unsubscribe>``);
 the others (``List-Id``, ``List-Unsubscribe-Post``...) are plain ``h:`` fields. ``v:subscriber_id``
 (from a recipient variable) and ``v:issue_id`` come back in Mailgun's webhooks.
+
+Forgery: Mailgun fills ``%recipient.<name>%`` wherever it occurs, and its own variables
+(``%unsubscribe_url%``, ``%tag_unsubscribe_url%``...) too, so source text that says
+``%recipient.unsubscribe_url%`` must not become anyone's link. Three things see to it:
+
+- our variables carry the render's random nonce (``Prepared.slots``), which no source data can contain;
+- in the HTML part, the ``%`` that opens any other ``%name%`` is written ``&#37;`` (outside ``<style>``):
+  a browser shows ``%``, Mailgun sees no variable;
+- in the text part, which has no escape, a ``%recipient.<name>%`` that is not ours gets a recipient
+  variable of that name whose value is that very text, so Mailgun puts it back as it was; one of
+  Mailgun's own variables (:data:`MAILGUN_VARIABLES`) gets an invisible WORD JOINER (U+2060) after its
+  first ``%``, so it no longer matches. The subject and the shared headers are treated like the text part.
 
 A ``400`` refuses the whole request, and Mailgun does not name the bad address: the adapter bisects the
 batch to isolate it (see :func:`publisher.delivery.api._http.isolate`), unless the message names
@@ -42,7 +54,7 @@ from urllib.parse import quote
 
 import requests
 
-from . import PLACEHOLDERS, Prepared, Recipient, Result
+from . import SLOT_NAMES, Prepared, Recipient, Result
 from ._http import MAX_ERROR, Answer, HttpAdapter, as_detail, check_key, excerpt, isolate, json_body, retry_after, split_headers
 
 _TO_PARAMETER = re.compile(r"(?<![\w:-])'?to'?\s+parameter", re.IGNORECASE)
@@ -50,9 +62,40 @@ _TO_PARAMETER = re.compile(r"(?<![\w:-])'?to'?\s+parameter", re.IGNORECASE)
 _OTHER_PARAMETER = re.compile(r"(?<![\w:-])'?(from|subject|text|html|recipient-variables|[hvo]:[\w-]+)'?\s+parameters?\b", re.IGNORECASE)
 
 
-def header_variable(name: str) -> str:
-    """The recipient variable carrying a per-recipient header: ``Message-ID`` -> ``message_id``."""
-    return name.lower().replace("-", "_")
+# A Mailgun variable, ours or Mailgun's own: %recipient.name%, %unsubscribe_url%...
+_VARIABLE = re.compile(r"%([A-Za-z_][\w.\-]*)%")
+# Mailgun's own: the unsubscribe links (documented under "Tracking Unsubscribes") and the mailing-list
+# variables. Filled by Mailgun for each recipient, so never left in text from a source.
+MAILGUN_VARIABLES = frozenset({"unsubscribe_url", "tag_unsubscribe_url", "mailing_list_unsubscribe_url", "recipient",
+                               "recipient_email", "recipient_name", "recipient_fname", "recipient_lname"})
+_STYLE = re.compile(r"(<style\b.*?</style\s*>)", re.IGNORECASE | re.DOTALL)
+WORD_JOINER = "\u2060"
+
+
+def variable(prepared: Prepared, name: str) -> str:
+    """Our recipient variable for ``name`` (a slot, or a header: ``Message-ID`` -> ``pub<nonce>_message_id``)."""
+    return f"pub{prepared.slots.nonce}_{name.lower().replace('-', '_')}"
+
+
+def literal_html(html_text: str) -> str:
+    """Every ``%name%`` Mailgun would fill, shown as it is: its first ``%`` as ``&#37;`` (CSS in <style> left alone)."""
+    parts = _STYLE.split(html_text)
+    return "".join(p if i % 2 else _VARIABLE.sub(lambda m: "&#37;" + m.group(0)[1:], p) for i, p in enumerate(parts))
+
+
+def literal_text(text: str, kept: dict[str, str]) -> str:
+    """Every ``%name%`` Mailgun would fill, kept as it is (see the module's docstring); ``kept`` gets the
+    recipient variables that put a foreign ``%recipient.<name>%`` back as it was."""
+
+    def keep(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name.startswith("recipient."):
+            kept[name.removeprefix("recipient.")] = m.group(0)
+        elif name.lower() in MAILGUN_VARIABLES:
+            return "%" + WORD_JOINER + m.group(0)[1:]
+        return m.group(0)
+
+    return _VARIABLE.sub(keep, text)
 
 
 class MailgunAdapter(HttpAdapter):
@@ -84,31 +127,36 @@ class MailgunAdapter(HttpAdapter):
     # -- the request ---------------------------------------------------------------------------------
 
     def payload(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[tuple[str, str]]:
-        text, body = prepared.text, prepared.html
-        for key, marker in PLACEHOLDERS.items():
-            text = text.replace(marker, f"%recipient.{key}%")
-            body = body.replace(marker, f"%recipient.{key}_html%")
+        kept: dict[str, str] = {}  # foreign %recipient.x% in the text: each put back as it was
+        text, body = literal_text(prepared.text, kept), literal_html(prepared.html)
+        subject = literal_text(prepared.subject, kept)
+        var = lambda name: variable(prepared, name)  # noqa: E731
+        for key, marker in prepared.slots.markers.items():
+            text = text.replace(marker, f"%recipient.{var(key)}%")
+            body = body.replace(marker, f"%recipient.{var(key + '_html')}%")
         shared, per_recipient = split_headers(prepared, recipients)
+        shared = {name: literal_text(value, kept) for name, value in shared.items()}
         variables: dict[str, dict[str, str]] = {}
         for r in recipients:
             values = {"email": r.email, **r.links}
             own = prepared.headers(r)
             variables[r.email] = {
-                **{k: values[k] for k in PLACEHOLDERS},
-                **{f"{k}_html": html.escape(values[k]) for k in PLACEHOLDERS},
-                **{header_variable(name): own[name] for name in per_recipient},
-                "subscriber_id": str(r.subscriber_id),
+                **kept,
+                **{var(k): values[k] for k in SLOT_NAMES},
+                **{var(k + "_html"): html.escape(values[k]) for k in SLOT_NAMES},
+                **{var(name): own[name] for name in per_recipient},
+                var("subscriber_id"): str(r.subscriber_id),
             }
         fields = [("from", formataddr((prepared.from_name, prepared.from_address)))]
         fields += [("to", r.email) for r in recipients]
-        fields.append(("subject", prepared.subject))
+        fields.append(("subject", subject))
         fields += [(name, value) for name, value in (("text", text), ("html", body)) if value]
         fields.append(("recipient-variables", json.dumps(variables, ensure_ascii=False)))
         if prepared.reply_to:
             fields.append(("h:Reply-To", prepared.reply_to))
         fields += [(f"h:{name}", value) for name, value in shared.items()]
-        fields += [(f"h:{name}", f"%recipient.{header_variable(name)}%") for name in per_recipient]
-        fields += [("v:subscriber_id", "%recipient.subscriber_id%"), ("v:issue_id", prepared.issue_id)]
+        fields += [(f"h:{name}", f"%recipient.{var(name)}%") for name in per_recipient]
+        fields += [("v:subscriber_id", f"%recipient.{var('subscriber_id')}%"), ("v:issue_id", prepared.issue_id)]
         return fields
 
     def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:

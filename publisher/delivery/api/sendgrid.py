@@ -7,15 +7,21 @@ one ``personalizations`` entry per recipient (its own ``to``, ``headers``, ``sub
 ``{"errors": [{"message", "field", "help"}]}``, where ``field`` names the culprit, e.g.
 ``personalizations.3.to.0.email``; ``401``/``403`` for the key or the sender identity; ``429`` and ``5xx``.
 
-Personalisation: the body is sent once per request. Our placeholders (``PLACEHOLDERS``) are replaced by
-SendGrid *substitution tags* and each personalization carries its recipient's values in
-``substitutions``. In v3, substitutions apply to the plain ``content`` of a request that uses no
-template (and to legacy templates); they are not used with dynamic (``d-``) templates, which take
-``dynamic_template_data`` instead; we send no template, so they apply. SendGrid substitutes the same tag
-in every part (text, HTML, subject), so the HTML and the text part use *distinct* tags
-(``-publisher_email_html-`` / ``-publisher_email-``): the HTML part gets HTML-escaped values (an address
-such as ``a&b@example.org`` must become ``a&amp;b@example.org`` there), the text part the raw ones. The
-tags are namespaced so that ordinary prose never contains one, and no tag is a substring of another.
+Personalisation: the body is sent once per request. Our slots are replaced by SendGrid *substitution
+tags* and each personalization carries its recipient's values in ``substitutions``. In v3, substitutions
+apply to the plain ``content`` of a request that uses no template (and to legacy templates); they are not
+used with dynamic (``d-``) templates, which take ``dynamic_template_data`` instead; we send no template, so
+they apply. SendGrid substitutes the same tag in every part (text, HTML, subject), so the HTML and the text
+part use *distinct* tags (``-publisher-<nonce>-html-email-`` / ``-publisher-<nonce>-text-email-``): the HTML
+part gets HTML-escaped values (an address such as ``a&b@example.org`` must become ``a&amp;b@example.org``
+there), the text part the raw ones. No tag is a substring of another.
+
+Forgery: SendGrid replaces the tags we list, wherever they occur, so a tag a source could write
+(``-publisher_email-``, a guess) would be filled with the recipient's data. Every tag therefore carries the
+render's random nonce (``Prepared.slots``), which no source data can contain. SendGrid's own tags are
+off: subscription tracking (whose ``<% %>`` tag would turn source text into a per-recipient SendGrid
+unsubscribe link) is disabled in every request (``tracking_settings``; our own RFC 8058 link is in every
+message), and we send no ``asm`` group and no template, so no other SendGrid tag applies.
 
 Headers: those that differ per recipient (``List-Unsubscribe``, ``Message-ID``, and any other whose
 value differs within the batch) go in each personalization's ``headers``; the rest (``List-Id``,
@@ -44,12 +50,14 @@ from typing import Any, Self
 
 import requests
 
-from . import PLACEHOLDERS, Prepared, Recipient, Result
+from . import SLOT_NAMES, Prepared, Recipient, Result
 from ._http import MAX_ERROR, Answer, HttpAdapter, as_detail, check_key, excerpt, isolate, json_body, retry_after, split_headers
 
-# Substitution tags: one for the text part (raw value), one for the HTML part (escaped value).
-TEXT_TAGS = {key: f"-publisher_{key}-" for key in PLACEHOLDERS}
-HTML_TAGS = {key: f"-publisher_{key}_html-" for key in PLACEHOLDERS}
+
+def tags(prepared: Prepared, part: str) -> dict[str, str]:
+    """The substitution tags of one part ("text": raw values, "html": escaped ones), with the render's nonce."""
+    return {key: f"-publisher-{prepared.slots.nonce}-{part}-{key}-" for key in SLOT_NAMES}
+
 
 _FIELD_INDEX = re.compile(r"^personalizations\.(\d+)(?:\.|$)")
 
@@ -75,16 +83,17 @@ class SendGridAdapter(HttpAdapter):
     # -- the request ---------------------------------------------------------------------------------
 
     def payload(self, prepared: Prepared, recipients: Sequence[Recipient]) -> dict[str, Any]:
+        text_tags, html_tags = tags(prepared, "text"), tags(prepared, "html")
         text, body = prepared.text, prepared.html
-        for key, marker in PLACEHOLDERS.items():
-            text = text.replace(marker, TEXT_TAGS[key])
-            body = body.replace(marker, HTML_TAGS[key])
+        for key, marker in prepared.slots.markers.items():
+            text = text.replace(marker, text_tags[key])
+            body = body.replace(marker, html_tags[key])
         shared, per_recipient = split_headers(prepared, recipients)
         personalizations = []
         for r in recipients:
             values = {"email": r.email, **r.links}
-            subs = {TEXT_TAGS[k]: values[k] for k in PLACEHOLDERS}
-            subs.update({HTML_TAGS[k]: html.escape(values[k]) for k in PLACEHOLDERS})
+            subs = {text_tags[k]: values[k] for k in SLOT_NAMES}
+            subs.update({html_tags[k]: html.escape(values[k]) for k in SLOT_NAMES})
             own = prepared.headers(r)
             personalizations.append(
                 {
@@ -106,6 +115,8 @@ class SendGridAdapter(HttpAdapter):
         if shared:
             data["headers"] = shared
         data["custom_args"] = {"issue_id": prepared.issue_id}
+        # Its <% %> tag would make source text a per-recipient unsubscribe link; ours is in every message.
+        data["tracking_settings"] = {"subscription_tracking": {"enable": False}}
         return data
 
     def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:
