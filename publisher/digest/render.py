@@ -41,9 +41,9 @@ class Slots:
     """The markers of one render: ``slot-<nonce>-<name>``, the nonce 128 random bits drawn for that render.
 
     Lower-case ASCII letters, digits and hyphens: they pass HTML escaping, MJML, URLs and
-    quoted-printable unchanged, and contain nothing a mail provider substitutes (no ``%``, ``-x-`` tags
-    are built from the nonce too). Because the nonce is new for every render and never published before
-    the issue is rendered, source data cannot contain a marker.
+    quoted-printable unchanged, and hold no provider's substitution syntax (the API adapters build
+    their own tags and variables from the same nonce). The nonce is new for every render and exists
+    only after the issue's data was fixed, so source data cannot contain a marker.
     """
 
     nonce: str = field(default_factory=lambda: secrets.token_hex(16))
