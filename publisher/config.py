@@ -85,6 +85,7 @@ class IngestConfig:
     total_timeout: float = 60.0
     max_bytes: int = 10_485_760
     max_redirects: int = 5
+    max_file_size: int = 5_242_880  # bytes: a bigger file in content/ (publication or image) is refused unread
 
 
 @dataclass(frozen=True)
@@ -381,12 +382,15 @@ def _validate(cfg: Config) -> None:
                               "or page (an HTML listing page).", file=f, key=f"sources.{name}.kind")
         if src.kind in ("feed", "page") and not re.match(r"^https?://[^/\s]+", src.url):
             raise ConfigError(f"a {src.kind} source needs the absolute http(s) URL to poll, got {src.url!r}.", file=f, key=f"sources.{name}.url")
+        _validate_topics(name, src, f)
         if src.kind == "page":
             from .sources.remote import selector_problems
 
             problems = selector_problems(src.selectors)
             if problems:
                 raise ConfigError("; ".join(problems) + ".", file=f, key=f"sources.{name}.selectors")
+    if cfg.ingest.max_file_size < 1:
+        raise ConfigError(f"expected a positive number of bytes, got {cfg.ingest.max_file_size}.", file=f, key="ingest.max_file_size")
     bad_formats = set(cfg.feeds.formats) - {"rss", "atom", "json"}
     if bad_formats:
         raise ConfigError(f"unknown feed format(s) {sorted(bad_formats)}; choose from rss, atom, json.", file=f, key="feeds.formats")
@@ -419,6 +423,15 @@ def _validate(cfg: Config) -> None:
             CronTrigger.from_crontab(cfg.digest.schedule, timezone=cfg.site.timezone)
     except ValueError as exc:
         raise ConfigError(f"expected a crontab line like '0 8 * * mon', got {cfg.digest.schedule!r} ({exc}).", file=f, key="digest.schedule") from None
+
+
+def _validate_topics(name: str, src: SourceConfig, file: Path | None) -> None:
+    """Topic slugs become file names (public/feeds/topics/<slug>.rss): each must be a slug."""
+    from .fsutil import is_slug, slug_problem
+
+    bad = next((t for t in src.topics if not is_slug(t)), None)
+    if bad is not None:
+        raise ConfigError(f"topic {slug_problem(bad)}.", file=file, key=f"sources.{name}.topics")
 
 
 def _get(obj: Any, dotted: str) -> Any:

@@ -1,6 +1,7 @@
 """Ingest: run every configured source, upsert what it holds, report what is new.
 
-One broken source or item is reported and skipped; the rest goes on.
+One broken source or item is reported and skipped; the rest goes on. Slugs are checked here once more,
+whatever the source: a slug becomes a file name under public/, so a bad one never reaches the store.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from .config import Config
 from .errors import SourceError
+from .fsutil import is_slug, slug_problem
 from .sources import Source
 from .sources.files import FilesSource
 from .sources.remote import FeedSource, Fetcher, PageSource
@@ -44,7 +46,8 @@ def build_sources(cfg: Config, *, states: dict[str, dict] | None = None, fetcher
         if not sc.enabled:
             continue
         if sc.kind == "files":
-            sources.append(FilesSource(name, cfg.path(sc.path), cfg.site.base_url, cfg.site.timezone))
+            sources.append(FilesSource(name, cfg.path(sc.path), cfg.site.base_url, cfg.site.timezone,
+                                       max_file_size=cfg.ingest.max_file_size))
             continue
         fetcher = fetcher or make_fetcher(cfg)
         common: dict[str, Any] = dict(base_url=cfg.site.base_url, timezone=cfg.site.timezone, state=(states or {}).setdefault(name, {}),
@@ -124,9 +127,16 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
         for warning in result.warnings:
             log.warning("%s", warning)
         for topic in result.topics:
+            if not is_slug(topic.slug):
+                _skip(report, SourceError(source.name, f"topic {topic.name!r}", f"slug {slug_problem(topic.slug)}"))
+                continue
             if store.upsert_topic(topic):
                 report.topics_changed.append(topic.slug)
         for pub in result.publications:
+            bad_topic = next((t for t in pub.topics if not is_slug(t)), None)
+            if bad_topic is not None:
+                _skip(report, SourceError(source.name, pub.id, f"topic {slug_problem(bad_topic)}"))
+                continue
             if pub.id in seen_ids:
                 err = SourceError(source.name, pub.id, f"duplicate id, also given by {seen_ids[pub.id]}; the first one is kept")
                 report.errors.append(err)
@@ -141,3 +151,8 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
             else:
                 report.unchanged += 1
     return report
+
+
+def _skip(report: IngestReport, err: SourceError) -> None:
+    report.errors.append(err)
+    log.error("skipped: %s", err)

@@ -9,7 +9,7 @@ from pathlib import Path
 from feedgen.feed import FeedGenerator
 
 from ..config import Config
-from ..fsutil import write_atomic
+from ..fsutil import safe_join, write_atomic
 from ..store import Store
 from .render import RenderedIssue
 
@@ -22,7 +22,7 @@ def write_copy(cfg: Config, rendered: RenderedIssue) -> Path:
     """The view-in-browser copy: the everything variant, its personal links pointing at the site instead."""
     base = cfg.site.base_url.rstrip("/")
     page, _ = rendered.personalise({"unsubscribe_url": f"{base}/unsubscribe", "preferences_url": f"{base}/preferences", "email": "you"})
-    path = digests_dir(cfg) / f"{rendered.issue.id}.html"
+    path = safe_join(digests_dir(cfg), f"{rendered.issue.id}.html")  # the id comes from the store: checked, never trusted
     write_atomic(path, page.encode("utf-8"))
     return path
 

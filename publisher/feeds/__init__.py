@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..fsutil import write_atomic
+from ..fsutil import SLUG_MAX, PathRefused, is_slug, read_inside, safe_join, slug_problem, walk_inside, write_atomic
 from ..models import Publication, Topic
 from ..store import Store
 from ..store.db import content_hash
@@ -48,7 +48,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico"}
 
 
 def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "untitled"
+    """A content type's file name (public/feeds/types/<slug>.rss): always a slug, whatever the type's text.
+
+    Only a-z, 0-9 and single inner hyphens can come out, at most SLUG_MAX characters. A type with no ASCII
+    letter or digit ("Отчёт") gets a name from its hash, so two such types never share a feed.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower())[:SLUG_MAX].strip("-")
+    return slug or f"type-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
 
 
 def entry_id(base_url: str, pub: Publication) -> str:
@@ -81,13 +87,27 @@ def specs_holding(specs: list[FeedSpec], pubs: Iterable[Publication]) -> list[Fe
 
 
 def feed_specs(store: Store, cfg: Config, topics: list[Topic] | None = None) -> list[FeedSpec]:
+    """Every feed. A topic whose slug is not a slug (an old store, a source that skipped the check) gets none, with an error."""
     site = cfg.site.name
     specs = [FeedSpec("all", site, f"Everything {site} publishes.", "/")]
     for topic in store.topics() if topics is None else topics:
+        if not is_slug(topic.slug):
+            log.error("feeds: no feed for topic %r, nor a page: %s (an older store or source let it in)",
+                      topic.slug, slug_problem(topic.slug))
+            continue
         description = topic.description or f"{topic.name} at {site}."
         specs.append(FeedSpec(f"topics/{topic.slug}", f"{site}: {topic.name}", description, f"/topics/{topic.slug}/", topic=topic.slug))
-    for ctype in store.content_types():
+    taken: dict[str, str] = {}
+    for ctype in sorted(store.content_types()):  # sorted here: which of two clashing types wins must not hang on collation
         slug = slugify(ctype)
+        if not is_slug(slug):  # slugify cannot make one; checked so that a change to it cannot open a path
+            log.error("feeds: no feed for content type %r: %r is not a safe file name", ctype, slug)
+            continue
+        if slug in taken:  # two types, one file: each build would overwrite the other's feed
+            log.error("feeds: no feed for content type %r: its file name %r is taken by %r; use one spelling of the type",
+                      ctype, slug, taken[slug])
+            continue
+        taken[slug] = ctype
         specs.append(FeedSpec(f"types/{slug}", f"{site}: {ctype}", f"{ctype} from {site}.", f"/types/{slug}/", content_type=ctype))
     return specs
 
@@ -134,7 +154,11 @@ class FeedBuilder:
         try:
             for spec, pubs in listings:
                 for fmt in self.cfg.feeds.formats:
-                    path = out / f"{spec.path}.{fmt}"
+                    try:
+                        path = safe_join(out, f"{spec.path}.{fmt}")
+                    except PathRefused as exc:  # a name from data leads out of the feeds dir: that feed only is skipped
+                        log.error("feeds: not written: %s", exc)
+                        continue
                     if write_atomic(path, self.render(spec, fmt, pubs), durable=False):  # rebuilt from the store
                         changed.append(path)
             if store is not None:
@@ -234,19 +258,38 @@ def copy_media(cfg: Config) -> int:
     """Copy the images of `files` sources to public/media/ so their absolute URLs resolve.
 
     The feed icon, when it is the default /media/icon.png and no source ships one, is the publisher's own.
+    An image that is a symlink out of its folder, or bigger than [ingest].max_file_size, is not copied
+    (an error is logged; ingest reports the publications that use it); the other images still are.
     """
     copied = 0
     media = cfg.path(cfg.site.public_dir) / "media"
     if cfg.feeds.icon == "/media/icon.png" and not any((cfg.path(sc.path) / "icon.png").is_file() for sc in cfg.sources.values()):
         copied += write_atomic(media / "icon.png", DEFAULT_ICON.read_bytes())
     for sc in cfg.sources.values():
-        if sc.kind != "files" or not sc.enabled:
+        if sc.kind != "files" or not sc.enabled or not cfg.path(sc.path).is_dir():
             continue
-        root = cfg.path(sc.path)
-        for src in sorted(root.rglob("*")):
-            if src.suffix.lower() in IMAGE_SUFFIXES and src.is_file():
-                if write_atomic(media / src.relative_to(root), src.read_bytes()):
-                    copied += 1
+        copied += _copy_images(cfg.path(sc.path), media, cfg.ingest.max_file_size)
+    return copied
+
+
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _copy_images(root: Path, media: Path, limit: int) -> int:
+    copied = 0
+    walk = walk_inside(root, _is_image)
+    for refused in walk.refused:
+        if _is_image(Path(refused.path).name):  # a refused folder is reported by ingest, once per cycle is enough
+            log.error("media: not copied: %s", refused)
+    for src in walk.files:
+        try:
+            data = read_inside(root, src, limit)
+            target = safe_join(media, src.relative_to(root).as_posix())
+        except PathRefused as exc:
+            log.error("media: not copied: %s", exc)
+            continue
+        copied += write_atomic(target, data)
     return copied
 
 

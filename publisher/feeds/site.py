@@ -6,6 +6,7 @@ so a reader given the page's URL finds the feed. They are the feeds' `alternate`
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import jinja2
 
 from ..config import Config
 from ..errors import TemplateError
-from ..fsutil import write_atomic
+from ..fsutil import PathRefused, safe_join, write_atomic
 from ..models import Publication
 from . import MEDIA_TYPES, FeedSpec, feeds_url
 
+log = logging.getLogger(__name__)
 FORMAT_NAMES = {"rss": "RSS", "atom": "Atom", "json": "JSON Feed"}
 
 
@@ -31,7 +33,11 @@ def build_pages(cfg: Config, listings: list[tuple[FeedSpec, list[Publication]]],
     for spec, pubs in listings:
         others = [s for s in all_specs if s != spec]
         html = template.render(site=cfg.site, spec=spec, publications=pubs, feeds=_feeds(cfg, spec), others=others)
-        page = public / spec.page.strip("/") / "index.html"
+        try:
+            page = safe_join(public, spec.page.strip("/"), "index.html")
+        except PathRefused as exc:  # a name from data leads out of public/: that page only is skipped
+            log.error("pages: not written: %s", exc)
+            continue
         if write_atomic(page, html.encode("utf-8"), durable=False):  # rebuilt from the store
             changed.append(page)
     return changed

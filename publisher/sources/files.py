@@ -2,10 +2,15 @@
 
 Files under ``topics/`` describe topics (``slug``, ``name``; the body is the description).
 Every other ``*.md`` file is a publication. See content/README.md for the keys.
+
+The folder is treated as hostile: a symlink out of it is refused (files and images alike), a file over
+``[ingest].max_file_size`` is refused before it is read, and every slug is checked, since slugs become
+file names under public/. Each refusal is one skipped item; the rest of the folder goes on.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -17,7 +22,10 @@ from zoneinfo import ZoneInfo
 import yaml
 from markdown_it import MarkdownIt
 
+from ..config import IngestConfig
 from ..errors import ContentFileError
+from ..feeds import IMAGE_SUFFIXES
+from ..fsutil import PathRefused, is_slug, read_inside, slug_problem, suggest_slug, walk_inside
 from ..models import Image, Publication, Topic
 from . import SourceResult
 
@@ -28,6 +36,8 @@ PUBLICATION_KEYS = {
     "featured", "featured_rank", "image",
 }
 IMAGE_KEYS = {"src", "alt", "caption", "credit"}
+TYPE_MAX = 100  # publications.content_type is VARCHAR(100)
+DEFAULT_MAX_FILE_SIZE = IngestConfig.max_file_size
 
 
 @dataclass(frozen=True)
@@ -39,11 +49,12 @@ class FrontMatter:
 
 
 class FilesSource:
-    def __init__(self, name: str, folder: Path, base_url: str, timezone: str) -> None:
+    def __init__(self, name: str, folder: Path, base_url: str, timezone: str, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> None:
         self.name = name
         self.folder = folder
         self.base_url = base_url.rstrip("/")
         self.tz = ZoneInfo(timezone)
+        self.max_file_size = max_file_size
 
     def __repr__(self) -> str:
         return f"FilesSource({self.name!r}, {str(self.folder)!r})"
@@ -53,12 +64,13 @@ class FilesSource:
         if not self.folder.is_dir():
             result.errors.append(ContentFileError(self.name, self.folder, None, "folder not found; create it or fix [sources.NAME].path"))
             return result
-        for path in sorted(self.folder.rglob("*.md")):
-            if path.name.lower() == "readme.md":
-                continue
+        walk = walk_inside(self.folder, _is_content_file)
+        result.errors.extend(ContentFileError(self.name, r.path, None, r.reason) for r in walk.refused)
+        result.warnings.extend(walk.notes)
+        for path in walk.files:
             rel = path.relative_to(self.folder)
             try:
-                fm = parse_front_matter(self.name, path)
+                fm = parse_front_matter(self.name, path, root=self.folder, max_size=self.max_file_size)
                 if rel.parts[0] == "topics":
                     result.topics.append(self._topic(path, fm))
                 else:
@@ -71,6 +83,12 @@ class FilesSource:
 
     def _topic(self, path: Path, fm: FrontMatter) -> Topic:
         slug = _get(self.name, path, fm, "slug", str, default=path.stem)
+        if not is_slug(slug):  # the slug names the topic's feeds and page: public/feeds/topics/<slug>.rss
+            if "slug" in fm.data:
+                raise _error(self.name, path, fm, "slug", f"slug {slug_problem(slug)}")
+            fix = suggest_slug(slug)
+            raise ContentFileError(self.name, path, fm.first_line - 1, f"the file name is the topic's slug, and {slug_problem(slug)}: "
+                                                                       f"rename the file to {fix}.md, or set slug = \"{fix}\"")
         name = _get(self.name, path, fm, "name", str)
         return Topic(slug=slug, name=name, description=fm.body.strip())
 
@@ -99,6 +117,12 @@ class FilesSource:
         for key, values in (("authors", authors), ("topics", topics)):
             if not all(isinstance(v, str) and v.strip() for v in values):
                 raise _error(self.name, path, fm, key, f"{key} must be a list of non-empty strings")
+        bad_topic = next((t for t in topics if not is_slug(t)), None)
+        if bad_topic is not None:
+            raise _error(self.name, path, fm, "topics", f"topic {slug_problem(bad_topic)}; topics are the slugs of the files in topics/")
+        content_type = get("content_type", str).strip()
+        if not content_type or len(content_type) > TYPE_MAX:
+            raise _error(self.name, path, fm, "content_type", f"content_type must be 1 to {TYPE_MAX} characters, like 'Commentary'")
         rank = get("featured_rank", int, None)
         pub_id = get("id", str, rel.with_suffix("").as_posix())
         url = get("url", str, f"{self.base_url}/publications/{path.stem}/")
@@ -108,7 +132,7 @@ class FilesSource:
         warnings.extend(image_warnings)
         pub = Publication(
             id=pub_id, url=url, title=title, summary=get("summary", str, "").strip(),
-            content_type=get("content_type", str).strip(), published_at=published, updated_at=updated,
+            content_type=content_type, published_at=published, updated_at=updated,
             topics=tuple(topics), authors=tuple(a.strip() for a in authors), image=image,
             featured=get("featured", bool, False) or rank is not None, featured_rank=rank,
             body_html=_md.render(fm.body).strip(), source=self.name,
@@ -127,16 +151,42 @@ class FilesSource:
         if re.match(r"^https?://", src):
             url = src
         else:
-            local = (self.folder / src).resolve()
-            if not local.is_relative_to(self.folder.resolve()):
-                raise _error(self.name, path, fm, "image", f"image src {src!r} points outside the content folder")
-            if not local.is_file():
+            rel, problem = self._local_image(src)
+            if problem:
+                raise _error(self.name, path, fm, "image", problem)
+            if rel is None:
                 warnings.append(f"{path}: image {src!r} not found in {self.folder}")
-            url = f"{self.base_url}/media/{Path(src).as_posix()}"
+                rel = os.path.normpath(src)
+            elif Path(rel).suffix.lower() not in IMAGE_SUFFIXES:
+                kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+                warnings.append(f"{path}: image {src!r} is not published: only {kinds} files are copied to media/")
+            url = f"{self.base_url}/media/{Path(rel).as_posix()}"
         alt = raw.get("alt", "").strip()
         if not alt:
             warnings.append(f"{path}: image has no alt text; the caption or title stands in")
         return Image(url=url, alt=alt, caption=raw.get("caption", "").strip(), credit=raw.get("credit", "").strip()), warnings
+
+    def _local_image(self, src: str) -> tuple[str | None, str]:
+        """(the image's path relative to the folder, or None when it is missing; why it is refused, or "")."""
+        lexical = os.path.normpath(src)
+        if Path(src).is_absolute() or lexical == ".." or lexical.startswith("../") or "\x00" in src:
+            return None, f"image src {src!r} points outside the content folder; give a path inside it, like 'images/photo.png'"
+        root = self.folder.resolve()
+        try:
+            real = (self.folder / lexical).resolve()
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError on Python 3.11)
+            return None, f"image src {src!r} is a symlink loop; fix or remove the link"
+        if not (real == root or real.is_relative_to(root)):
+            link = _first_symlink(self.folder, lexical)
+            where = f"{link} is a symlink to {link.resolve()}" if link else f"it resolves to {real}"
+            return None, f"image src {src!r}: {where}, outside {self.folder}; copy the file in instead"
+        if not real.is_file():
+            return None, ""
+        size = real.stat().st_size  # before anything reads it: copy_media refuses it too
+        if size > self.max_file_size:
+            return None, (f"image {src!r} is {size:,} bytes, over the limit of {self.max_file_size:,} ([ingest].max_file_size); "
+                          "make the image smaller, or raise max_file_size in config.toml")
+        return real.relative_to(root).as_posix(), ""
 
     def _datetime(self, path: Path, fm: FrontMatter, key: str, value: date | datetime | str) -> datetime:
         """Day-precision dates are midnight in the site's time zone; naive times are read in it too."""
@@ -150,13 +200,28 @@ class FilesSource:
         return value.replace(tzinfo=self.tz) if value.tzinfo is None else value
 
 
-def parse_front_matter(source: str, path: Path) -> FrontMatter:
+def _is_content_file(name: str) -> bool:
+    return name.endswith(".md") and name.lower() != "readme.md"
+
+
+def _first_symlink(folder: Path, rel: str) -> Path | None:
+    """The first component of ``folder / rel`` that is a symlink (to name it in an error)."""
+    path = folder
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            return path
+    return None
+
+
+def parse_front_matter(source: str, path: Path, *, root: Path | None = None, max_size: int = DEFAULT_MAX_FILE_SIZE) -> FrontMatter:
+    """Read and split one content file; ``root`` (default: its folder) is where it must stay, ``max_size`` its cap in bytes."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_inside(root or path.parent, path, max_size).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ContentFileError(source, path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise ContentFileError(source, path, None, f"cannot read the file: {exc.strerror}") from None
+    except PathRefused as exc:
+        raise ContentFileError(source, path, None, exc.reason) from None
     text = text.lstrip("\ufeff")
     lines = text.splitlines()
     fence = lines[0].strip() if lines else ""
