@@ -17,7 +17,7 @@ import click
 from subscribers import add_subscriber, export_csv
 
 from . import __version__
-from .config import Config, DevelopmentKeyWarning, load_config
+from .config import Config, SecretKeyWarning, load_config
 from .errors import PublisherError
 from .models import SubscriberStatus
 from .store import Store
@@ -33,7 +33,7 @@ class Context:
     def cfg(self) -> Config:
         if self._cfg is None:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", DevelopmentKeyWarning)
+                warnings.simplefilter("always", SecretKeyWarning)
                 self._cfg = load_config(self.config_path)
             for w in caught:
                 click.echo(f"warning: {w.message}", err=True)

@@ -22,7 +22,7 @@ from publisher.store import Store, open_store
 from publisher.web import create_app
 from subscribers import add_subscriber, forget, import_csv, make_confirm_token, make_token
 
-from .conftest import NOW
+from .conftest import NOW, TEST_SECRET_KEY
 from .servers import run_app
 
 
@@ -145,7 +145,7 @@ def test_old_keys_still_open_links_after_rotation(cfg: Config, db: Store) -> Non
 
     sub, _ = add_subscriber(db, "rot@example.com", NOW, confirmed=True)
     old_token = make_token(cfg.secret_key.get(), "unsubscribe", sub.id)
-    rotated = replace(cfg, secret_key=Secret("brand-new-key"), old_secret_keys=(cfg.secret_key,))
+    rotated = replace(cfg, secret_key=Secret("brand-new-key-" + TEST_SECRET_KEY), old_secret_keys=(cfg.secret_key,))
     client = TestClient(create_app(rotated, db), base_url="https://www.example.org")
     assert client.post(f"/unsubscribe/{old_token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert db.subscriber("rot@example.com").status is SubscriberStatus.UNSUBSCRIBED
