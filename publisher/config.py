@@ -115,6 +115,7 @@ class SmtpConfig:
     port: int = 587
     security: str = "starttls"
     username: str = ""
+    allow_plaintext_auth: bool = False
     timeout: float = 30.0
     connections: int = 2
     rate_limit: float = 0.0
@@ -403,6 +404,7 @@ def _validate(cfg: Config) -> None:
                             ("delivery.smtp.connections", cfg.delivery.smtp.connections, 1)):
         if value < low:
             raise ConfigError(f"expected at least {low}, got {value}.", file=f, key=key)
+    _validate_smtp_auth(cfg.delivery.smtp, f)
     if cfg.delivery.smtp.rate_limit < 0 or cfg.delivery.retry_base < 0:
         raise ConfigError("expected zero or more.", file=f, key="delivery.smtp.rate_limit" if cfg.delivery.smtp.rate_limit < 0 else "delivery.retry_base")
     if cfg.delivery.backend in ("postmark", "sendgrid", "mailgun", "resend") and not cfg.api_key:
@@ -418,6 +420,14 @@ def _validate(cfg: Config) -> None:
             CronTrigger.from_crontab(cfg.digest.schedule, timezone=cfg.site.timezone)
     except ValueError as exc:
         raise ConfigError(f"expected a crontab line like '0 8 * * mon', got {cfg.digest.schedule!r} ({exc}).", file=f, key="digest.schedule") from None
+
+
+def _validate_smtp_auth(smtp: SmtpConfig, f: Path | None) -> None:
+    """A login over a connection without TLS hands the password to anyone on the path: only when asked for by name."""
+    if smtp.username and smtp.security == "none" and not smtp.allow_plaintext_auth:
+        raise ConfigError('security = "none" with a username would send the SMTP password unencrypted. Use security = "starttls" '
+                          'or "tls"; or, for a relay on a network you trust (e.g. localhost), set [delivery.smtp].allow_plaintext_auth = true.',
+                          file=f, key="delivery.smtp.security")
 
 
 def _get(obj: Any, dotted: str) -> Any:
