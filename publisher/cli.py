@@ -18,7 +18,7 @@ from subscribers import add_subscriber, export_csv
 
 from . import __version__
 from .config import Config, SecretKeyWarning, load_config
-from .errors import PublisherError
+from .errors import PublisherError, StoreError
 from .models import SubscriberStatus
 from .store import Store
 
@@ -56,11 +56,29 @@ class PublisherGroup(click.Group):
     """Turns a PublisherError anywhere below into one clear line and its exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import DBAPIError
+
+        from .store.db import describe_failure, unusable
+
         try:
             return super().invoke(ctx)
         except PublisherError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except DBAPIError as exc:
+            # Raised outside the store's own methods (the scheduler's job store reads the database directly):
+            # a damaged or unreachable database is one line, like every other error, not a traceback.
+            if not unusable(exc):
+                raise
+            click.echo(f"error: {describe_failure(_store_url(ctx), exc)}", err=True)
+            ctx.exit(StoreError.exit_code)
+
+
+def _store_url(ctx: click.Context) -> str:
+    c = ctx.obj
+    if isinstance(c, Context) and c._store is not None:
+        return str(c._store.engine.url)
+    return c.cfg.store_url if isinstance(c, Context) else "the store"
 
 
 pass_ctx = click.make_pass_decorator(Context)
