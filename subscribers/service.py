@@ -309,6 +309,8 @@ def seed_samples(store: Store, emails: Sequence[str], now: datetime) -> int:
     """Add the config's sample subscribers once, as active. Never revives one that left."""
     added = 0
     for email in emails:
+        if store.is_suppressed_hash(email_hash(normalise_email(email))):
+            continue  # forgotten on request: a sample address is no exception (and adding it would stop every command)
         _, created = add_subscriber(store, email, now, confirmed=True)
         added += created
     return added
