@@ -568,7 +568,8 @@ def subscribers_show(c: Context, email: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
 def subscribers_forget(c: Context, email: str, yes: bool) -> None:
-    """Erase a person's data; only a hash of the address stays, so they are never mailed or imported again.
+    """Erase a person's data, and their copies in the local outbox; only a hash of the address stays, so they are
+    never mailed or imported again.
 
     \b
     Example:
@@ -578,8 +579,10 @@ def subscribers_forget(c: Context, email: str, yes: bool) -> None:
 
     if not yes:
         click.confirm(f"Erase everything about {email}?", abort=True)
-    found = forget(c.store, email, _now())
-    click.echo(f"forgotten: {email}" if found else f"no data for {email}; it is suppressed from now on anyway")
+    erased = forget(c.store, email, _now(), outbox=c.cfg.path(c.cfg.delivery.outbox_dir))
+    click.echo(f"forgotten: {email}" if erased.found else f"no data for {email}; it is suppressed from now on anyway")
+    if erased.outbox_copies:
+        click.echo(f"  {erased.outbox_copies} message(s) to them deleted from the outbox {c.cfg.path(c.cfg.delivery.outbox_dir)}/")
 
 
 @subscribers_group.command("remove")

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from email_validator import EmailNotValidError, validate_email
@@ -135,12 +136,24 @@ def show(store: Store, email: str) -> dict[str, Any] | None:
             "updated_at": sub.updated_at.isoformat(), "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else None}
 
 
-def forget(store: Store, email: str, now: datetime) -> bool:
-    """Erase a person: their row, topics and send log go; a hash of the address stays so they remain suppressed."""
+@dataclass(frozen=True)
+class Erasure:
+    found: bool  # the store had data about the person
+    outbox_copies: int  # messages to them deleted from the local outbox
+
+
+def forget(store: Store, email: str, now: datetime, *, outbox: Path | None = None) -> Erasure:
+    """Erase a person: their row, topics and send log go, and with ``outbox`` (the Maildir of [delivery].outbox_dir)
+    every message there addressed to them; a hash of the address stays so they remain suppressed.
+
+    The store goes first, so no send picks them up again while the outbox is combed.
+    """
+    from .outbox import remove_outbox_copies
+
     address = normalise_email(email)
     sub = store.subscriber(address)
     store.erase(sub.id if sub else -1, email_hash(address), "forgotten", now)
-    return sub is not None
+    return Erasure(sub is not None, remove_outbox_copies(outbox, address) if outbox is not None else 0)
 
 
 @dataclass

@@ -182,7 +182,7 @@ def test_preferences_page_saves_known_topics_only(client: TestClient, db: Store,
 
 def test_forget_keeps_only_a_hash_and_the_address_stays_suppressed(db: Store) -> None:
     add_subscriber(db, "gone@example.com", NOW, confirmed=True)
-    assert forget(db, "gone@example.com", NOW)
+    assert forget(db, "gone@example.com", NOW).found
     assert db.subscriber("gone@example.com") is None
     report = import_csv(db, io.StringIO("email\ngone@example.com\n"), NOW, confirmed=True)
     assert report.suppressed == 1 and db.subscriber("gone@example.com") is None
