@@ -97,6 +97,7 @@ def create_preview_app(cfg: Config, store: Store, *, watch: bool = True) -> Star
         dark, topics = q.get("dark") == "1", tuple(sorted(q.getlist("topics")))
         cfg = state.cfg
         context: dict[str, Any] = {"site": cfg.site, "view": view, "dark": dark, "topics": topics, "version": state.version,
+                                   "csp_nonce": getattr(request.state, "csp_nonce", ""),
                                    "problem": state.problem, "all_topics": state.store.topics(), "notice": q.get("notice", ""),
                                    "url": lambda **changes: _url((view, dark, topics), **changes), "max_bytes": MAX_HTML_BYTES}
         try:
