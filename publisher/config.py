@@ -425,9 +425,9 @@ def _validate(cfg: Config) -> None:
 def _validate_smtp_auth(smtp: SmtpConfig, f: Path | None) -> None:
     """A login over a connection without TLS hands the password to anyone on the path: only when asked for by name."""
     if smtp.username and smtp.security == "none" and not smtp.allow_plaintext_auth:
-        raise ConfigError('security = "none" with a username would send the SMTP password unencrypted. Use security = "starttls" '
-                          'or "tls"; or, for a relay on a network you trust (e.g. localhost), set [delivery.smtp].allow_plaintext_auth = true.',
-                          file=f, key="delivery.smtp.security")
+        raise ConfigError('security = "none" with a username would send the SMTP password unencrypted. Use security = '
+                          '"starttls" or "tls"; or, for a relay on a network you trust (e.g. localhost), set '
+                          "[delivery.smtp].allow_plaintext_auth = true.", file=f, key="delivery.smtp.security")
 
 
 def _get(obj: Any, dotted: str) -> Any:

@@ -182,7 +182,8 @@ def import_csv(store: Store, fh: Iterable[str], now: datetime, *, confirmed: boo
     try:
         header = reader.fieldnames or []
     except csv.Error as exc:
-        raise InvalidAddress(f"the CSV's header row cannot be read ({exc}); the first line must name the columns, e.g. 'email,topics'.") from None
+        raise InvalidAddress(f"the CSV's header row cannot be read ({exc}); "
+                             "the first line must name the columns, e.g. 'email,topics'.") from None
     fields = [f.strip().lower().lstrip("\ufeff") for f in header]
     if "email" not in fields:
         raise InvalidAddress(f"the CSV has no 'email' column (header: {', '.join(fields) or 'empty'}); add a header row with an 'email' column.")

@@ -20,6 +20,7 @@ from publisher.cli import main
 from publisher.store import open_store
 from subscribers import import_csv_bytes
 
+from .conftest import TEST_SECRET_KEY
 from .test_secrets_transport import publisher
 
 # Valid addresses (email-validator accepts every character here) that are also spreadsheet formulas: DDE payloads.
@@ -47,7 +48,7 @@ def test_export_neutralises_every_formula_cell_and_round_trips(cli, project: Pat
     topic_args = [a for t in HOSTILE_TOPICS for a in ("--topic", t)]
     assert cli("subscribers", "add", "topics@example.com", "--confirmed", *topic_args).exit_code == 0
 
-    proc = publisher(project, "subscribers", "export", "out.csv", PUBLISHER_SECRET_KEY="test-secret-key-for-the-test-suite-only")
+    proc = publisher(project, "subscribers", "export", "out.csv", PUBLISHER_SECRET_KEY=TEST_SECRET_KEY)
     assert proc.returncode == 0, proc.stderr
     text = (project / "out.csv").read_bytes().decode("utf-8")  # bytes as written: no newline translation
     rows = list(csv.reader(io.StringIO(text)))
@@ -67,7 +68,7 @@ def test_export_neutralises_every_formula_cell_and_round_trips(cli, project: Pat
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "config.toml").write_text('[subscribers]\nsample_subscribers = []\n', encoding="utf-8")
-    env = {"PUBLISHER_SECRET_KEY": "test-secret-key-for-the-test-suite-only"}
+    env = {"PUBLISHER_SECRET_KEY": TEST_SECRET_KEY}
     imported = publisher(fresh, "subscribers", "import", str(project / "out.csv"), "--confirmed", **env)
     assert imported.returncode == 0, imported.stderr
     assert "rejected" in imported.stdout and "line" in imported.stderr  # the hostile topics are not topic slugs: that row is refused
@@ -83,18 +84,19 @@ def write_rows(path: Path, rows: list[bytes]) -> Path:
 
 
 def import_file(project: Path, path: Path) -> subprocess.CompletedProcess[str]:
-    return publisher(project, "subscribers", "import", str(path), "--confirmed", PUBLISHER_SECRET_KEY="test-secret-key-for-the-test-suite-only")
+    return publisher(project, "subscribers", "import", str(path), "--confirmed", PUBLISHER_SECRET_KEY=TEST_SECRET_KEY)
 
 
 def listed(project: Path) -> str:
-    return publisher(project, "subscribers", "list", PUBLISHER_SECRET_KEY="test-secret-key-for-the-test-suite-only").stdout
+    return publisher(project, "subscribers", "list", PUBLISHER_SECRET_KEY=TEST_SECRET_KEY).stdout
 
 
 def test_a_field_over_the_csv_limit_is_one_rejected_row_not_an_aborted_import(project: Path) -> None:
     limit = csv.field_size_limit()
     assert limit == 131072, "Python's default reader limit"
-    path = write_rows(project / "big.csv", [b"email,topics\n", b"before@example.com,\n", b'"' + b"x" * (limit + 10) + b'@example.com",\n',
-                                            b"after@example.com,security-cooperation\n", b"x" * (limit + 1) + b",\n", b"last@example.com,\n"])
+    path = write_rows(project / "big.csv", [
+        b"email,topics\n", b"before@example.com,\n", b'"' + b"x" * (limit + 10) + b'@example.com",\n',
+        b"after@example.com,security-cooperation\n", b"x" * (limit + 1) + b",\n", b"last@example.com,\n"])
     proc = import_file(project, path)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "3 added, 0 already known, 0 suppressed, 2 rejected" in proc.stdout

@@ -22,7 +22,8 @@ FORGOTTEN = "reader@example.com"
 
 
 def messages(outbox: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for part in ("new", "cur", "tmp") for p in sorted((outbox / part).glob("*")) if p.is_file() and not p.is_symlink()}
+    paths = [p for part in ("new", "cur", "tmp") for p in sorted((outbox / part).glob("*"))]
+    return {p: p.read_bytes() for p in paths if p.is_file() and not p.is_symlink()}
 
 
 def to_of(data: bytes) -> str:

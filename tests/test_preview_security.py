@@ -53,8 +53,8 @@ def test_only_the_preview_s_own_host_is_served(preview: str) -> None:
         r = requests.get(preview + "/", headers={"Host": host}, timeout=10)
         assert r.status_code == 200 and "next issue" in r.text, host
         assert_preview_headers(r)
-    for host in (f"rebind.attacker.example:{port}", "rebind.attacker.example", f"127.0.0.1:{port + 1}", f"localhost.attacker.example:{port}",
-                 f"127.0.0.1.nip.io:{port}", "127.0.0.1", f"127.0.0.1:{port}@attacker.example", ""):
+    for host in (f"rebind.attacker.example:{port}", "rebind.attacker.example", f"127.0.0.1:{port + 1}",
+                 f"localhost.attacker.example:{port}", f"127.0.0.1.nip.io:{port}", "127.0.0.1", f"127.0.0.1:{port}@attacker.example", ""):
         for path in ("/", "/frame", "/feeds", "/confirmation"):
             r = requests.get(preview + path, headers={"Host": host}, timeout=10)
             assert r.status_code == 421, (host, path, r.status_code)

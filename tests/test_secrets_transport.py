@@ -10,6 +10,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -89,18 +90,13 @@ def test_a_short_old_key_still_opens_its_links_but_is_warned_about(project: Path
 
     store = open_store(cfg.store_url)
     try:
-        sub, _ = add_subscriber(store, "reader@example.org", cfg_now(), confirmed=True)
+        sub, _ = add_subscriber(store, "reader@example.org", datetime.now(timezone.utc), confirmed=True)
         for key in (short_old, long_old, TEST_SECRET_KEY):
             assert read_token(cfg.verification_keys, "unsubscribe", make_token(key, "unsubscribe", sub.id)) == sub.id
-        assert read_token(cfg.verification_keys, "unsubscribe", make_token("never-configured-key-0123456789abc", "unsubscribe", sub.id)) is None
+        forged = make_token("never-configured-key-0123456789abc", "unsubscribe", sub.id)
+        assert read_token(cfg.verification_keys, "unsubscribe", forged) is None
     finally:
         store.close()
-
-
-def cfg_now() -> Any:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc)
 
 
 # -- SMTP AUTH never in the clear -----------------------------------------------------------------
@@ -153,7 +149,8 @@ def test_smtp_login_without_tls_is_refused_at_load_time(project: Path, plaintext
     proc = publisher(project, "run", "--once", **smtp_env(port))
     assert proc.returncode == 0, proc.stderr
     assert "3 sent" in proc.stdout and recorder.logins == []
-    proc = publisher(project, "digest", "send", "--test-to", "editor@example.com", **env, PUBLISHER_DELIVERY__SMTP__ALLOW_PLAINTEXT_AUTH="true")
+    allowed = {**env, "PUBLISHER_DELIVERY__SMTP__ALLOW_PLAINTEXT_AUTH": "true"}
+    proc = publisher(project, "digest", "send", "--test-to", "editor@example.com", **allowed)
     assert proc.returncode == 0, proc.stderr
     assert recorder.logins == [(SMTP_USER, SMTP_PASSWORD)]
     assert sorted(recorder.delivered) == ["analyst@example.com", "editor@example.com", "editor@example.com", "reader@example.com"]
@@ -172,14 +169,14 @@ def test_the_transport_refuses_a_plaintext_login_even_from_a_config_built_in_cod
     unsafe = replace(cfg, delivery=replace(cfg.delivery, backend="smtp", smtp=smtp))
     store = open_store(cfg.store_url)
     try:
-        run_ingest(cfg, store, cfg_now())
-        result = send_test(unsafe, store, cfg_now(), "editor@example.com")
+        run_ingest(cfg, store, datetime.now(timezone.utc))
+        result = send_test(unsafe, store, datetime.now(timezone.utc), "editor@example.com")
         assert result.status == "deferred"  # not sent, not a bounce: the next run, with the config fixed, sends it
         assert "without TLS" in result.error and "allow_plaintext_auth" in result.error and SMTP_PASSWORD not in result.error
         assert recorder.logins == [] and recorder.delivered == []
 
         allowed = replace(unsafe, delivery=replace(unsafe.delivery, smtp=replace(smtp, allow_plaintext_auth=True)))
-        assert send_test(allowed, store, cfg_now(), "editor@example.com").status == "sent"
+        assert send_test(allowed, store, datetime.now(timezone.utc), "editor@example.com").status == "sent"
         assert recorder.logins == [(SMTP_USER, SMTP_PASSWORD)] and recorder.delivered == ["editor@example.com"]
     finally:
         store.close()

@@ -540,6 +540,7 @@ def test_stale_signed_bodies_are_refused_over_real_http_on_the_real_clock(cfg: C
         assert all_active(db)
         r = requests.post(f"{base}/webhooks/sendgrid", data=sendgrid_body, headers=sendgrid_sign(sendgrid_body, str(now)), timeout=10)
         assert r.status_code == 200 and r.json() == {"updated": 1}
-        assert requests.post(f"{base}/webhooks/mailgun", json=mailgun_payload(failed(BOB, "permanent"), timestamp=now), timeout=10).status_code == 200
+        fresh_mailgun = mailgun_payload(failed(BOB, "permanent"), timestamp=now)
+        assert requests.post(f"{base}/webhooks/mailgun", json=fresh_mailgun, timeout=10).status_code == 200
     assert status(db, ALICE) is SubscriberStatus.BOUNCED and status(db, BOB) is SubscriberStatus.BOUNCED
     assert status(db, CAROL) is SubscriberStatus.ACTIVE

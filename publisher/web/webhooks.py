@@ -244,7 +244,8 @@ def _sendgrid_key(value: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _sendgrid_handler(key: ec.EllipticCurvePublicKey, recorder: _Recorder, clock: Callable[[], float]) -> Callable[[Request], Awaitable[Response]]:
+def _sendgrid_handler(key: ec.EllipticCurvePublicKey, recorder: _Recorder,
+                      clock: Callable[[], float]) -> Callable[[Request], Awaitable[Response]]:
     seen = _RecentTokens(SENDGRID_TOLERANCE, SENDGRID_MAX_SEEN)
 
     async def handle(request: Request) -> Response:
