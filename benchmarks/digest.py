@@ -48,7 +48,7 @@ def main() -> None:
     for name in ("content", "templates"):
         shutil.copytree(REPO / name, tmp / name)
     shutil.copy(REPO / "config.toml", tmp / "config.toml")
-    cfg = load_config(tmp / "config.toml", env={"PUBLISHER_SECRET_KEY": "bench"})
+    cfg = load_config(tmp / "config.toml", env={"PUBLISHER_SECRET_KEY": "benchmark-only-signing-key-0123456789"})
     store = open_store(cfg.store_url)
     run_ingest(cfg, store, NOW)
     plan = plan_issue(cfg, store, NOW)

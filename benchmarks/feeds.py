@@ -97,7 +97,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="publisher-bench-"))
     (tmp / "config.toml").write_text(f"[site]\ntemplates_dir = \"{REPO / 'templates'}\"\n[feeds]\nformats = [\"rss\", \"atom\"]\n", encoding="utf-8")
     (tmp / "content").mkdir()
-    cfg = load_config(tmp / "config.toml", env={"PUBLISHER_SECRET_KEY": "bench"})
+    cfg = load_config(tmp / "config.toml", env={"PUBLISHER_SECRET_KEY": "benchmark-only-signing-key-0123456789"})
     store = open_store(cfg.store_url)
     rng = random.Random(7)
     now = datetime.now(timezone.utc)

@@ -60,7 +60,7 @@ def project(tmp: Path, port: int) -> Path:
 
 
 def env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")} | {"PUBLISHER_SECRET_KEY": "bench"}
+    return {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")} | {"PUBLISHER_SECRET_KEY": "benchmark-only-signing-key-0123456789"}
 
 
 def add_subscribers(root: Path, n: int) -> None:

@@ -17,8 +17,8 @@ import click
 from subscribers import add_subscriber, export_csv
 
 from . import __version__
-from .config import Config, DevelopmentKeyWarning, load_config
-from .errors import PublisherError
+from .config import Config, SecretKeyWarning, load_config
+from .errors import PublisherError, StoreError
 from .models import SubscriberStatus
 from .store import Store
 
@@ -33,7 +33,7 @@ class Context:
     def cfg(self) -> Config:
         if self._cfg is None:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", DevelopmentKeyWarning)
+                warnings.simplefilter("always", SecretKeyWarning)
                 self._cfg = load_config(self.config_path)
             for w in caught:
                 click.echo(f"warning: {w.message}", err=True)
@@ -56,11 +56,29 @@ class PublisherGroup(click.Group):
     """Turns a PublisherError anywhere below into one clear line and its exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import DBAPIError
+
+        from .store.db import describe_failure, unusable
+
         try:
             return super().invoke(ctx)
         except PublisherError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except DBAPIError as exc:
+            # Raised outside the store's own methods (the scheduler's job store reads the database directly):
+            # a damaged or unreachable database is one line, like every other error, not a traceback.
+            if not unusable(exc):
+                raise
+            click.echo(f"error: {describe_failure(_store_url(ctx), exc)}", err=True)
+            ctx.exit(StoreError.exit_code)
+
+
+def _store_url(ctx: click.Context) -> str:
+    c = ctx.obj
+    if isinstance(c, Context) and c._store is not None:
+        return str(c._store.engine.url)
+    return c.cfg.store_url if isinstance(c, Context) else "the store"
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -550,7 +568,8 @@ def subscribers_show(c: Context, email: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
 def subscribers_forget(c: Context, email: str, yes: bool) -> None:
-    """Erase a person's data; only a hash of the address stays, so they are never mailed or imported again.
+    """Erase a person's data, and their copies in the local outbox; only a hash of the address stays, so they are
+    never mailed or imported again.
 
     \b
     Example:
@@ -560,8 +579,10 @@ def subscribers_forget(c: Context, email: str, yes: bool) -> None:
 
     if not yes:
         click.confirm(f"Erase everything about {email}?", abort=True)
-    found = forget(c.store, email, _now())
-    click.echo(f"forgotten: {email}" if found else f"no data for {email}; it is suppressed from now on anyway")
+    erased = forget(c.store, email, _now(), outbox=c.cfg.path(c.cfg.delivery.outbox_dir))
+    click.echo(f"forgotten: {email}" if erased.found else f"no data for {email}; it is suppressed from now on anyway")
+    if erased.outbox_copies:
+        click.echo(f"  {erased.outbox_copies} message(s) to them deleted from the outbox {c.cfg.path(c.cfg.delivery.outbox_dir)}/")
 
 
 @subscribers_group.command("remove")

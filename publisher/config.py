@@ -116,6 +116,7 @@ class SmtpConfig:
     port: int = 587
     security: str = "starttls"
     username: str = ""
+    allow_plaintext_auth: bool = False
     timeout: float = 30.0
     connections: int = 2
     rate_limit: float = 0.0
@@ -249,8 +250,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     cfg = dataclasses.replace(values, root=root, file=file, smtp_password=Secret(env.get(SECRET_ENV["smtp_password"], "")),
                               api_key=Secret(env.get(SECRET_ENV["api_key"], "")), dkim_key_path=env.get("PUBLISHER_DKIM_KEY_PATH", ""))
     _validate(cfg)
-    old = tuple(Secret(k.strip()) for k in env.get("PUBLISHER_SECRET_KEY_OLD", "").split(",") if k.strip())
-    return dataclasses.replace(cfg, secret_key=_secret_key(cfg, env), old_secret_keys=old)
+    return dataclasses.replace(cfg, secret_key=_secret_key(cfg, env), old_secret_keys=_old_secret_keys(env))
 
 
 def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -408,6 +408,7 @@ def _validate(cfg: Config) -> None:
                             ("delivery.smtp.connections", cfg.delivery.smtp.connections, 1)):
         if value < low:
             raise ConfigError(f"expected at least {low}, got {value}.", file=f, key=key)
+    _validate_smtp_auth(cfg.delivery.smtp, f)
     if cfg.delivery.smtp.rate_limit < 0 or cfg.delivery.retry_base < 0:
         raise ConfigError("expected zero or more.", file=f, key="delivery.smtp.rate_limit" if cfg.delivery.smtp.rate_limit < 0 else "delivery.retry_base")
     if cfg.delivery.backend in ("postmark", "sendgrid", "mailgun", "resend") and not cfg.api_key:
@@ -434,23 +435,45 @@ def _validate_topics(name: str, src: SourceConfig, file: Path | None) -> None:
         raise ConfigError(f"topic {slug_problem(bad)}.", file=file, key=f"sources.{name}.topics")
 
 
+def _validate_smtp_auth(smtp: SmtpConfig, f: Path | None) -> None:
+    """A login over a connection without TLS hands the password to anyone on the path: only when asked for by name."""
+    if smtp.username and smtp.security == "none" and not smtp.allow_plaintext_auth:
+        raise ConfigError('security = "none" with a username would send the SMTP password unencrypted. Use security = '
+                          '"starttls" or "tls"; or, for a relay on a network you trust (e.g. localhost), set '
+                          "[delivery.smtp].allow_plaintext_auth = true.", file=f, key="delivery.smtp.security")
+
+
 def _get(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
 
 
+# A signing key anyone can guess lets them forge every unsubscribe and preferences link: 32 bytes is what
+# secrets.token_urlsafe(32) gives (256 bits of randomness, 43 characters).
+MIN_KEY_BYTES = 32
+MAKE_KEY = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
 def _secret_key(cfg: Config, env: Mapping[str, str]) -> Secret:
     """PUBLISHER_SECRET_KEY, or a development key generated once under var/ (with a warning)."""
     value = env.get(SECRET_ENV["secret_key"], "")
     if value:
+        if _key_bytes(value) < MIN_KEY_BYTES:
+            raise ConfigError(f"PUBLISHER_SECRET_KEY is {_key_bytes(value)} bytes long; it must be at least {MIN_KEY_BYTES} bytes, "
+                              f"or the links it signs can be forged by guessing it. Make one with: {MAKE_KEY}")
         return Secret(value)
     key_file = cfg.path("var/secret_key")
     if not key_file.is_file():
         _create_key_file(key_file)
-    value = key_file.read_text(encoding="ascii").strip()
-    if len(value) < 16:
-        raise ConfigError(f"the development signing key in {key_file} is empty or too short; delete the file to have a new one made, or set PUBLISHER_SECRET_KEY.")
+    try:
+        value = key_file.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the development signing key in {key_file} ({type(exc).__name__}); "
+                          "delete the file to have a new one made, or set PUBLISHER_SECRET_KEY.") from None
+    if _key_bytes(value) < MIN_KEY_BYTES:
+        raise ConfigError(f"the development signing key in {key_file} is empty or shorter than {MIN_KEY_BYTES} bytes; "
+                          "delete the file to have a new one made, or set PUBLISHER_SECRET_KEY.")
     warnings.warn(
         f"PUBLISHER_SECRET_KEY is not set; using the development key in {key_file}. "
         "Set PUBLISHER_SECRET_KEY in production so links survive a new server.",
@@ -474,5 +497,32 @@ def _create_key_file(key_file: Path) -> None:
         os.unlink(tmp)
 
 
-class DevelopmentKeyWarning(UserWarning):
+def _old_secret_keys(env: Mapping[str, str]) -> tuple[Secret, ...]:
+    """PUBLISHER_SECRET_KEY_OLD: retired keys, comma-separated, still accepted when links are read.
+
+    A short one is accepted with a warning rather than refused: refusing it would break every unsubscribe
+    link already sent with it, which no later fix can mend. The warning says what it costs.
+    """
+    keys = [k.strip() for k in env.get("PUBLISHER_SECRET_KEY_OLD", "").split(",") if k.strip()]
+    for n, key in enumerate(keys, start=1):
+        if _key_bytes(key) < MIN_KEY_BYTES:
+            warnings.warn(f"PUBLISHER_SECRET_KEY_OLD entry {n} of {len(keys)} is {_key_bytes(key)} bytes long (under {MIN_KEY_BYTES}): "
+                          "anyone who guesses it can forge unsubscribe and preferences links. Remove it once the mail it signed "
+                          "no longer matters.", WeakOldKeyWarning, stacklevel=3)
+    return tuple(Secret(k) for k in keys)
+
+
+def _key_bytes(value: str) -> int:
+    return len(value.encode("utf-8"))
+
+
+class SecretKeyWarning(UserWarning):
+    """Something about the signing keys an operator should fix; the CLI prints these."""
+
+
+class DevelopmentKeyWarning(SecretKeyWarning):
+    pass
+
+
+class WeakOldKeyWarning(SecretKeyWarning):
     pass

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # when the app reloads the config; and a throwaway signing key, so no development key is generated.
     for name in [n for n in os.environ if n.startswith("PUBLISHER_")]:
         del os.environ[name]
-    os.environ["PUBLISHER_SECRET_KEY"] = "preview-screenshots-only"
+    os.environ["PUBLISHER_SECRET_KEY"] = "preview-screenshots-only-signing-key-0123"
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

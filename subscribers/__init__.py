@@ -4,6 +4,7 @@ The pipeline and the web app call these functions; none of them sends mail itsel
 """
 
 from .service import (
+    Erasure,
     ImportReport,
     InvalidAddress,
     SubscribeResult,
@@ -25,6 +26,7 @@ from .service import (
 from .tokens import make_confirm_token, make_token, read_confirm_token, read_token
 
 __all__ = [
+    "Erasure",
     "ImportReport",
     "InvalidAddress",
     "SubscribeResult",

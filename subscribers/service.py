@@ -10,9 +10,11 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from email_validator import EmailNotValidError, validate_email
@@ -23,6 +25,14 @@ from publisher.store import Store
 
 EXPORT_FIELDS = ("email", "status", "topics", "created_at", "confirmed_at")
 MAX_ADDRESS = 254  # RFC 5321's path limit, less the brackets
+MAX_LINE = 1024 * 1024  # bytes: an import line longer than this is no subscriber row; it is skipped unread
+TOPIC_SLUG = re.compile(r"[a-z0-9-]{1,200}")
+# OWASP, "CSV Injection": spreadsheets run a cell that starts with = + - @, a tab or a carriage return as a formula.
+# Export prefixes such a cell with a single quote (read as text) and quotes every cell (so no separator, ',' or
+# the ';' some locales use, can start a new cell inside one). Cells that already start with quotes before such a
+# character get one more, so that import can take exactly one off again: the round trip is exact.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_NEUTRALISED = re.compile(r"'+[=+\-@\t\r]")
 
 
 class InvalidAddress(PublisherError):
@@ -126,12 +136,24 @@ def show(store: Store, email: str) -> dict[str, Any] | None:
             "updated_at": sub.updated_at.isoformat(), "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else None}
 
 
-def forget(store: Store, email: str, now: datetime) -> bool:
-    """Erase a person: their row, topics and send log go; a hash of the address stays so they remain suppressed."""
+@dataclass(frozen=True)
+class Erasure:
+    found: bool  # the store had data about the person
+    outbox_copies: int  # messages to them deleted from the local outbox
+
+
+def forget(store: Store, email: str, now: datetime, *, outbox: Path | None = None) -> Erasure:
+    """Erase a person: their row, topics and send log go, and with ``outbox`` (the Maildir of [delivery].outbox_dir)
+    every message there addressed to them; a hash of the address stays so they remain suppressed.
+
+    The store goes first, so no send picks them up again while the outbox is combed.
+    """
+    from .outbox import remove_outbox_copies
+
     address = normalise_email(email)
     sub = store.subscriber(address)
     store.erase(sub.id if sub else -1, email_hash(address), "forgotten", now)
-    return sub is not None
+    return Erasure(sub is not None, remove_outbox_copies(outbox, address) if outbox is not None else 0)
 
 
 @dataclass
@@ -157,7 +179,12 @@ def import_csv(store: Store, fh: Iterable[str], now: datetime, *, confirmed: boo
     """
     report = ImportReport()
     reader = csv.DictReader(fh)
-    fields = [f.strip().lower().lstrip("\ufeff") for f in (reader.fieldnames or [])]
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise InvalidAddress(f"the CSV's header row cannot be read ({exc}); "
+                             "the first line must name the columns, e.g. 'email,topics'.") from None
+    fields = [f.strip().lower().lstrip("\ufeff") for f in header]
     if "email" not in fields:
         raise InvalidAddress(f"the CSV has no 'email' column (header: {', '.join(fields) or 'empty'}); add a header row with an 'email' column.")
     reader.fieldnames = fields
@@ -185,12 +212,16 @@ def import_csv_bytes(store: Store, fh: BinaryIO, now: datetime, *, confirmed: bo
     bad: list[tuple[int, str]] = []
 
     def lines() -> Iterator[str]:
-        for number, raw in enumerate(fh, start=1):
+        for number, raw in enumerate(_bounded_lines(fh), start=1):
+            if raw is None:
+                bad.append((number, f"longer than {MAX_LINE:,} bytes, so not a subscriber row (is it a CSV file?); skipped"))
+                yield "\n"  # keeps the csv module's line numbers in step
+                continue
             try:
                 yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 bad.append((number, f"not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); save the file as UTF-8"))
-                yield "\n"  # keeps the csv module's line numbers in step
+                yield "\n"
 
     report = import_csv(store, lines(), now, confirmed=confirmed)
     for line, reason in bad:
@@ -199,18 +230,62 @@ def import_csv_bytes(store: Store, fh: BinaryIO, now: datetime, *, confirmed: bo
     return report
 
 
+def _bounded_lines(fh: BinaryIO) -> Iterator[bytes | None]:
+    """The file's lines, with None for one over MAX_LINE (read past in pieces, never held whole)."""
+    while line := fh.readline(MAX_LINE + 1):
+        if len(line) <= MAX_LINE or line.endswith(b"\n"):
+            yield line if len(line) <= MAX_LINE else None
+            continue
+        while (rest := fh.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
+def _records(reader: csv.DictReader, report: ImportReport) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """Each row with its first and last line (a quoted field can span lines). A row the csv module cannot read (a field
+    over csv.field_size_limit(), a bare carriage return...) is one rejected row, reported with the lines it took;
+    reading goes on after it."""
+    lines_in, fields = reader.reader, list(reader.fieldnames or [])  # the plain reader: blank lines count here too
+    last = lines_in.line_num
+    while True:
+        try:
+            cells = next(lines_in)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            first, end = last + 1, lines_in.line_num
+            lines = f"lines {first}-{end}" if end > first else f"line {first}"
+            if "field larger than field limit" in str(exc):
+                reason = (f"a field is longer than the CSV reader's limit of {csv.field_size_limit():,} characters ({lines}); "
+                          "an unclosed quote makes the lines after it one field: check the quotes in that row")
+            else:
+                reason = f"not a readable CSV row ({exc}; {lines}); check its quotes and line breaks"
+            report.reject(first, reason)
+            last = end
+            continue
+        first, last = last + 1, lines_in.line_num
+        if cells:  # a blank line is no row
+            yield first, last, dict(zip(fields, cells))
+
+
 def _rows(reader: csv.DictReader, report: ImportReport) -> Iterator[tuple[int, str, list[str]]]:
-    for row in reader:
-        line = reader.line_num
-        raw = (row.get("email") or "").strip()
+    for line, end, row in _records(reader, report):
+        raw = _restore((row.get("email") or "").strip())
         if not raw and not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue  # a blank line
         try:
             address = normalise_email(raw)
         except InvalidAddress as exc:
-            report.reject(line, str(exc))
+            spans = f" (this row runs over lines {line}-{end}: is a quote left open?)" if end > line else ""
+            report.reject(line, str(exc) + spans)
             continue
-        yield line, address, [t.strip() for t in (row.get("topics") or "").replace(",", ";").split(";") if t.strip()]
+        topics = [t.strip() for t in _restore(row.get("topics") or "").replace(",", ";").split(";") if t.strip()]
+        wrong = next((t for t in topics if not TOPIC_SLUG.fullmatch(t)), None)
+        if wrong is not None:
+            shown = wrong if len(wrong) <= 60 else wrong[:57] + "..."
+            report.reject(line, f"topic {shown!r} is not a topic slug (lowercase letters, digits and hyphens, e.g. security-cooperation)")
+            continue
+        yield line, address, topics
 
 
 def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -225,18 +300,31 @@ def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 def export_csv(subscribers: Iterable[Subscriber]) -> str:
+    """Every cell quoted, and any that a spreadsheet would run as a formula neutralised (see _FORMULA)."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(EXPORT_FIELDS)
     for s in subscribers:
-        writer.writerow([s.email, s.status.value, ";".join(s.topics), s.created_at.isoformat(), s.confirmed_at.isoformat() if s.confirmed_at else ""])
+        row = [s.email, s.status.value, ";".join(s.topics), s.created_at.isoformat(), s.confirmed_at.isoformat() if s.confirmed_at else ""]
+        writer.writerow([_neutralise(cell) for cell in row])
     return out.getvalue()
+
+
+def _neutralise(cell: str) -> str:
+    return "'" + cell if _FORMULA.match(cell) else cell
+
+
+def _restore(cell: str) -> str:
+    """The inverse of _neutralise, for a file this program exported (a hand-made cell like "'=x" loses its quote too)."""
+    return cell[1:] if _NEUTRALISED.match(cell) else cell
 
 
 def seed_samples(store: Store, emails: Sequence[str], now: datetime) -> int:
     """Add the config's sample subscribers once, as active. Never revives one that left."""
     added = 0
     for email in emails:
+        if store.is_suppressed_hash(email_hash(normalise_email(email))):
+            continue  # forgotten on request: a sample address is no exception (and adding it would stop every command)
         _, created = add_subscriber(store, email, now, confirmed=True)
         added += created
     return added

@@ -19,6 +19,8 @@ from publisher.store import Store, open_store
 REPO = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("PUBLISHER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 11, 27, 9, 30, tzinfo=timezone.utc)
+# A signing key of the length the publisher demands (32 bytes or more); never a real one.
+TEST_SECRET_KEY = "test-secret-key-for-the-test-suite-only"
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +29,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("PUBLISHER_") and name != "PUBLISHER_TEST_POSTGRES_URL":
             monkeypatch.delenv(name)
-    monkeypatch.setenv("PUBLISHER_SECRET_KEY", "test-secret-key")
+    monkeypatch.setenv("PUBLISHER_SECRET_KEY", TEST_SECRET_KEY)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import feedparser
 
-from .conftest import REPO
+from .conftest import REPO, TEST_SECRET_KEY
 
 
 def publisher_exe() -> list[str]:
@@ -89,7 +89,7 @@ def test_run_starts_the_scheduler_ingests_at_once_and_stops_cleanly_on_sigterm(t
         shutil.copytree(REPO / name, tmp_path / name)
     shutil.copy(REPO / "config.toml", tmp_path / "config.toml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")}
-    env["PUBLISHER_SECRET_KEY"] = "test-secret-key"
+    env["PUBLISHER_SECRET_KEY"] = TEST_SECRET_KEY
     proc = subprocess.Popen([*publisher_exe(), "run"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
         lines = []

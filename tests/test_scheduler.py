@@ -21,7 +21,7 @@ import pytest
 from publisher.config import Config
 from publisher.scheduler import digest_trigger
 
-from .conftest import REPO
+from .conftest import REPO, TEST_SECRET_KEY
 
 PUBLISHER = str(Path(sys.executable).parent / "publisher")
 
@@ -39,7 +39,7 @@ class Service:
     """A `publisher run` process whose log lines are collected as they come."""
 
     def __init__(self, root: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")} | {"PUBLISHER_SECRET_KEY": "k"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")} | {"PUBLISHER_SECRET_KEY": TEST_SECRET_KEY}
         self.proc = subprocess.Popen([PUBLISHER, "run"], cwd=root, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)

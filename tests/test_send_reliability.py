@@ -23,7 +23,7 @@ from publisher.pipeline import run_ingest
 from publisher.store import Store, open_store
 from subscribers import add_subscriber, export_csv
 
-from .conftest import NOW
+from .conftest import NOW, TEST_SECRET_KEY
 from .smtp_faults import FaultyRelay, relay
 
 
@@ -120,7 +120,7 @@ def test_sigkill_three_times_loses_nothing(project: Path) -> None:
             .replace('security = "starttls"', 'security = "none"')
             .replace('sample_subscribers = ["reader@example.com", "analyst@example.com", "editor@example.com"]', 'sample_subscribers = []'),
             encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")} | {"PUBLISHER_SECRET_KEY": "k"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")} | {"PUBLISHER_SECRET_KEY": TEST_SECRET_KEY}
         rows = "email\n" + "".join(f"reader{i}@example.com\n" for i in range(300))
         (project / "list.csv").write_text(rows, encoding="utf-8")
         for args in (["ingest"], ["subscribers", "import", "list.csv", "--confirmed"]):

@@ -18,7 +18,7 @@ from publisher.models import Publication
 from publisher.sources.files import FilesSource, parse_front_matter
 from publisher.store import Store
 
-from .conftest import NOW, REPO
+from .conftest import NOW, REPO, TEST_SECRET_KEY
 
 BASE = "https://www.example.org"
 SEED = REPO.parent / "shared" / "seed" / "topic-page.txt"
@@ -119,7 +119,7 @@ def test_sample_images_exist_and_have_alt_text(sample, project: Path) -> None:
 @pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Tokyo"])
 def test_sample_dates_are_distinct_instants_on_the_seed_days_in_any_site_timezone(project: Path, tz: str) -> None:
     """Distinct times, so no two feed entries share atom:updated; the calendar day is the seed page's everywhere."""
-    cfg = load_config(project / "config.toml", env={"PUBLISHER_SECRET_KEY": "k", "PUBLISHER_SITE__TIMEZONE": tz})
+    cfg = load_config(project / "config.toml", env={"PUBLISHER_SECRET_KEY": TEST_SECRET_KEY, "PUBLISHER_SITE__TIMEZONE": tz})
     [source] = build_sources(cfg)
     pubs = source.fetch().publications
     assert len({p.published_at for p in pubs}) == len(pubs) == 22

@@ -36,6 +36,7 @@ ALICE, BOB, CAROL = "alice@example.org", "bob@example.org", "carol@example.org"
 POSTMARK_USER, POSTMARK_PASSWORD = "postmark", "pm-" + "x" * 20
 MAILGUN_KEY = "key-mailgun-signing-0123456789"
 T = NOW.timestamp()  # the app's clock in these tests
+TS = str(int(T) - 10)  # a SendGrid timestamp: signed ten seconds ago
 
 
 def clock() -> float:
@@ -184,7 +185,7 @@ SENDGRID_BATCH = json.dumps([
 
 
 def test_sendgrid_signed_batch_bounces_and_complains(client: TestClient, db: Store) -> None:
-    r = client.post("/webhooks/sendgrid", content=SENDGRID_BATCH, headers=sendgrid_sign(SENDGRID_BATCH, "1700000123"))
+    r = client.post("/webhooks/sendgrid", content=SENDGRID_BATCH, headers=sendgrid_sign(SENDGRID_BATCH, TS))
     assert r.status_code == 200 and r.json() == {"updated": 2}
     assert status(db, ALICE) is SubscriberStatus.BOUNCED
     assert status(db, BOB) is SubscriberStatus.ACTIVE  # a block and a drop are not a bad address
@@ -194,21 +195,21 @@ def test_sendgrid_signed_batch_bounces_and_complains(client: TestClient, db: Sto
 def test_sendgrid_pem_key_is_accepted_too(cfg: Config, db: Store) -> None:
     pem = SENDGRID_PRIVATE.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     with make_client(cfg, db, {SENDGRID_KEY_ENV: pem}) as c:
-        assert c.post("/webhooks/sendgrid", content=SENDGRID_BATCH, headers=sendgrid_sign(SENDGRID_BATCH, "1")).status_code == 200
+        assert c.post("/webhooks/sendgrid", content=SENDGRID_BATCH, headers=sendgrid_sign(SENDGRID_BATCH, TS)).status_code == 200
     assert status(db, ALICE) is SubscriberStatus.BOUNCED
 
 
 def _bad_sendgrid_requests() -> list[Any]:
-    good = sendgrid_sign(SENDGRID_BATCH, "1700000123")
+    good = sendgrid_sign(SENDGRID_BATCH, TS)
     other_key, _ = sendgrid_keypair()
     tampered = SENDGRID_BATCH.replace(b"spamreport", b"spamreporT")
     cases = [
         ("no headers", SENDGRID_BATCH, {"Content-Type": "application/json"}),
         ("no timestamp", SENDGRID_BATCH, {k: v for k, v in good.items() if "Timestamp" not in k}),
         ("no signature", SENDGRID_BATCH, {k: v for k, v in good.items() if "Signature" not in k}),
-        ("other key", SENDGRID_BATCH, sendgrid_sign(SENDGRID_BATCH, "1700000123", other_key)),
+        ("other key", SENDGRID_BATCH, sendgrid_sign(SENDGRID_BATCH, TS, other_key)),
         ("tampered body", tampered, good),
-        ("other timestamp", SENDGRID_BATCH, {**good, "X-Twilio-Email-Event-Webhook-Timestamp": "1700000124"}),
+        ("other timestamp", SENDGRID_BATCH, {**good, "X-Twilio-Email-Event-Webhook-Timestamp": str(int(TS) + 1)}),
         ("signature not base64", SENDGRID_BATCH, {**good, "X-Twilio-Email-Event-Webhook-Signature": "!!!"}),
         ("signature not DER", SENDGRID_BATCH, {**good, "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(b"\x00" * 64).decode()}),
     ]
@@ -226,7 +227,7 @@ def test_sendgrid_malformed_but_signed_is_400(client: TestClient, db: Store) -> 
     for body in (b"[{not json", b'{"email": "alice@example.org", "event": "bounce", "type": "bounce"}', b'["bounce"]',
                  b'[{"event": "spamreport"}]',
                  b'[{"event": "spamreport", "email": "carol@example.org"}, {"event": "bounce", "type": "bounce"}]'):
-        r = client.post("/webhooks/sendgrid", content=body, headers=sendgrid_sign(body, "1700000123"))
+        r = client.post("/webhooks/sendgrid", content=body, headers=sendgrid_sign(body, TS))
         assert r.status_code == 400, body
     assert all_active(db)  # a batch is validated whole before any of it is applied
 
@@ -416,7 +417,7 @@ def test_body_over_one_mib_is_413(client: TestClient, db: Store) -> None:
     big_batch = b"[" + b",".join([json.dumps({"email": ALICE, "event": "bounce", "type": "bounce"}).encode()] * 30000) + b"]"
     assert len(big_batch) > 1024 * 1024
     assert client.post("/webhooks/postmark", content=BIG, auth=AUTH).status_code == 413
-    assert client.post("/webhooks/sendgrid", content=big_batch, headers=sendgrid_sign(big_batch, "1")).status_code == 413
+    assert client.post("/webhooks/sendgrid", content=big_batch, headers=sendgrid_sign(big_batch, TS)).status_code == 413
     assert client.post("/webhooks/mailgun", content=BIG).status_code == 413
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while streaming too
@@ -441,9 +442,9 @@ def test_all_three_over_real_http(cfg: Config, db: Store) -> None:
         assert r.status_code == 200 and r.json() == {"updated": 1}
         assert requests.post(f"{base}/webhooks/postmark", json=postmark_bounce(CAROL), timeout=10).status_code == 401
         body = json.dumps([{"email": BOB, "event": "spamreport", "timestamp": 1700000000}]).encode()
-        forged = sendgrid_sign(body + b" ", "1700000000")
+        forged = sendgrid_sign(body + b" ", TS)
         assert requests.post(f"{base}/webhooks/sendgrid", data=body, headers=forged, timeout=10).status_code == 403
-        r = requests.post(f"{base}/webhooks/sendgrid", data=body, headers=sendgrid_sign(body, "1700000000"), timeout=10)
+        r = requests.post(f"{base}/webhooks/sendgrid", data=body, headers=sendgrid_sign(body, TS), timeout=10)
         assert r.status_code == 200 and r.json() == {"updated": 1}
         payload = mailgun_payload(failed(CAROL, "permanent"))
         assert requests.post(f"{base}/webhooks/mailgun", json=payload, timeout=10).status_code == 200
@@ -451,3 +452,95 @@ def test_all_three_over_real_http(cfg: Config, db: Store) -> None:
     assert status(db, ALICE) is SubscriberStatus.BOUNCED
     assert status(db, BOB) is SubscriberStatus.COMPLAINED
     assert status(db, CAROL) is SubscriberStatus.BOUNCED
+
+
+# -- freshness and replay (issue 11, point 7) -------------------------------------------------------
+
+
+def _malleated(headers: dict[str, str]) -> dict[str, str]:
+    """The same ECDSA signature in its other valid form, (r, n - s): what a replayer can make without the key."""
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    r, s = decode_dss_signature(base64.b64decode(headers["X-Twilio-Email-Event-Webhook-Signature"]))
+    n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # the order of P-256
+    return {**headers, "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(encode_dss_signature(r, n - s)).decode()}
+
+
+@pytest.mark.parametrize("age", [301, 3600, 86400 * 365, -301], ids=["5-min-1s-old", "an-hour-old", "a-year-old", "5-min-1s-ahead"])
+def test_sendgrid_validly_signed_but_stale_body_is_403_and_changes_nothing(client: TestClient, db: Store, age: int,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        r = client.post("/webhooks/sendgrid", content=SENDGRID_BATCH, headers=sendgrid_sign(SENDGRID_BATCH, str(int(T) - age)))
+    assert r.status_code == 403 and "timestamp" in r.json()["error"]
+    assert all_active(db)
+    assert "refused with 403: timestamp more than 300 s" in caplog.text
+    # The same events, signed now, are applied: only the stale copy was refused.
+    fresh = client.post("/webhooks/sendgrid", content=SENDGRID_BATCH, headers=sendgrid_sign(SENDGRID_BATCH, str(int(T) - 299)))
+    assert fresh.status_code == 200 and status(db, ALICE) is SubscriberStatus.BOUNCED
+
+
+@pytest.mark.parametrize("timestamp", ["-5", "+%d" % int(T), "\u00b2\u00b3\u00b9", "%dx" % int(T), "%d.5" % int(T), "9" * 5000],
+                         ids=["negative", "plus-sign", "superscript-digits", "trailing-letter", "fraction", "5000-digits"])
+def test_sendgrid_signed_nonsense_timestamp_is_403_not_500(cfg: Config, db: Store, timestamp: str) -> None:
+    """Validly signed (over the text the server reads: a header is Latin-1), yet no Unix time: refused, never a crash."""
+    headers: dict[str, Any] = sendgrid_sign(SENDGRID_BATCH, timestamp)
+    headers["X-Twilio-Email-Event-Webhook-Timestamp"] = timestamp.encode("latin-1")  # raw bytes on the wire
+    with run_app(Starlette(routes=webhook_routes(cfg, db, FULL_ENV, clock=clock))) as base:
+        r = requests.post(f"{base}/webhooks/sendgrid", data=SENDGRID_BATCH, headers=headers, timeout=10)
+    assert r.status_code == 403 and "timestamp" in r.json()["error"], r.text  # past the signature, refused for its time
+    assert all_active(db)
+
+
+def test_sendgrid_replay_within_the_window_is_refused_even_with_a_malleated_signature(client: TestClient, db: Store) -> None:
+    body = json.dumps([{"email": ALICE, "event": "spamreport", "timestamp": int(T)}]).encode()
+    headers = sendgrid_sign(body, TS)
+    assert client.post("/webhooks/sendgrid", content=body, headers=headers).status_code == 200
+    db.set_subscriber_status(ALICE, SubscriberStatus.ACTIVE, NOW)  # e.g. she subscribed again since
+    assert client.post("/webhooks/sendgrid", content=body, headers=headers).status_code == 403
+    assert client.post("/webhooks/sendgrid", content=body, headers=_malleated(headers)).status_code == 403
+    assert all_active(db)
+    # SendGrid's next, separately signed delivery (a new timestamp) is a new message and goes through.
+    again = client.post("/webhooks/sendgrid", content=body, headers=sendgrid_sign(body, str(int(TS) + 1)))
+    assert again.status_code == 200 and status(db, ALICE) is SubscriberStatus.COMPLAINED
+
+
+def test_a_failed_sendgrid_delivery_can_be_retried(cfg: Config, db: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = webhooks.record_delivery_event
+
+    def flaky(store: Store, email: str, kind: str, now: Any) -> bool:
+        calls.append(email)
+        if len(calls) == 1:
+            raise RuntimeError("database went away")
+        return real(store, email, kind, now)
+
+    monkeypatch.setattr(webhooks, "record_delivery_event", flaky)
+    body = json.dumps([{"email": ALICE, "event": "spamreport"}]).encode()
+    headers = sendgrid_sign(body, TS)
+    with make_client(cfg, db, raise_server_exceptions=False) as c:
+        assert c.post("/webhooks/sendgrid", content=body, headers=headers).status_code == 500
+        assert c.post("/webhooks/sendgrid", content=body, headers=headers).status_code == 200
+        assert c.post("/webhooks/sendgrid", content=body, headers=headers).status_code == 403
+    assert status(db, ALICE) is SubscriberStatus.COMPLAINED
+
+
+def test_stale_signed_bodies_are_refused_over_real_http_on_the_real_clock(cfg: Config, db: Store) -> None:
+    """The default app (time.time, no test clock), real uvicorn: what an attacker replaying a captured request meets."""
+    import time
+
+    app = Starlette(routes=webhook_routes(cfg, db, FULL_ENV))
+    sendgrid_body = json.dumps([{"email": ALICE, "event": "bounce", "type": "bounce"}]).encode()
+    with run_app(app) as base:
+        now = int(time.time())
+        stale_sendgrid = sendgrid_sign(sendgrid_body, str(now - 600))
+        r = requests.post(f"{base}/webhooks/sendgrid", data=sendgrid_body, headers=stale_sendgrid, timeout=10)
+        assert r.status_code == 403
+        stale_mailgun = mailgun_payload(failed(BOB, "permanent"), timestamp=now - 600)
+        assert requests.post(f"{base}/webhooks/mailgun", json=stale_mailgun, timeout=10).status_code == 403
+        assert all_active(db)
+        r = requests.post(f"{base}/webhooks/sendgrid", data=sendgrid_body, headers=sendgrid_sign(sendgrid_body, str(now)), timeout=10)
+        assert r.status_code == 200 and r.json() == {"updated": 1}
+        fresh_mailgun = mailgun_payload(failed(BOB, "permanent"), timestamp=now)
+        assert requests.post(f"{base}/webhooks/mailgun", json=fresh_mailgun, timeout=10).status_code == 200
+    assert status(db, ALICE) is SubscriberStatus.BOUNCED and status(db, BOB) is SubscriberStatus.BOUNCED
+    assert status(db, CAROL) is SubscriberStatus.ACTIVE

@@ -58,6 +58,10 @@ class OutboxTransport:
         pass
 
 
+class PlaintextAuthRefused(smtplib.SMTPException):
+    """SMTP AUTH was about to go over an unencrypted connection without [delivery.smtp].allow_plaintext_auth."""
+
+
 class SmtpTransport:
     """One connection, opened on first use and again after it drops."""
 
@@ -76,6 +80,10 @@ class SmtpTransport:
 
     def _connect(self) -> smtplib.SMTP:
         s = self.cfg.delivery.smtp
+        if s.username and s.security == "none" and not s.allow_plaintext_auth:
+            # load_config refuses this; a Config built another way must not leak the password either.
+            raise PlaintextAuthRefused(f'not logging in as {s.username!r} over a connection without TLS (security = "none"); '
+                                       'use starttls or tls, or set [delivery.smtp].allow_plaintext_auth = true')
         if s.security == "tls":
             conn: smtplib.SMTP = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=ssl.create_default_context())
         else:

@@ -13,8 +13,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, tuple_, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, inspect, select, table, tuple_, update
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, InternalError, OperationalError, SQLAlchemyError
 
 from ..errors import StoreError
 from ..models import Image, Publication, Subscriber, SubscriberStatus, Topic
@@ -39,6 +40,7 @@ def open_store(url: str) -> Store:
         event.listen(engine, "connect", _sqlite_pragmas)
     store = Store(engine)
     store.migrate()
+    store.probe()
     return store
 
 
@@ -57,6 +59,22 @@ def _safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable URL>"
+
+
+def unusable(exc: BaseException) -> bool:
+    """An error that says the database itself cannot be used (damaged, unreachable, locked, out of space),
+    rather than that one statement was wrong (a constraint, bad data): the former ends the command."""
+    return isinstance(exc, (OperationalError, InternalError)) or type(exc) is DatabaseError
+
+
+def describe_failure(url: str, exc: DBAPIError, doing: str = "database error on") -> str:
+    """One line for the operator: which database, what it said, and what to do."""
+    reason = str(exc.orig).strip() or type(exc.orig).__name__
+    if url.startswith("sqlite:///") and type(exc) is DatabaseError:  # SQLite's own word for a damaged file
+        path = url[len("sqlite:///"):]
+        return (f"the store {path} is damaged or is not a SQLite database ({reason}). Restore it from a backup, or move it "
+                f"aside to have a new, empty one made (`sqlite3 {path} .recover` may rescue part of it).")
+    return f"{doing} {_safe_url(url)}: {reason}. Check [store].url and that the database is reachable."
 
 
 def content_hash(pub: Publication) -> str:
@@ -84,8 +102,10 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin):
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except OperationalError as exc:
-            raise StoreError(f"database error on {self!r}: {exc.orig}") from exc
+        except DBAPIError as exc:
+            if not unusable(exc):
+                raise  # an IntegrityError and the like: the caller's to handle
+            raise StoreError(describe_failure(str(self.engine.url), exc)) from exc
 
     def migrate(self) -> None:
         cfg = AlembicConfig()
@@ -108,7 +128,17 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin):
                         conn.exec_driver_sql("PRAGMA foreign_keys=ON")
                         conn.commit()
         except DBAPIError as exc:
-            raise StoreError(f"cannot open or migrate the store {self!r}: {exc.orig}. Check [store].url and that the database is reachable.") from None
+            raise StoreError(describe_failure(str(self.engine.url), exc, "cannot open or migrate the store")) from None
+        except CommandError as exc:  # e.g. a revision this version does not know: the store was made by a newer publisher
+            raise StoreError(f"cannot migrate the store {_safe_url(str(self.engine.url))}: {exc}. Was it made by a newer version of "
+                             "the publisher? Run that version, or restore a backup made by this one.") from None
+
+    def probe(self) -> None:
+        """Read the first row of every table (the scheduler's included): a damaged table fails here, at once, not
+        halfway through a command. Cheap: a few pages each, however big the tables."""
+        with self._tx() as conn:
+            for name in inspect(conn).get_table_names():
+                conn.execute(select(1).select_from(table(name)).limit(1)).first()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,6 +1,7 @@
 """The web app (Starlette): the static site under [site].public_dir, feeds with their proper media types.
 
-Starlette's StaticFiles gives ETag and Last-Modified and answers a conditional request with 304.
+Starlette's StaticFiles gives ETag and Last-Modified and answers a conditional request with 304. Every
+answer, errors included, carries the security headers of ``security.site_policy``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.types import Scope
 from ..config import Config
 from ..feeds import MEDIA_TYPES
 from ..store import Store
+from .security import HardenedStarlette, SecurityHeaders, site_policy
 
 SUFFIX_TYPES = {".rss": MEDIA_TYPES["rss"], ".atom": MEDIA_TYPES["atom"]}
 
@@ -58,4 +60,5 @@ def create_app(cfg: Config, store: Store | None = None) -> Starlette:
             pass
         else:
             routes += webhook_routes(cfg, store)
-    return Starlette(routes=[*routes, Mount("/", app=site, name="site")])
+    policy = site_policy(cfg.site.base_url)
+    return HardenedStarlette(routes=[*routes, Mount("/", app=site, name="site")], outer=[lambda app: SecurityHeaders(app, policy)])

@@ -2,7 +2,9 @@
 
 A change to content/, templates/ or config.toml re-ingests and bumps a version; the open page hears it
 over server-sent events and reloads itself. A broken template shows on the page (file and line) and the
-server keeps running. Sends only test copies, and only to [preview].test_recipients.
+server keeps running. Sends only test copies, and only to [preview].test_recipients. It answers only
+when addressed as 127.0.0.1, localhost or [::1] on its own port (DNS rebinding), takes POSTs only from
+its own pages, and sends a Content-Security-Policy (see security.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..feeds import FeedBuilder, FeedSpec
 from ..models import Publication, Subscriber, SubscriberStatus
 from ..pipeline import run_ingest
 from ..store import Store
+from .security import HardenedStarlette, PreviewGuard, SecurityHeaders, preview_policy
 
 log = logging.getLogger(__name__)
 SAMPLE = Subscriber(0, "subscriber@example.com", SubscriberStatus.ACTIVE, datetime(2026, 1, 1, tzinfo=timezone.utc),
@@ -97,6 +100,7 @@ def create_preview_app(cfg: Config, store: Store, *, watch: bool = True) -> Star
         dark, topics = q.get("dark") == "1", tuple(sorted(q.getlist("topics")))
         cfg = state.cfg
         context: dict[str, Any] = {"site": cfg.site, "view": view, "dark": dark, "topics": topics, "version": state.version,
+                                   "csp_nonce": request.state.csp_nonce,
                                    "problem": state.problem, "all_topics": state.store.topics(), "notice": q.get("notice", ""),
                                    "url": lambda **changes: _url((view, dark, topics), **changes), "max_bytes": MAX_HTML_BYTES}
         try:
@@ -178,7 +182,8 @@ def create_preview_app(cfg: Config, store: Store, *, watch: bool = True) -> Star
         yield
         state.stop.set()  # the watcher ends within its timeout
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    policy = preview_policy()
+    app = HardenedStarlette(routes=routes, lifespan=lifespan, outer=[lambda app: SecurityHeaders(app, policy), PreviewGuard])
     if watch:  # started here, not at startup: it must run however the app is served
         threading.Thread(target=state.watch, name="preview-watch", daemon=True).start()
     app.state.preview = state

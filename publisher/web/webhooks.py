@@ -8,7 +8,8 @@ bounced or complained (``subscribers.record_delivery_event``), which suppresses 
                               https://user:password@www.example.org/webhooks/postmark
     POST /webhooks/sendgrid   Signed Event Webhook: ECDSA P-256 / SHA-256 over timestamp + raw body,
                               verified with $PUBLISHER_WEBHOOK_SENDGRID_PUBLIC_KEY (the base64 DER key
-                              SendGrid shows; a PEM block works too).
+                              SendGrid shows; a PEM block works too); timestamps more than 5 minutes
+                              off and bodies already accepted under the same timestamp are refused.
     POST /webhooks/mailgun    HMAC-SHA256 of timestamp + token with $PUBLISHER_WEBHOOK_MAILGUN_SIGNING_KEY;
                               timestamps more than 5 minutes off and tokens already seen are refused.
 
@@ -28,9 +29,9 @@ built; a secret that is set but unusable (no ':' in the Postmark credentials, a 
 not an EC P-256 public key) is a ConfigError then, not a 500 on every request. Secrets and signatures
 never appear in a log line or a response.
 
-The Mailgun replay guard is in memory and per process: with several worker processes each has its
-own set of recent tokens (a replay can then only succeed once per worker, within 5 minutes, and only
-repeats an event that was already recorded).
+The replay guards (Mailgun's tokens, SendGrid's signed timestamp and body) are in memory and per
+process: with several worker processes each has its own set (a replay can then only succeed once per
+worker, within 5 minutes, and only repeats an event that was already recorded).
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ MAILGUN_KEY_ENV = "PUBLISHER_WEBHOOK_MAILGUN_SIGNING_KEY"
 MAX_BODY = 1024 * 1024  # 1 MiB; a provider's batch is far smaller
 MAILGUN_TOLERANCE = 300  # seconds either side of our clock
 MAILGUN_MAX_TOKENS = 10_000  # recent tokens kept; ~33 signed requests a second for 5 minutes
+# SendGrid signs its timestamp with the body but documents no window; a captured request could then be
+# replayed for ever. The same 5 minutes as Mailgun (and Stripe, Svix), so a replay must come fast, and a
+# replay inside the window is caught by the body it repeats.
+SENDGRID_TOLERANCE = 300
+SENDGRID_MAX_SEEN = 10_000  # bodies accepted in the last 5 minutes, kept to refuse their replay
 
 SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -100,7 +106,7 @@ def webhook_routes(cfg: Config, store: Store, env: Mapping[str, str] | None = No
     """The three webhook endpoints; an endpoint whose secret is unset answers 404.
 
     ``clock`` (seconds since the epoch) is for tests: it dates the status change and judges
-    Mailgun's timestamps.
+    SendGrid's and Mailgun's timestamps.
     """
     env = os.environ if env is None else env
     postmark = env.get(POSTMARK_AUTH_ENV, "")
@@ -109,7 +115,7 @@ def webhook_routes(cfg: Config, store: Store, env: Mapping[str, str] | None = No
     recorder = _Recorder(store, clock)
     return [
         _route("/webhooks/postmark", "webhook_postmark", _postmark_handler(postmark, recorder) if postmark else None),
-        _route("/webhooks/sendgrid", "webhook_sendgrid", _sendgrid_handler(_sendgrid_key(sendgrid), recorder) if sendgrid else None),
+        _route("/webhooks/sendgrid", "webhook_sendgrid", _sendgrid_handler(_sendgrid_key(sendgrid), recorder, clock) if sendgrid else None),
         _route("/webhooks/mailgun", "webhook_mailgun", _mailgun_handler(mailgun, recorder, clock) if mailgun else None),
     ]
 
@@ -238,7 +244,10 @@ def _sendgrid_key(value: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _sendgrid_handler(key: ec.EllipticCurvePublicKey, recorder: _Recorder) -> Callable[[Request], Awaitable[Response]]:
+def _sendgrid_handler(key: ec.EllipticCurvePublicKey, recorder: _Recorder,
+                      clock: Callable[[], float]) -> Callable[[Request], Awaitable[Response]]:
+    seen = _RecentTokens(SENDGRID_TOLERANCE, SENDGRID_MAX_SEEN)
+
     async def handle(request: Request) -> Response:
         signature = request.headers.get(SENDGRID_SIGNATURE, "")
         timestamp = request.headers.get(SENDGRID_TIMESTAMP, "")
@@ -249,12 +258,30 @@ def _sendgrid_handler(key: ec.EllipticCurvePublicKey, recorder: _Recorder) -> Ca
             key.verify(base64.b64decode(signature, validate=True), timestamp.encode("utf-8") + body, ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, binascii.Error, ValueError):
             raise _Refused(403, "bad signature") from None
+        now = clock()
+        if not _fresh(timestamp, now, SENDGRID_TOLERANCE):
+            raise _Refused(403, f"timestamp more than {SENDGRID_TOLERANCE} s from our clock")
         payload = _json(body)
         if not isinstance(payload, list) or not all(isinstance(e, dict) for e in payload):
             raise _Refused(400, "expected a JSON array of event objects")
-        return await recorder.apply(_sendgrid_events(payload))
+        events = _sendgrid_events(payload)
+        # Keyed by what was signed, not by the signature: ECDSA signatures are malleable, so a replay can carry
+        # another valid signature over the same timestamp and body.
+        message = f"{timestamp}:{hashlib.sha256(body).hexdigest()}"
+        if not seen.claim(message, int(timestamp), now):
+            raise _Refused(403, "this signed body was already accepted (replay)")
+        try:
+            return await recorder.apply(events)
+        except BaseException:
+            seen.release(message)  # not recorded: SendGrid's retry must still pass
+            raise
 
     return handle
+
+
+def _fresh(timestamp: str, now: float, tolerance: int) -> bool:
+    """A Unix time in ASCII digits (no sign, no Unicode digits, no 5,000-digit number), within ``tolerance`` of now."""
+    return timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12 and abs(now - int(timestamp)) <= tolerance
 
 
 def _sendgrid_events(payload: list[dict[str, Any]]) -> list[Event]:
@@ -326,7 +353,7 @@ def _mailgun_handler(signing_key: str, recorder: _Recorder, clock: Callable[[], 
         if not hmac.compare_digest(digest.encode("ascii"), signature.lower().encode("utf-8")):
             raise _Refused(403, "bad signature")
         now = clock()
-        if not timestamp.isdigit() or abs(now - int(timestamp)) > MAILGUN_TOLERANCE:
+        if not _fresh(timestamp, now, MAILGUN_TOLERANCE):
             raise _Refused(403, f"timestamp more than {MAILGUN_TOLERANCE} s from our clock")
         events = _mailgun_events(payload.get("event-data"))
         if not tokens.claim(token, int(timestamp), now):
