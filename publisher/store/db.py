@@ -22,6 +22,7 @@ from . import tables as t
 from .audience import AudienceMixin
 from .operations import OperationsMixin
 from .sendlog import SendLogMixin
+from .signups import SignupMixin
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATE_LOCK = threading.Lock()  # alembic's migration context is process-global: one migration at a time
@@ -72,7 +73,9 @@ def content_hash(pub: Publication) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-class Store(SendLogMixin, AudienceMixin, OperationsMixin):
+class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin):
+    closed = False  # set by close(): background threads (the sign-up sender) stop using a closed store
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -111,6 +114,7 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin):
             raise StoreError(f"cannot open or migrate the store {self!r}: {exc.orig}. Check [store].url and that the database is reachable.") from None
 
     def close(self) -> None:
+        self.closed = True
         self.engine.dispose()
 
     # -- topics ---------------------------------------------------------------------------
