@@ -22,9 +22,10 @@ from .service import (
     subscribe,
     unsubscribe,
 )
-from .tokens import make_confirm_token, make_token, read_confirm_token, read_token
+from .tokens import ConfirmClaim, make_confirm_token, make_token, new_nonce, read_confirm_token, read_token
 
 __all__ = [
+    "ConfirmClaim",
     "ImportReport",
     "InvalidAddress",
     "SubscribeResult",
@@ -37,6 +38,7 @@ __all__ = [
     "import_csv_bytes",
     "make_confirm_token",
     "make_token",
+    "new_nonce",
     "normalise_email",
     "read_confirm_token",
     "read_token",
