@@ -103,6 +103,13 @@ def subscribe(store: Store, email: str, topics: Sequence[str], now: datetime, *,
     return SubscribeResult(store.subscriber_by_id(sid), True, "confirm")
 
 
+def confirmation_holds(store: Store, claim: ConfirmClaim) -> bool:
+    """Whether this link would confirm (or has confirmed) its sign-up: asked, changing nothing, before the button is shown."""
+    state = store.signup_state(claim.subscriber_id)
+    return (state is not None and claim.is_for(state[0]) and state[2] == claim.nonce
+            and state[1] in (SubscriberStatus.PENDING, SubscriberStatus.ACTIVE))
+
+
 def confirm(store: Store, claim: ConfirmClaim, now: datetime) -> Subscriber | None:
     """Pending → active, for the latest sign-up's link only (see subscribers.tokens). None: the link does not hold.
 

@@ -67,7 +67,10 @@ def test_an_old_link_does_not_confirm_a_later_sign_up(cfg: Config, store: Store,
     assert first and second and second != first
 
     refused = press(site, first)  # the attack: the first link, still within its 7 days
-    assert refused.status_code == 400 and "This link does not work" in refused.text
+    assert refused.status_code == 400 and "This link does not work" in refused.text  # said on opening it, no button
+    http = requests.Session()
+    forced = http.post(site + first, data={"csrf": csrf_of(http.get(f"{site}/subscribe", timeout=10).text)}, timeout=10)
+    assert forced.status_code == 400 and "This link does not work" in forced.text  # and pressing anyway changes nothing
     assert store.subscriber(address).status is SubscriberStatus.PENDING  # nothing changed
     assert "You are subscribed" in press(site, second).text
     assert store.subscriber(address).status is SubscriberStatus.ACTIVE

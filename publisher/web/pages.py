@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from subscribers import InvalidAddress, confirm, normalise_email, set_preferences, unsubscribe
+from subscribers import InvalidAddress, confirm, confirmation_holds, normalise_email, set_preferences, unsubscribe
 from subscribers.tokens import read_confirm_token, read_token
 
 from ..config import Config, parse_duration
@@ -125,7 +125,7 @@ def subscription_routes(cfg: Config, store: Store, *, sender: SignupSender | Non
     async def confirm_page(request: Request) -> Response:
         token = request.path_params["token"]
         claim = read_confirm_token(cfg.verification_keys, token)
-        if claim is None:
+        if claim is None or not confirmation_holds(store, claim):  # say so now, not after the button is pressed
             return bad_link(request)
         button = {"heading": "Confirm your subscription", "text": "One click and the weekly digest is on its way.",
                   "action": f"/confirm/{token}", "button": "Confirm my subscription"}
