@@ -145,13 +145,13 @@ def test_a_trusted_proxy_is_believed_right_to_left_and_nobody_else_is(project: P
 
 
 def test_the_answer_and_its_timing_do_not_tell_known_from_unknown_or_suppressed(cfg: Config, db: Store) -> None:
-    """Medians of 60 sign-ups per kind, interleaved at random, against real uvicorn. Before: 4 ms vs 28 ms.
+    """Medians of 80 sign-ups per kind, interleaved at random, against real uvicorn. Before: 4 ms vs 28 ms.
 
     The request path no longer looks the address up, so any difference is noise. The bound (2 ms, or a quarter of the
     smaller median if that is more) is far below the 24 ms the lookup and the send used to add, and wide enough for a
     noisy 2-core machine; the median ignores the stragglers a background send or a GC pause makes.
     """
-    n = 60
+    n = 80
     known = [f"known{i}@example.net" for i in range(n)]
     suppressed = [f"gone{i}@example.net" for i in range(n)]
     for address in known + suppressed:

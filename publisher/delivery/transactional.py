@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 CLAIM_LEASE = timedelta(minutes=10)  # longer than one send can take (an SMTP timeout per command, a few commands)
 CAP_WINDOW = timedelta(hours=24)
 POLL_SECONDS = 2.0  # how often the web app's sender looks for requests other processes queued
+# After a wake-up the sender waits a random moment up to this: the work a sign-up causes (a send for a new address,
+# next to nothing for a known one) then does not land right after its answer, where a prober's next request would feel it.
+WAKE_JITTER = 1.0
 PRUNE_SECONDS = 600.0
 
 
@@ -191,7 +195,10 @@ class SignupSender:
 
     def _run(self) -> None:
         last_prune = 0.0
+        jitter = random.SystemRandom()
         while not self._stop.is_set() and not self.store.closed:
+            if self._wake.is_set():
+                self._stop.wait(jitter.uniform(0, WAKE_JITTER))
             self._wake.clear()
             try:
                 drain_signups(self.cfg, self.store, worker=self.worker, stop=self._stop)

@@ -18,7 +18,6 @@ token gets a 400 and changes nothing.
 from __future__ import annotations
 
 import hmac
-import logging
 import re
 import secrets
 from datetime import datetime, timedelta, timezone
@@ -42,7 +41,6 @@ from ..delivery.transactional import SignupSender
 from ..store import Store
 from .clients import client_address, network_of, parse_networks, peer_is_trusted
 
-log = logging.getLogger(__name__)
 MAX_FORM = 16 * 1024
 CSRF_COOKIE = "publisher_csrf"
 CSRF_MAX_AGE = 7200
