@@ -50,6 +50,7 @@ POLL_SECONDS = 2.0  # how often the web app's sender looks for requests other pr
 # next to nothing for a known one) then does not land right after its answer, where a prober's next request would feel it.
 WAKE_JITTER = 1.0
 PRUNE_SECONDS = 600.0
+STOP_WAIT = 10.0  # how long closing the store waits for a send in flight
 
 
 def send_confirmation(cfg: Config, sub: Subscriber, confirm_url: str, links: dict[str, str], now: datetime, *,
@@ -182,6 +183,7 @@ class SignupSender:
         self._thread = threading.Thread(target=self._run, name="signup-sender", daemon=True)
 
     def start(self) -> SignupSender:
+        self.store.on_close(lambda: self.stop(timeout=STOP_WAIT))
         self._thread.start()
         return self
 
@@ -191,7 +193,8 @@ class SignupSender:
     def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         last_prune = 0.0
@@ -208,4 +211,7 @@ class SignupSender:
             except Exception as exc:  # noqa: BLE001 - the store is down for a moment: try again on the next round
                 if not self.store.closed:
                     log.warning("sign-up sender: %s; trying again in %.0f s", _describe(exc), POLL_SECONDS)
-            self._wake.wait(POLL_SECONDS)
+            if not self._stop.is_set():  # stop() sets the wake-up after the stop flag: this wait then ends at once
+                self._wake.wait(POLL_SECONDS)
+        if self.store.closed:  # a send outlasted close()'s wait: let go of what it opened since
+            self.store.engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -78,6 +78,7 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin):
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._on_close: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"Store({_safe_url(str(self.engine.url))})"
@@ -113,8 +114,14 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin):
         except DBAPIError as exc:
             raise StoreError(f"cannot open or migrate the store {self!r}: {exc.orig}. Check [store].url and that the database is reachable.") from None
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call this first when the store is closed: a background thread stops before its connections go."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
         self.closed = True
+        for callback in self._on_close:
+            callback()
         self.engine.dispose()
 
     # -- topics ---------------------------------------------------------------------------
