@@ -271,7 +271,7 @@ def serve(c: Context, host: str | None, port: int | None) -> None:
     host = host or c.cfg.web.host
     port = port if port is not None else c.cfg.web.port
     click.echo(f"serving {c.cfg.path(c.cfg.site.public_dir)} on http://{host}:{port}/", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)  # X-Forwarded-For: see [web].trusted_proxies
 
 
 @main.command()

@@ -151,12 +151,18 @@ class SubscribersConfig:
     double_opt_in: bool = True
     check_deliverability: bool = False
     sample_subscribers: tuple[str, ...] = ()
+    confirmations_per_day: int = 3  # confirmation emails per address in any 24 h, whoever asks
+    confirmation_attempts: int = 5  # sends of one confirmation before it is given up
+    confirmation_retry: str = "1m"  # the first wait after a failed send; it doubles each time
 
 
 @dataclass(frozen=True)
 class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8000
+    trusted_proxies: tuple[str, ...] = ()  # IPs or CIDRs whose X-Forwarded-For is believed
+    signups_per_network: int = 10  # sign-ups per client network (/24, /64) per signup_window
+    signup_window: str = "10m"
 
 
 @dataclass(frozen=True)
@@ -404,6 +410,7 @@ def _validate(cfg: Config) -> None:
     parse_duration(cfg.delivery.stale_after, "delivery.stale_after")
     parse_duration(cfg.scheduler.misfire_grace, "scheduler.misfire_grace")
     parse_duration(cfg.scheduler.lease, "scheduler.lease")
+    _validate_signup_limits(cfg)
     for key, value, low in (("delivery.attempts", cfg.delivery.attempts, 1), ("delivery.batch_size", cfg.delivery.batch_size, 1),
                             ("delivery.smtp.connections", cfg.delivery.smtp.connections, 1)):
         if value < low:
@@ -441,6 +448,25 @@ def _validate_smtp_auth(smtp: SmtpConfig, f: Path | None) -> None:
         raise ConfigError('security = "none" with a username would send the SMTP password unencrypted. Use security = '
                           '"starttls" or "tls"; or, for a relay on a network you trust (e.g. localhost), set '
                           "[delivery.smtp].allow_plaintext_auth = true.", file=f, key="delivery.smtp.security")
+
+
+def _validate_signup_limits(cfg: Config) -> None:
+    """[web] and [subscribers]: the sign-up limits and the proxies whose X-Forwarded-For is believed."""
+    import ipaddress
+
+    f = cfg.file
+    for key, value in (("web.signups_per_network", cfg.web.signups_per_network), ("subscribers.confirmations_per_day", cfg.subscribers.confirmations_per_day),
+                       ("subscribers.confirmation_attempts", cfg.subscribers.confirmation_attempts)):
+        if not 1 <= value <= 10_000:
+            raise ConfigError(f"expected a number from 1 to 10000, got {value}.", file=f, key=key)
+    parse_duration(cfg.web.signup_window, "web.signup_window")
+    parse_duration(cfg.subscribers.confirmation_retry, "subscribers.confirmation_retry")
+    for entry in cfg.web.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"{entry!r} is not an IP address or a network like '10.0.0.0/8' or '2001:db8::/32'; list your reverse "
+                              "proxies' addresses.", file=f, key="web.trusted_proxies") from None
 
 
 def _get(obj: Any, dotted: str) -> Any:

@@ -6,6 +6,8 @@ Every entry point (the CLI, the scheduler, the tests) calls these functions.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,6 +34,7 @@ class CycleReport:
     feeds_dir: Path | None = None
     digest: SendOutcome | None = None
     digest_skipped_reason: str = ""
+    signups: Counter[str] = field(default_factory=Counter)  # sign-up requests done this cycle, by outcome
 
 
 def now_utc() -> datetime:
@@ -47,6 +50,18 @@ def open_project_store(cfg: Config) -> Store:
 
 def run_ingest(cfg: Config, store: Store, now: datetime) -> IngestReport:
     return run_sources(cfg, store, now)
+
+
+def run_signups(cfg: Config, store: Store, *, stop: threading.Event | None = None) -> Counter[str]:
+    """The sign-up queue: confirmations the web app queued and has not sent (it is not running, or it died), then pruned.
+
+    The web app's own sender and this share the queue through the store: a request is done by whoever claims it.
+    """
+    from .delivery.transactional import drain_signups, worker_name
+
+    done = drain_signups(cfg, store, worker=worker_name("run"), stop=stop)
+    store.prune_signups(now_utc())
+    return done
 
 
 def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, builder: FeedBuilder | None = None) -> list[Path]:
@@ -86,7 +101,8 @@ def digest_due(cfg: Config, store: Store, now: datetime) -> tuple[bool, str]:
 
 
 def run_cycle(cfg: Config, store: Store, now: datetime, *, force_digest: bool = False) -> CycleReport:
-    report = CycleReport(ingest=run_ingest(cfg, store, now))
+    signups = run_signups(cfg, store)  # first: a person waiting for a confirmation should not wait for an ingest
+    report = CycleReport(ingest=run_ingest(cfg, store, now), signups=signups)
     report.feeds_changed = run_feeds(cfg, store)  # all of them: a one-off run also repairs a deleted or edited file
     report.feeds_dir = cfg.path(cfg.feeds.output_dir)
     due, why = digest_due(cfg, store, now)

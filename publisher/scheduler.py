@@ -28,12 +28,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .config import Config, parse_duration
 from .delivery.send import send_issue
 from .feeds import FeedBuilder
-from .pipeline import now_utc, run_feeds, run_ingest
+from .pipeline import now_utc, run_feeds, run_ingest, run_signups
 from .store import Store
 
 log = logging.getLogger(__name__)
 LEASE = "scheduler"
 JOBS_TABLE = "apscheduler_jobs"
+SIGNUP_EVERY = 60  # seconds: the web app's sender is woken at once; this only catches what it left behind
 # The jobs are stored by reference ("publisher.scheduler:ingest_job"), not with their arguments (a Store does
 # not pickle); the running scheduler puts what they need here.
 _context: dict[str, Any] = {}
@@ -60,6 +61,14 @@ def digest_job() -> None:
     store.set_setting("job.digest.last_run", f"{now_utc().isoformat()} {outcome.issue_id}: {summary}")
 
 
+def signup_job() -> None:
+    """Confirmations queued by the web form that its own sender has not done (it is down, or another host's)."""
+    cfg, store = _context["cfg"], _context["store"]
+    done = run_signups(cfg, store, stop=_context.get("stop"))
+    if done:
+        log.info("sign-ups: %s", ", ".join(f"{n} {outcome}" for outcome, n in sorted(done.items())))
+
+
 def digest_trigger(cfg: Config) -> Any:
     """[digest].schedule: a crontab line in [site].timezone (DST-aware), or "every <duration>" (tests, special cases)."""
     schedule = cfg.digest.schedule.strip()
@@ -77,6 +86,8 @@ def build_scheduler(cfg: Config, store: Store) -> BackgroundScheduler:
 def add_jobs(sched: BackgroundScheduler, cfg: Config) -> None:
     sched.add_job("publisher.scheduler:ingest_job", IntervalTrigger(seconds=parse_duration(cfg.scheduler.ingest_every)), id="ingest",
                   name="ingest", replace_existing=True, next_run_time=now_utc(), misfire_grace_time=None)
+    sched.add_job("publisher.scheduler:signup_job", IntervalTrigger(seconds=SIGNUP_EVERY), id="signups", name="signups",
+                  replace_existing=True, next_run_time=now_utc(), misfire_grace_time=None)
     existing = sched.get_job("digest")
     trigger = digest_trigger(cfg)
     kwargs: dict[str, Any] = {"id": "digest", "name": "digest", "replace_existing": True,

@@ -10,6 +10,7 @@ from .service import (
     SubscribeResult,
     add_subscriber,
     confirm,
+    confirmation_holds,
     email_hash,
     export_csv,
     forget,
@@ -23,15 +24,17 @@ from .service import (
     subscribe,
     unsubscribe,
 )
-from .tokens import make_confirm_token, make_token, read_confirm_token, read_token
+from .tokens import ConfirmClaim, make_confirm_token, make_token, new_nonce, read_confirm_token, read_token
 
 __all__ = [
+    "ConfirmClaim",
     "Erasure",
     "ImportReport",
     "InvalidAddress",
     "SubscribeResult",
     "add_subscriber",
     "confirm",
+    "confirmation_holds",
     "email_hash",
     "export_csv",
     "forget",
@@ -39,6 +42,7 @@ __all__ = [
     "import_csv_bytes",
     "make_confirm_token",
     "make_token",
+    "new_nonce",
     "normalise_email",
     "read_confirm_token",
     "read_token",

@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +22,8 @@ from email_validator import EmailNotValidError, validate_email
 from publisher.errors import PublisherError
 from publisher.models import Subscriber, SubscriberStatus
 from publisher.store import Store
+
+from .tokens import ConfirmClaim, new_nonce
 
 EXPORT_FIELDS = ("email", "status", "topics", "created_at", "confirmed_at")
 MAX_ADDRESS = 254  # RFC 5321's path limit, less the brackets
@@ -74,38 +76,65 @@ def add_subscriber(store: Store, email: str, now: datetime, *, topics: Sequence[
 class SubscribeResult:
     subscriber: Subscriber | None
     send_confirmation: bool  # the caller mails a confirmation link; the page says the same whatever happened
+    outcome: str = ""  # "confirm" (a link goes out), "active" (no double opt-in), "unchanged", "suppressed" or "capped"
 
 
 def subscribe(store: Store, email: str, topics: Sequence[str], now: datetime, *, double_opt_in: bool = True,
-              check_deliverability: bool = False) -> SubscribeResult:
-    """A sign-up from the web. The answer a visitor sees must not tell whether the address was known.
+              check_deliverability: bool = False, may_send: Callable[[str], bool] | None = None) -> SubscribeResult:
+    """A sign-up (from the web form's queue). The answer a visitor sees must not tell whether the address was known.
 
-    New or unsubscribed → pending, and a confirmation goes out (an address that left must confirm again).
-    Pending → the confirmation goes out again. Active → nothing changes (nobody can alter someone else's
-    topics by signing them up). Bounced, complained or erased → nothing, and no mail.
+    New or unsubscribed → pending with a fresh nonce, and a confirmation goes out (an address that left must confirm
+    again). Pending → a new nonce (older links stop working) and the confirmation goes out again. Active → nothing
+    changes (nobody can alter someone else's topics by signing them up). Bounced, complained or erased → nothing.
+
+    ``may_send(address)`` is asked just before a confirmation would go out (the per-address daily cap); when it says
+    no, nothing at all changes: not the topics, not the nonce, so the link already sent keeps working.
     """
-    address = normalise_email(email)
+    address = normalise_email(email, check_deliverability=check_deliverability)
     if store.is_suppressed_hash(email_hash(address)):
-        return SubscribeResult(None, False)
+        return SubscribeResult(None, False, "suppressed")
     existing = store.subscriber(address)
-    if existing is None:
-        status = SubscriberStatus.PENDING if double_opt_in else SubscriberStatus.ACTIVE
-        sub, _ = store.add_subscriber(address, status, topics, now)
-        return SubscribeResult(sub, double_opt_in)
-    if existing.status in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
-        store.set_status_by_id(existing.id, SubscriberStatus.PENDING, now)
-        store.set_topics(existing.id, topics, now)
-        return SubscribeResult(store.subscriber_by_id(existing.id), True)
-    return SubscribeResult(existing, False)
+    if existing is None and not double_opt_in:
+        sid = store.open_signup(address, topics, "", now, status=SubscriberStatus.ACTIVE)
+        if sid is not None:
+            return SubscribeResult(store.subscriber_by_id(sid), False, "active")
+        existing = store.subscriber(address)  # someone else added it a moment ago
+    if existing is not None and existing.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
+        return SubscribeResult(existing, False, "unchanged")
+    if may_send is not None and not may_send(address):
+        return SubscribeResult(existing, False, "capped")
+    nonce = new_nonce()
+    sid = store.open_signup(address, topics, nonce, now, status=SubscriberStatus.PENDING) if existing is None else None
+    if sid is None:
+        current = existing or store.subscriber(address)
+        if current is None or not store.reopen_signup(current.id, topics, nonce, now):
+            return SubscribeResult(current, False, "unchanged")
+        sid = current.id
+    return SubscribeResult(store.subscriber_by_id(sid), True, "confirm")
 
 
-def confirm(store: Store, subscriber_id: int, now: datetime) -> Subscriber | None:
-    """Pending → active. An address that was unsubscribed in between must sign up again; suppressed ones stay so."""
-    sub = store.subscriber_by_id(subscriber_id)
-    if sub is None or sub.status is not SubscriberStatus.PENDING:
-        return sub if sub is not None and sub.status is SubscriberStatus.ACTIVE else None
-    store.set_status_by_id(sub.id, SubscriberStatus.ACTIVE, now)
-    return store.subscriber_by_id(sub.id)
+def confirmation_holds(store: Store, claim: ConfirmClaim) -> bool:
+    """Whether this link would confirm (or has confirmed) its sign-up: asked, changing nothing, before the button is shown."""
+    state = store.signup_state(claim.subscriber_id)
+    return (state is not None and claim.is_for(state[0]) and state[2] == claim.nonce
+            and state[1] in (SubscriberStatus.PENDING, SubscriberStatus.ACTIVE))
+
+
+def confirm(store: Store, claim: ConfirmClaim, now: datetime) -> Subscriber | None:
+    """Pending → active, for the latest sign-up's link only (see subscribers.tokens). None: the link does not hold.
+
+    The same link again, once active, answers with the subscriber and changes nothing (a double click). A link of an
+    earlier sign-up, or one for an address no longer on file, confirms nothing.
+    """
+    state = store.signup_state(claim.subscriber_id)
+    if state is None or not claim.is_for(state[0]):
+        return None
+    _, status, nonce = state
+    if status is SubscriberStatus.ACTIVE and nonce == claim.nonce:
+        return store.subscriber_by_id(claim.subscriber_id)
+    if status is SubscriberStatus.PENDING and store.confirm_signup(claim.subscriber_id, claim.nonce, now):
+        return store.subscriber_by_id(claim.subscriber_id)
+    return None
 
 
 def unsubscribe(store: Store, subscriber_id: int, now: datetime) -> bool:

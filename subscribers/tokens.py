@@ -10,6 +10,12 @@ Why not itsdangerous here: these are made for every recipient of every issue, an
 itsdangerous takes about 30 us a token, two tokens a recipient, which alone would cap a send at
 under 20,000 messages a second on one core; a direct HMAC takes about 2 us. Expiring tokens
 (the confirmation link) can use itsdangerous's TimestampSigner, where that cost does not matter.
+
+The confirmation token also carries the sign-up's random nonce, kept with the pending subscriber: a later
+sign-up for the same address makes a new nonce, so a link from an earlier one no longer confirms anything.
+
+Ids are read strictly (ASCII digits, no leading zero, 32-bit) and over-long tokens are refused unread, so no
+spelling of a token reaches the database that the store could choke on.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
+import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -53,42 +61,82 @@ def make_token(secret_key: str, purpose: str, subscriber_id: int) -> str:
     return f"{subscriber_id}.{_signature(_key(secret_key, purpose), subscriber_id)}"
 
 
+MAX_ID = 2**31 - 1  # the store's ids are 32-bit (PostgreSQL INTEGER): a larger number is never one of ours
+MAX_TOKEN = 512  # longer than any token we make: refused before any parsing
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+def parse_id(text: str) -> int | None:
+    """A subscriber id as we write it: ASCII digits, no sign, no leading zero, in range. Anything else is None.
+
+    str.isdigit() would let '١٢' (Arabic-Indic digits) or '012' through as 12: another spelling of a valid token.
+    """
+    if not text or len(text) > 10 or not set(text) <= _ASCII_DIGITS or text[0] == "0":
+        return None
+    value = int(text)
+    return value if value <= MAX_ID else None
+
+
 def read_token(secret_keys: str | Sequence[str], purpose: str, token: str) -> int | None:
     """The subscriber id, or None for a forged, malformed or wrong-purpose token. The first key is the current one."""
     keys = [secret_keys] if isinstance(secret_keys, str) else list(secret_keys)
-    head, _, sig = token.partition(".")
-    if not head.isdigit() or len(head) > 18 or not sig:
+    if len(token) > MAX_TOKEN:
         return None
-    subscriber_id = int(head)
+    head, _, sig = token.partition(".")
+    subscriber_id = parse_id(head)
+    if subscriber_id is None or len(sig) != 22:
+        return None
     for secret in keys:
-        if secret and hmac.compare_digest(_signature(_key(secret, purpose), subscriber_id), sig):
+        if secret and hmac.compare_digest(_signature(_key(secret, purpose), subscriber_id).encode(), sig.encode("utf-8", "replace")):
             return subscriber_id
     return None
 
 
-def make_confirm_token(secret_key: str, subscriber_id: int, email: str) -> str:
-    """The double opt-in link's token: expires (see read_confirm_token), and is bound to the address it was sent to."""
+@dataclass(frozen=True)
+class ConfirmClaim:
+    """What a valid confirmation token says: for this subscriber, this address, this sign-up (its nonce)."""
+
+    subscriber_id: int
+    address_tag: str
+    nonce: str | None  # None: a link made before links carried a nonce
+
+    def is_for(self, email: str) -> bool:
+        return hmac.compare_digest(_address_tag(email), self.address_tag)
+
+
+def new_nonce() -> str:
+    """A fresh sign-up's nonce: 128 random bits."""
+    return secrets.token_urlsafe(16)
+
+
+def make_confirm_token(secret_key: str, subscriber_id: int, email: str, nonce: str) -> str:
+    """The double opt-in link's token: expires (see read_confirm_token), bound to the address and to this sign-up's nonce."""
     from itsdangerous import URLSafeTimedSerializer
 
-    return URLSafeTimedSerializer(secret_key, salt="publisher.confirm").dumps([subscriber_id, _address_tag(email)])
+    return URLSafeTimedSerializer(secret_key, salt="publisher.confirm").dumps([subscriber_id, _address_tag(email), nonce])
 
 
-def read_confirm_token(secret_keys: Sequence[str], token: str, email_of: Any, max_age: int = 7 * 86400) -> int | None:
-    """The subscriber id, or None when forged, expired (7 days), of another purpose, or no longer for that address.
+def read_confirm_token(secret_keys: Sequence[str], token: str, max_age: int = 7 * 86400) -> ConfirmClaim | None:
+    """The claim, or None when forged, expired (7 days), of another purpose, or malformed.
 
-    ``email_of(subscriber_id)`` gives the address on file now; the first key signs, the others are old ones.
+    Whether it still holds (the address on file, the current nonce) is for the store to say: see subscribers.confirm.
+    The first key signs, the others are old ones.
     """
     from itsdangerous import BadData, URLSafeTimedSerializer
 
+    if len(token) > MAX_TOKEN:
+        return None
     serializer = URLSafeTimedSerializer(list(reversed([k for k in secret_keys if k])), salt="publisher.confirm")
     try:
         value = serializer.loads(token, max_age=max_age)
-    except BadData:
+    except (BadData, UnicodeError, ValueError):
         return None
-    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) and isinstance(value[1], str)):
+    if not isinstance(value, list) or len(value) not in (2, 3) or not all(isinstance(v, str) for v in value[1:]):
         return None
-    email = email_of(value[0])
-    return value[0] if email is not None and hmac.compare_digest(_address_tag(email), value[1]) else None
+    sid = value[0]
+    if type(sid) is not int or not 0 < sid <= MAX_ID:
+        return None
+    return ConfirmClaim(sid, value[1], value[2] if len(value) == 3 else None)
 
 
 def _address_tag(email: str) -> str:

@@ -43,7 +43,9 @@ class OutboxTransport:
     max_batch = 1000
 
     def __init__(self, cfg: Config) -> None:
-        self.maildir = mailbox.Maildir(cfg.path(cfg.delivery.outbox_dir), create=True)
+        folder = cfg.path(cfg.delivery.outbox_dir)
+        folder.parent.mkdir(parents=True, exist_ok=True)  # Maildir makes only the last level; var/ need not exist (PostgreSQL store)
+        self.maildir = mailbox.Maildir(folder, create=True)
         self.signer = signer_for(cfg)
 
     def send(self, variant: Variant, recipients: Sequence[Recipient]) -> list[Result]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from . import tables as t
 from .audience import AudienceMixin
 from .operations import OperationsMixin
 from .sendlog import SendLogMixin
+from .signups import SignupMixin
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATE_LOCK = threading.Lock()  # alembic's migration context is process-global: one migration at a time
@@ -90,9 +91,12 @@ def content_hash(pub: Publication) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-class Store(SendLogMixin, AudienceMixin, OperationsMixin):
+class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin):
+    closed = False  # set by close(): background threads (the sign-up sender) stop using a closed store
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._on_close: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"Store({_safe_url(str(self.engine.url))})"
@@ -140,7 +144,14 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin):
             for name in inspect(conn).get_table_names():
                 conn.execute(select(1).select_from(table(name)).limit(1)).first()
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call this first when the store is closed: a background thread stops before its connections go."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
+        self.closed = True
+        for callback in self._on_close:
+            callback()
         self.engine.dispose()
 
     # -- topics ---------------------------------------------------------------------------

@@ -102,6 +102,9 @@ subscribers = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("confirmed_at", UTCDateTime),
+    # The latest sign-up's random nonce, signed into its confirmation link: a new sign-up makes a new one, so an
+    # older link no longer confirms. Kept after confirming, so that link (clicked twice) says "subscribed" again.
+    Column("confirm_nonce", String(32)),
 )
 
 subscriber_topics = Table(
@@ -194,4 +197,36 @@ source_state = Table(
     Column("last_success_at", UTCDateTime),
     Column("last_error_at", UTCDateTime),
     Column("last_error", Text),
+)
+
+# Sign-ups from the web form, queued so the page answers at once, the same for every address; a background
+# sender (the web app's thread, or `publisher run`) takes them in turn. The address is kept only until the
+# request is done; a done row keeps its outcome for a day (see SignupMixin.prune_signups).
+signup_requests = Table(
+    "signup_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320)),  # NULL once done
+    Column("topics", JSON, nullable=False),
+    Column("status", String(20), nullable=False),  # queued / retry (waiting) ; sent / unchanged / capped / failed (done)
+    Column("subscriber_id", Integer),  # set once the sign-up is applied: retries only resend
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("claimed_by", String(64)),
+    Column("claimed_until", UTCDateTime),  # a sender that died lets go of its row when this passes
+    Column("done_at", UTCDateTime),
+    Column("error", Text),
+    Index("ix_signup_requests_status_next", "status", "next_attempt_at"),
+)
+
+# Sliding-window limits shared by every process: a key ("net:203.0.113.0/24", "addr:<sha256>") has at most
+# `limit` slots, each taken until it expires. Taking one is a single conditional UPDATE or INSERT, so two
+# processes can never both take the last one.
+rate_slots = Table(
+    "rate_slots",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
 )

@@ -1,88 +1,93 @@
 """Subscription pages: subscribe (double opt-in), confirm, one-click unsubscribe (RFC 8058), preferences.
 
-Every page works without JavaScript. The answer to a sign-up is the same whether or not the address was
-known. Links carry signed tokens; a forged, expired or wrong-purpose token gets a 400 and changes nothing.
+Every page works without JavaScript. Links carry signed tokens; a forged, expired, malformed or wrong-purpose
+token gets a 400 and changes nothing.
+
+- **Sign-up.** POST /subscribe checks the form (CSRF, honeypot, size, address syntax, topics against the known
+  ones), takes a slot of the client network's limit ([web].signups_per_network per signup_window, in the store, so
+  every worker shares it), writes one row to the sign-up queue and answers "check your inbox". It never looks the
+  address up: the answer and its timing are the same for a new, a known and a suppressed address. The queue's
+  sender (publisher.delivery.transactional) does the rest off the request path, so a slow relay stalls no page.
+- **CSRF.** Every form that changes state carries a token signed for a random cookie (SameSite=Lax), and a
+  browser's cross-site POST (Sec-Fetch-Site: cross-site) is refused. One exception, by the standard: RFC 8058's
+  one-click POST (body ``List-Unsubscribe=One-Click``) comes from a mail client with no cookie and no page, so it
+  needs neither. That is safe because the unsubscribe URL is itself the credential (a 128-bit signature per
+  subscriber): whoever could forge that POST could send it from anywhere, no browser needed.
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
+import re
 import secrets
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
 import jinja2
 from itsdangerous import BadData, URLSafeTimedSerializer
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from subscribers import InvalidAddress, confirm, set_preferences, subscribe, unsubscribe
-from subscribers.tokens import make_confirm_token, read_confirm_token, read_token
+from subscribers import InvalidAddress, confirm, confirmation_holds, normalise_email, set_preferences, unsubscribe
+from subscribers.tokens import read_confirm_token, read_token
 
-from ..config import Config
+from ..config import Config, parse_duration
 from ..delivery.send import links_for
-from ..delivery.transactional import send_confirmation
+from ..delivery.transactional import SignupSender
 from ..store import Store
+from .clients import client_address, network_of, parse_networks, peer_is_trusted
 
-log = logging.getLogger(__name__)
 MAX_FORM = 16 * 1024
 CSRF_COOKIE = "publisher_csrf"
+CSRF_MAX_AGE = 7200
+_COOKIE = re.compile(r"[A-Za-z0-9_-]{32}")  # what secrets.token_urlsafe(24) makes
+EXPIRED = "The form expired. Please submit it again (this form needs cookies)."
 
 
-class RateLimit:
-    """At most ``limit`` requests per ``window`` seconds per client address (in memory: one process)."""
-
-    def __init__(self, limit: int = 5, window: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self.hits: dict[str, deque[float]] = {}
-        self.lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = self.clock()
-        with self.lock:
-            if len(self.hits) > 10_000:  # forget idle clients
-                self.hits = {k: q for k, q in self.hits.items() if q and q[-1] > now - self.window}
-            q = self.hits.setdefault(key, deque())
-            while q and q[0] <= now - self.window:
-                q.popleft()
-            if len(q) >= self.limit:
-                return False
-            q.append(now)
-            return True
-
-
-def subscription_routes(cfg: Config, store: Store, *, rate_limit: RateLimit | None = None) -> list[Route]:
+def subscription_routes(cfg: Config, store: Store, *, sender: SignupSender | None = None) -> list[Route]:
+    """The pages, and (unless one is given) the sign-up sender thread, started here: Starlette 1.x has no startup hook."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(cfg.path(cfg.site.templates_dir)), autoescape=True,
                              undefined=jinja2.StrictUndefined, auto_reload=True)
-    limiter = rate_limit or RateLimit()
     base = cfg.site.base_url.rstrip("/")
     csrf = URLSafeTimedSerializer(cfg.secret_key.get(), salt="publisher.csrf")
-
-    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return HTMLResponse(env.get_template(name).render(site=cfg.site, **context), status_code=status)
-
-    def message(heading: str, text: str, status: int = 200) -> HTMLResponse:
-        return page("web/message.html.j2", status, heading=heading, text=text)
-
-    def bad_link() -> HTMLResponse:
-        return message("This link does not work", "It may be mistyped, expired, or meant for something else. Nothing was changed.", 400)
+    trusted = parse_networks(cfg.web.trusted_proxies)
+    window = timedelta(seconds=parse_duration(cfg.web.signup_window))
+    queue = sender or SignupSender(cfg, store).start()
 
     def now() -> datetime:
         return datetime.now(timezone.utc)
 
-    def subscribe_form(request: Request, *, error: str = "", email: str = "", chosen: tuple[str, ...] = (), status: int = 200) -> HTMLResponse:
-        cookie = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
-        response = page("web/subscribe.html.j2", status, action="/subscribe", csrf=csrf.dumps(cookie), error=error, email=email,
-                        topics=store.topics(), chosen=chosen)
-        response.set_cookie(CSRF_COOKIE, cookie, max_age=7200, httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        """A page; a form on it gets a CSRF token for this visitor's cookie (made here when they have none)."""
+        cookie = request.cookies.get(CSRF_COOKIE) or ""
+        if not _COOKIE.fullmatch(cookie):  # ours, or a new one: never echo a value someone else chose
+            cookie = secrets.token_urlsafe(24)
+        response = HTMLResponse(env.get_template(name).render(site=cfg.site, csrf=csrf.dumps(cookie), **context), status_code=status)
+        secure = request.url.scheme == "https" or (peer_is_trusted(_peer(request), trusted) and request.headers.get("x-forwarded-proto") == "https")
+        response.set_cookie(CSRF_COOKIE, cookie, max_age=CSRF_MAX_AGE, httponly=True, samesite="lax", secure=secure)
         return response
+
+    def message(request: Request, heading: str, text: str, status: int = 200) -> HTMLResponse:
+        return page(request, "web/message.html.j2", status, heading=heading, text=text)
+
+    def bad_link(request: Request) -> HTMLResponse:
+        return message(request, "This link does not work", "It may be mistyped, expired, or meant for something else. Nothing was changed.", 400)
+
+    def csrf_ok(request: Request, form: dict[str, list[str]]) -> bool:
+        if request.headers.get("sec-fetch-site") == "cross-site":  # another site's page posting here: never a form of ours
+            return False
+        return _csrf_ok(csrf, request.cookies.get(CSRF_COOKIE), form.get("csrf", [""])[0])
+
+    def subscribe_form(request: Request, *, error: str = "", email: str = "", chosen: tuple[str, ...] = (), status: int = 200) -> HTMLResponse:
+        return page(request, "web/subscribe.html.j2", status, action="/subscribe", error=error, email=email, topics=store.topics(), chosen=chosen)
+
+    def check_inbox(request: Request) -> HTMLResponse:
+        return message(request, "Check your inbox",
+                       "If the address can receive our digest, a confirmation link is on its way. Click it to start your subscription.")
 
     async def subscribe_page(request: Request) -> Response:
         if request.method == "GET":
@@ -90,78 +95,89 @@ def subscription_routes(cfg: Config, store: Store, *, rate_limit: RateLimit | No
         form = await _form(request)
         if form is None:
             return PlainTextResponse("form too large", status_code=413)
-        email, chosen = form.get("email", [""])[0], tuple(form.get("topics", []))
-        if not _csrf_ok(csrf, request.cookies.get(CSRF_COOKIE), form.get("csrf", [""])[0]):
-            return subscribe_form(request, error="The form expired. Please submit it again.", email=_safe_echo(email), status=400)
+        email, chosen = _safe_echo(form.get("email", [""])[0]), tuple(dict.fromkeys(form.get("topics", [])))
+        if not csrf_ok(request, form):
+            return subscribe_form(request, error=EXPIRED, email=email, status=400)
         if form.get("website", [""])[0]:  # the honeypot: people leave it empty, form-filling bots do not
-            return check_inbox()
-        if not limiter.allow(request.client.host if request.client else "?"):
-            return message("Too many attempts", "Please wait a few minutes and try again.", 429)
+            return check_inbox(request)
+        network = network_of(client_address(_peer(request), request.headers.getlist("x-forwarded-for"), trusted))
+        if not await run_in_threadpool(store.take_slot, f"net:{network}", cfg.web.signups_per_network, window, now()):
+            response = message(request, "Too many attempts", "Please wait a few minutes and try again.", 429)
+            response.headers["Retry-After"] = str(int(window.total_seconds()))
+            return response
         try:
-            result = subscribe(store, email, chosen, now(), double_opt_in=cfg.subscribers.double_opt_in,
-                               check_deliverability=cfg.subscribers.check_deliverability)
+            address = await run_in_threadpool(normalise_email, form.get("email", [""])[0], check_deliverability=cfg.subscribers.check_deliverability)
         except InvalidAddress:
-            return subscribe_form(request, error="That does not look like an email address. Please check it.", email=_safe_echo(email),
-                                  chosen=chosen, status=400)
-        if result.send_confirmation and result.subscriber is not None:
-            sub = result.subscriber
-            link = f"{base}/confirm/{make_confirm_token(cfg.secret_key.get(), sub.id, sub.email)}"
-            outcome = send_confirmation(cfg, sub, link, links_for(cfg, sub), now())
-            if outcome.status != "sent":
-                log.warning("confirmation to subscriber %s not sent: %s", sub.id, outcome.error)
-        return check_inbox()
-
-    def check_inbox() -> HTMLResponse:
-        return message("Check your inbox",
-                       "If the address can receive our digest, a confirmation link is on its way. Click it to start your subscription.")
-
-    def email_of(subscriber_id: int) -> str | None:
-        sub = store.subscriber_by_id(subscriber_id)
-        return sub.email if sub else None
+            return subscribe_form(request, error="That does not look like an email address. Please check it.", email=email, chosen=chosen, status=400)
+        known = {t.slug for t in store.topics()}
+        if not set(chosen) <= known:  # a stale form, or a forged one: nothing unknown is ever stored
+            return subscribe_form(request, error="One of the chosen topics is not offered (any more). Please choose again.", email=email,
+                                  chosen=tuple(c for c in chosen if c in known), status=400)
+        await run_in_threadpool(store.enqueue_signup, address, chosen, now())
+        response = check_inbox(request)
+        # Woken once the answer is out: the sender's work (a send for a new address, next to nothing for a known
+        # one) must not overlap this answer, or its timing would tell the two apart.
+        response.background = BackgroundTask(queue.wake)
+        return response
 
     async def confirm_page(request: Request) -> Response:
         token = request.path_params["token"]
-        subscriber_id = read_confirm_token(cfg.verification_keys, token, email_of)
-        if subscriber_id is None:
-            return bad_link()
+        claim = read_confirm_token(cfg.verification_keys, token)
+        if claim is None or not confirmation_holds(store, claim):  # say so now, not after the button is pressed
+            return bad_link(request)
+        button = {"heading": "Confirm your subscription", "text": "One click and the weekly digest is on its way.",
+                  "action": f"/confirm/{token}", "button": "Confirm my subscription"}
         if request.method == "GET":  # a button, not an action: mail scanners follow links
-            return page("web/action.html.j2", heading="Confirm your subscription", text="One click and the weekly digest is on its way.",
-                        action=f"/confirm/{token}", button="Confirm my subscription")
-        sub = confirm(store, subscriber_id, now())
+            return page(request, "web/action.html.j2", **button, notice="")
+        form = await _form(request)
+        if form is None:
+            return PlainTextResponse("form too large", status_code=413)
+        if not csrf_ok(request, form):
+            return page(request, "web/action.html.j2", 400, **button, notice=EXPIRED)
+        sub = await run_in_threadpool(confirm, store, claim, now())
         if sub is None:
-            return bad_link()
-        return message("You are subscribed", f"The {cfg.site.name} weekly digest will come to {sub.email}.")
+            return bad_link(request)
+        return message(request, "You are subscribed", f"The {cfg.site.name} weekly digest will come to {sub.email}.")
 
     async def unsubscribe_page(request: Request) -> Response:
         token = request.path_params["token"]
         subscriber_id = read_token(cfg.verification_keys, "unsubscribe", token)
         if subscriber_id is None or store.subscriber_by_id(subscriber_id) is None:
-            return bad_link()
+            return bad_link(request)
+        button = {"heading": "Unsubscribe", "text": f"Stop the {cfg.site.name} weekly digest?", "action": f"/unsubscribe/{token}",
+                  "button": "Unsubscribe"}
         if request.method == "GET":
-            return page("web/action.html.j2", heading="Unsubscribe", text=f"Stop the {cfg.site.name} weekly digest?",
-                        action=f"/unsubscribe/{token}", button="Unsubscribe")
+            return page(request, "web/action.html.j2", **button, notice="")
         form = await _form(request)
+        if form is None:
+            return PlainTextResponse("form too large", status_code=413)
+        one_click = form.get("List-Unsubscribe") == ["One-Click"]  # RFC 8058: no cookie, no token, by design (see above)
+        if not one_click and not csrf_ok(request, form):
+            return page(request, "web/action.html.j2", 400, **button, notice=EXPIRED)
         unsubscribe(store, subscriber_id, now())
-        if form is not None and form.get("List-Unsubscribe") == ["One-Click"]:
-            return PlainTextResponse("unsubscribed\n")  # RFC 8058: a mail client's one-click POST, no page needed
-        return message("You are unsubscribed", "No more digests will come. You can subscribe again at any time.")
+        if one_click:
+            return PlainTextResponse("unsubscribed\n")  # a mail client's POST: no page needed
+        return message(request, "You are unsubscribed", "No more digests will come. You can subscribe again at any time.")
 
     async def preferences_page(request: Request) -> Response:
         token = request.path_params["token"]
         subscriber_id = read_token(cfg.verification_keys, "preferences", token)
         sub = store.subscriber_by_id(subscriber_id) if subscriber_id is not None else None
         if sub is None:
-            return bad_link()
-        saved = False
+            return bad_link(request)
+        saved, error, status = False, "", 200
         if request.method == "POST":
             form = await _form(request)
             if form is None:
                 return PlainTextResponse("form too large", status_code=413)
-            set_preferences(store, sub.id, form.get("topics", []), [t.slug for t in store.topics()], now())
-            sub, saved = store.subscriber_by_id(sub.id), True
+            if csrf_ok(request, form):
+                set_preferences(store, sub.id, form.get("topics", []), [t.slug for t in store.topics()], now())
+                sub, saved = store.subscriber_by_id(sub.id), True
+            else:
+                error, status = EXPIRED, 400
         assert sub is not None
-        return page("web/preferences.html.j2", action=f"/preferences/{token}", topics=store.topics(), chosen=sub.topics,
-                    email=sub.email, saved=saved, unsubscribe_url=links_for(cfg, sub)["unsubscribe_url"])
+        return page(request, "web/preferences.html.j2", status, action=f"/preferences/{token}", topics=store.topics(), chosen=sub.topics,
+                    email=sub.email, saved=saved, error=error, unsubscribe_url=links_for(cfg, sub)["unsubscribe_url"])
 
     async def subscribe_redirect(request: Request) -> Response:
         return RedirectResponse(f"{base}/subscribe", status_code=307)
@@ -173,6 +189,10 @@ def subscription_routes(cfg: Config, store: Store, *, rate_limit: RateLimit | No
         Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET", "POST"]),
         Route("/preferences/{token}", preferences_page, methods=["GET", "POST"]),
     ]
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 async def _form(request: Request) -> dict[str, list[str]] | None:
@@ -189,10 +209,11 @@ def _csrf_ok(serializer: URLSafeTimedSerializer, cookie: str | None, token: str)
     if not cookie or not token:
         return False
     try:
-        value = serializer.loads(token, max_age=7200)
-    except BadData:
+        value = serializer.loads(token, max_age=CSRF_MAX_AGE)
+    except (BadData, UnicodeError, ValueError):
         return False
-    return isinstance(value, str) and hmac.compare_digest(value, cookie)
+    # as bytes: compare_digest refuses str with non-ASCII characters, and a cookie can carry any
+    return isinstance(value, str) and hmac.compare_digest(value.encode("utf-8", "replace"), cookie.encode("utf-8", "replace"))
 
 
 def _safe_echo(value: str) -> str:

@@ -23,7 +23,8 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1", lifespan: str = "off",
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan,
+                                          proxy_headers=False))  # the app decides whom to believe: [web].trusted_proxies
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout
