@@ -5,6 +5,8 @@
     ├── StoreError                 the database cannot be reached or migrated
     ├── SourceError                one source or one item of a source is broken; ingest reports and skips it
     │   └── ContentFileError       a Markdown file in content/ with bad front matter (file, line, reason)
+    ├── PathRefused                a path built from data would leave its root, or a file is a symlink out,
+    │                              not a plain file, or too big (path, reason); the item is skipped
     └── TemplateError              a template failed to render (template file, line, reason)
 
 Every message names the thing that is wrong and, where there is one, the fix.
@@ -53,6 +55,15 @@ class ContentFileError(SourceError):
         self.line = line
         location = f"{path}:{line}" if line else str(path)
         super().__init__(source, location, reason)
+
+
+class PathRefused(PublisherError):
+    """A path we were asked to read or write is not one we may: outside its root, a symlink out, too big."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
 
 
 class TemplateError(PublisherError):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PublisherError
+from .errors import PathRefused
 
 # A slug is what becomes a file or folder name: lowercase ASCII words joined by single hyphens.
 # Stricter than [a-z0-9-]+ on purpose: no leading, trailing or doubled hyphens, so "-", "--x" and ""
@@ -25,15 +25,6 @@ SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 SLUG_MAX = 100  # characters: far under the 255 bytes a file name may have, with room for ".atom"
 SLUG_RULE = "lowercase a-z, digits and single hyphens"
 _NAME_MAX = 255  # bytes in one path component (ext4, APFS, NTFS)
-
-
-class PathRefused(PublisherError):
-    """A path we were asked to read or write is not one we may: outside its root, a symlink out, too big."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 def is_slug(text: object) -> bool:
