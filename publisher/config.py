@@ -255,7 +255,9 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     root = file.parent if file else Path.cwd()
     cfg = dataclasses.replace(values, root=root, file=file, smtp_password=Secret(env.get(SECRET_ENV["smtp_password"], "")),
                               api_key=Secret(env.get(SECRET_ENV["api_key"], "")), dkim_key_path=env.get("PUBLISHER_DKIM_KEY_PATH", ""))
-    _validate(cfg)
+    from .config_checks import validate  # here: it needs this module's types and parse_duration
+
+    validate(cfg)
     return dataclasses.replace(cfg, secret_key=_secret_key(cfg, env), old_secret_keys=_old_secret_keys(env))
 
 
@@ -360,119 +362,6 @@ def parse_duration(text: str, key: str = "") -> int:
     if not m:
         raise ConfigError(f"expected a duration like '15m', '6h' or '90s', got {text!r}.", key=key or None)
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
-_CHOICES = {
-    "delivery.backend": ("outbox", "smtp", "postmark", "sendgrid", "mailgun", "resend"),
-    "delivery.smtp.security": ("starttls", "tls", "none"),
-}
-
-
-def _validate(cfg: Config) -> None:
-    f = cfg.file
-    if not re.match(r"^https?://[^/\s]+", cfg.site.base_url):
-        raise ConfigError(f"expected an absolute http(s) URL like 'https://www.example.org', got {cfg.site.base_url!r}.", file=f, key="site.base_url")
-    try:
-        from zoneinfo import ZoneInfo
-
-        ZoneInfo(cfg.site.timezone)
-    except Exception:
-        raise ConfigError(f"unknown time zone {cfg.site.timezone!r}; use an IANA name like 'Europe/Berlin' or 'UTC'.", file=f, key="site.timezone") from None
-    for key, allowed in _CHOICES.items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"expected one of {', '.join(allowed)}, got {value!r}.", file=f, key=key)
-    for name, src in cfg.sources.items():
-        if src.kind not in ("files", "feed", "page"):
-            raise ConfigError(f"unknown source kind {src.kind!r}; choose files (a folder of Markdown), feed (RSS, Atom, JSON Feed) "
-                              "or page (an HTML listing page).", file=f, key=f"sources.{name}.kind")
-        if src.kind in ("feed", "page") and not re.match(r"^https?://[^/\s]+", src.url):
-            raise ConfigError(f"a {src.kind} source needs the absolute http(s) URL to poll, got {src.url!r}.", file=f, key=f"sources.{name}.url")
-        _validate_topics(name, src, f)
-        if src.kind == "page":
-            from .sources.remote import selector_problems
-
-            problems = selector_problems(src.selectors)
-            if problems:
-                raise ConfigError("; ".join(problems) + ".", file=f, key=f"sources.{name}.selectors")
-    if cfg.ingest.max_file_size < 1:
-        raise ConfigError(f"expected a positive number of bytes, got {cfg.ingest.max_file_size}.", file=f, key="ingest.max_file_size")
-    bad_formats = set(cfg.feeds.formats) - {"rss", "atom", "json"}
-    if bad_formats:
-        raise ConfigError(f"unknown feed format(s) {sorted(bad_formats)}; choose from rss, atom, json.", file=f, key="feeds.formats")
-    if cfg.feeds.websub_hub and not re.match(r"^https?://[^/\s]+", cfg.feeds.websub_hub):
-        raise ConfigError(f"expected the hub's absolute URL, got {cfg.feeds.websub_hub!r}.", file=f, key="feeds.websub_hub")
-    if cfg.feeds.item_limit < 1:
-        raise ConfigError("expected a positive number of items.", file=f, key="feeds.item_limit")
-    if cfg.digest.max_items < 1:
-        raise ConfigError("expected a positive number of items.", file=f, key="digest.max_items")
-    parse_duration(cfg.scheduler.ingest_every, "scheduler.ingest_every")
-    parse_duration(cfg.delivery.stale_after, "delivery.stale_after")
-    parse_duration(cfg.scheduler.misfire_grace, "scheduler.misfire_grace")
-    parse_duration(cfg.scheduler.lease, "scheduler.lease")
-    _validate_signup_limits(cfg)
-    for key, value, low in (("delivery.attempts", cfg.delivery.attempts, 1), ("delivery.batch_size", cfg.delivery.batch_size, 1),
-                            ("delivery.smtp.connections", cfg.delivery.smtp.connections, 1)):
-        if value < low:
-            raise ConfigError(f"expected at least {low}, got {value}.", file=f, key=key)
-    _validate_smtp_auth(cfg.delivery.smtp, f)
-    if cfg.delivery.smtp.rate_limit < 0 or cfg.delivery.retry_base < 0:
-        raise ConfigError("expected zero or more.", file=f, key="delivery.smtp.rate_limit" if cfg.delivery.smtp.rate_limit < 0 else "delivery.retry_base")
-    if cfg.delivery.backend in ("postmark", "sendgrid", "mailgun", "resend") and not cfg.api_key:
-        raise ConfigError(f"backend {cfg.delivery.backend!r} needs an API key: set PUBLISHER_API_KEY in the environment.", file=f, key="delivery.backend")
-    if cfg.delivery.backend == "mailgun" and not cfg.delivery.api.domain:
-        raise ConfigError("Mailgun needs the sending domain, e.g. 'mg.example.org'.", file=f, key="delivery.api.domain")
-    from apscheduler.triggers.cron import CronTrigger
-
-    try:
-        if cfg.digest.schedule.strip().startswith("every "):
-            parse_duration(cfg.digest.schedule.strip()[6:], "digest.schedule")
-        else:
-            CronTrigger.from_crontab(cfg.digest.schedule, timezone=cfg.site.timezone)
-    except ValueError as exc:
-        raise ConfigError(f"expected a crontab line like '0 8 * * mon', got {cfg.digest.schedule!r} ({exc}).", file=f, key="digest.schedule") from None
-
-
-def _validate_topics(name: str, src: SourceConfig, file: Path | None) -> None:
-    """Topic slugs become file names (public/feeds/topics/<slug>.rss): each must be a slug."""
-    from .fsutil import is_slug, slug_problem
-
-    bad = next((t for t in src.topics if not is_slug(t)), None)
-    if bad is not None:
-        raise ConfigError(f"topic {slug_problem(bad)}.", file=file, key=f"sources.{name}.topics")
-
-
-def _validate_smtp_auth(smtp: SmtpConfig, f: Path | None) -> None:
-    """A login over a connection without TLS hands the password to anyone on the path: only when asked for by name."""
-    if smtp.username and smtp.security == "none" and not smtp.allow_plaintext_auth:
-        raise ConfigError('security = "none" with a username would send the SMTP password unencrypted. Use security = '
-                          '"starttls" or "tls"; or, for a relay on a network you trust (e.g. localhost), set '
-                          "[delivery.smtp].allow_plaintext_auth = true.", file=f, key="delivery.smtp.security")
-
-
-def _validate_signup_limits(cfg: Config) -> None:
-    """[web] and [subscribers]: the sign-up limits and the proxies whose X-Forwarded-For is believed."""
-    import ipaddress
-
-    f = cfg.file
-    for key, value in (("web.signups_per_network", cfg.web.signups_per_network), ("subscribers.confirmations_per_day", cfg.subscribers.confirmations_per_day),
-                       ("subscribers.confirmation_attempts", cfg.subscribers.confirmation_attempts)):
-        if not 1 <= value <= 10_000:
-            raise ConfigError(f"expected a number from 1 to 10000, got {value}.", file=f, key=key)
-    parse_duration(cfg.web.signup_window, "web.signup_window")
-    parse_duration(cfg.subscribers.confirmation_retry, "subscribers.confirmation_retry")
-    for entry in cfg.web.trusted_proxies:
-        try:
-            ipaddress.ip_network(entry.strip(), strict=False)
-        except ValueError:
-            raise ConfigError(f"{entry!r} is not an IP address or a network like '10.0.0.0/8' or '2001:db8::/32'; list your reverse "
-                              "proxies' addresses.", file=f, key="web.trusted_proxies") from None
-
-
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 # A signing key anyone can guess lets them forge every unsubscribe and preferences link: 32 bytes is what

@@ -73,7 +73,7 @@ def test_each_queued_request_is_claimed_by_one_sender(store: Store) -> None:
 def test_done_requests_keep_no_address_and_old_rows_are_pruned(store: Store) -> None:
     old = store.enqueue_signup("old@example.net", (), NOW - timedelta(days=3))
     recent = store.enqueue_signup("recent@example.net", ("a",), NOW - timedelta(hours=1))
-    stuck = store.enqueue_signup("stuck@example.net", (), NOW - timedelta(days=8))
+    store.enqueue_signup("stuck@example.net", (), NOW - timedelta(days=8))
     fresh = store.enqueue_signup("fresh@example.net", (), NOW)
     for request_id, at in ((old, NOW - timedelta(days=2)), (recent, NOW - timedelta(hours=1))):
         [claimed] = [r for r in store.claim_signups("w", at, timedelta(minutes=10), limit=10) if r.id == request_id]
