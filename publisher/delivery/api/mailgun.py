@@ -63,7 +63,10 @@ _OTHER_PARAMETER = re.compile(r"(?<![\w:-])'?(from|subject|text|html|recipient-v
 
 
 # A Mailgun variable, ours or Mailgun's own: %recipient.name%, %unsubscribe_url%...
-_VARIABLE = re.compile(r"%([A-Za-z_][\w.\-]*)%")
+# Where a Mailgun variable could start, ours or Mailgun's own (%recipient.name%, %unsubscribe_url%...): every "%"
+# followed by a name and another "%". Only the opening "%" is matched (the rest is a lookahead), so the matches
+# overlap: in "%x%unsubscribe_url%" both the "%x%" and the "%unsubscribe_url%" that shares its "%" are found.
+_OPENING = re.compile(r"%(?=([A-Za-z_][\w.\-]*)%)")
 # Mailgun's own: the unsubscribe links (documented under "Tracking Unsubscribes") and the mailing-list
 # variables. Filled by Mailgun for each recipient, so never left in text from a source.
 MAILGUN_VARIABLES = frozenset({"unsubscribe_url", "tag_unsubscribe_url", "mailing_list_unsubscribe_url", "recipient",
@@ -78,9 +81,12 @@ def variable(prepared: Prepared, name: str) -> str:
 
 
 def literal_html(html_text: str) -> str:
-    """Every ``%name%`` Mailgun would fill, shown as it is: its first ``%`` as ``&#37;`` (CSS in <style> left alone)."""
+    """Every ``%`` that could open a variable written ``&#37;``: a browser shows ``%``, Mailgun sees no variable.
+
+    CSS inside ``<style>`` is left alone (entities mean nothing there, and no source data goes there).
+    """
     parts = _STYLE.split(html_text)
-    return "".join(p if i % 2 else _VARIABLE.sub(lambda m: "&#37;" + m.group(0)[1:], p) for i, p in enumerate(parts))
+    return "".join(p if i % 2 else _OPENING.sub("&#37;", p) for i, p in enumerate(parts))
 
 
 def literal_text(text: str, kept: dict[str, str]) -> str:
@@ -90,12 +96,12 @@ def literal_text(text: str, kept: dict[str, str]) -> str:
     def keep(m: re.Match[str]) -> str:
         name = m.group(1)
         if name.startswith("recipient."):
-            kept[name.removeprefix("recipient.")] = m.group(0)
+            kept[name.removeprefix("recipient.")] = f"%{name}%"
         elif name.lower() in MAILGUN_VARIABLES:
-            return "%" + WORD_JOINER + m.group(0)[1:]
-        return m.group(0)
+            return "%" + WORD_JOINER
+        return "%"
 
-    return _VARIABLE.sub(keep, text)
+    return _OPENING.sub(keep, text)
 
 
 class MailgunAdapter(HttpAdapter):
