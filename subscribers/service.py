@@ -60,6 +60,21 @@ def email_hash(address: str) -> str:
     return hashlib.sha256(address.encode("utf-8")).hexdigest()
 
 
+# Mail providers that ignore dots in the local part: every spelling reaches one inbox.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def mailbox_of(address: str) -> str:
+    """The inbox an address most likely reaches: ``+tag`` dropped (subaddressing, RFC 5233, which Gmail, Outlook,
+    Fastmail, iCloud and most servers honour) and, at Gmail, the dots. Not a new identity for anyone: only what a
+    limit on mail to one person should count, so that ``victim+1@``, ``victim+2@``... are one inbox."""
+    local, _, domain = address.lower().rpartition("@")
+    local = local.split("+", 1)[0] or local
+    if domain in DOTLESS_DOMAINS:
+        domain, local = DOTLESS_DOMAINS[domain], local.replace(".", "")
+    return f"{local}@{domain}"
+
+
 def add_subscriber(store: Store, email: str, now: datetime, *, topics: Sequence[str] = (), confirmed: bool = False) -> tuple[Subscriber, bool]:
     """Pending (double opt-in) unless ``confirmed``; an existing address is returned unchanged.
 

@@ -83,6 +83,27 @@ def test_the_daily_cap_per_address_holds_for_any_asker_across_workers_and_restar
     assert confirmations_to(cfg, "bystander@example.net") == 1  # everyone else is unaffected
 
 
+def test_the_daily_cap_counts_an_inbox_not_its_spellings(cfg: Config) -> None:
+    """victim+1@, victim+2@... and Gmail's dotted spellings reach one inbox: the cap counts them as one."""
+    cap = cfg.subscribers.confirmations_per_day
+    store = open_store(cfg.store_url)
+    run_ingest(cfg, store, NOW)
+    spellings = [f"victim+{i}@example.net" for i in range(cap + 2)] + ["v.i.c.t.i.m@gmail.com", "vic.tim+x@googlemail.com",
+                                                                      "victim@gmail.com", "victi.m@gmail.com", "VICTIM+y@gmail.com"]
+    try:
+        with run_app(create_app(cfg, store)) as base:
+            for i, address in enumerate(spellings):
+                assert sign_up(client_from(f"127.0.{60 + i}.1"), base, address).status_code == 200
+            assert sign_up(client_from("127.0.99.1"), base, "someone.else@gmail.com").status_code == 200
+            settle(store)
+    finally:
+        store.close()
+    mailed = [m["To"] for m in outbox(cfg) if m["Subject"].startswith("Confirm")]
+    assert sum(1 for a in mailed if a.endswith("@example.net")) == cap  # one inbox: example.net's victim
+    assert sum(1 for a in mailed if a.endswith(("@gmail.com", "@googlemail.com")) and a != "someone.else@gmail.com") == cap
+    assert "someone.else@gmail.com" in mailed  # another person at the same provider is unaffected
+
+
 # -- a limit per client network, shared by every worker ----------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 
-from subscribers import InvalidAddress, email_hash, subscribe
+from subscribers import InvalidAddress, email_hash, mailbox_of, subscribe
 from subscribers.tokens import make_confirm_token
 
 from ..config import Config, parse_duration
@@ -147,8 +147,10 @@ def process_signup(cfg: Config, store: Store, request: SignupRequest, worker: st
 
 
 def _may_send(cfg: Config, store: Store, address: str, now: datetime) -> bool:
-    """The per-address cap: at most [subscribers].confirmations_per_day confirmations in any 24 h, whoever asks."""
-    return store.take_slot(f"addr:{email_hash(address)}", cfg.subscribers.confirmations_per_day, CAP_WINDOW, now)
+    """The per-address cap: at most [subscribers].confirmations_per_day confirmations in any 24 h, whoever asks.
+
+    Counted per inbox (:func:`subscribers.mailbox_of`), so ``victim+1@``, ``victim+2@``... share one count."""
+    return store.take_slot(f"addr:{email_hash(mailbox_of(address))}", cfg.subscribers.confirmations_per_day, CAP_WINDOW, now)
 
 
 def _send_link(cfg: Config, store: Store, subscriber_id: int, request_id: int, now: datetime) -> Result | None:
