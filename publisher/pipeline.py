@@ -52,6 +52,11 @@ def run_ingest(cfg: Config, store: Store, now: datetime) -> IngestReport:
     return run_sources(cfg, store, now)
 
 
+# Seconds one cycle (or one scheduler run) gives the sign-up queue before it moves on: the ingest, feeds and digest
+# of `run --once` never wait behind a queue of sign-ups for a relay that does not answer.
+SIGNUP_BUDGET = 60.0
+
+
 def run_signups(cfg: Config, store: Store, *, stop: threading.Event | None = None) -> Counter[str]:
     """The sign-up queue: confirmations the web app queued and has not sent (it is not running, or it died), then pruned.
 
@@ -59,7 +64,7 @@ def run_signups(cfg: Config, store: Store, *, stop: threading.Event | None = Non
     """
     from .delivery.transactional import drain_signups, worker_name
 
-    done = drain_signups(cfg, store, worker=worker_name("run"), stop=stop)
+    done = drain_signups(cfg, store, worker=worker_name("run"), stop=stop, budget=SIGNUP_BUDGET)
     store.prune_signups(now_utc())
     return done
 

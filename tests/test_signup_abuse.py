@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import statistics
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +25,7 @@ import requests
 from publisher.config import Config
 from publisher.delivery.transactional import drain_signups
 from publisher.models import SubscriberStatus
-from publisher.pipeline import run_feeds, run_ingest
+from publisher.pipeline import SIGNUP_BUDGET, run_feeds, run_ingest, run_signups
 from publisher.store import Store, open_store
 from publisher.web import create_app
 from subscribers import add_subscriber, forget
@@ -262,6 +265,50 @@ def test_a_relay_that_stalls_22_seconds_never_stalls_a_page(cfg: Config, db: Sto
                 assert time.monotonic() < deadline, dict(handler.delivered)
                 time.sleep(0.1)
     assert handler.delivered["slow@example.net"] == 1 and all(handler.delivered[f"fast{k}@example.net"] == 1 for k in range(10))
+
+
+@contextmanager
+def silent_relay() -> Iterator[int]:
+    """A port that accepts connections and never says a word (no SMTP greeting): a relay that hangs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not done.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_a_queue_in_front_of_a_hanging_relay_delays_a_cycle_by_its_budget_at_most(cfg: Config, db: Store) -> None:
+    """`run --once` and the scheduler drain the queue first; an attacker's queue and a relay that hangs must not hold
+    the ingest, the feeds and the digest for an SMTP timeout per request. The shipped timeouts, untouched."""
+    run_ingest(cfg, db, NOW)
+    for i in range(8):
+        db.enqueue_signup(f"queued{i}@example.net", (), NOW)
+    with silent_relay() as port:
+        hanging = smtp_to(cfg, port)
+        started = time.monotonic()
+        done = run_signups(hanging, db)
+        took = time.monotonic() - started
+    timeout = cfg.delivery.smtp.timeout
+    assert SIGNUP_BUDGET <= took <= SIGNUP_BUDGET + timeout + 10, took  # the budget, plus the one send it was in
+    assert 1 <= done["retry"] < 8 and sum(done.values()) == done["retry"]
+    assert db.waiting_signups() == 8  # nothing lost: the rest waits for the next run, the tried ones for their retry
 
 
 # -- retries with backoff, then giving up; `publisher run` drains what the web app left ---------------------------------

@@ -100,10 +100,17 @@ def worker_name(kind: str) -> str:
 
 
 def drain_signups(cfg: Config, store: Store, *, worker: str, limit: int = 200, stop: threading.Event | None = None,
-                  clock: Callable[[], datetime] = _utcnow) -> Counter[str]:
-    """Do the sign-up requests that are due, one at a time, until none is (or ``limit``, or ``stop``). Outcomes by name."""
+                  budget: float | None = None, clock: Callable[[], datetime] = _utcnow) -> Counter[str]:
+    """Do the sign-up requests that are due, one at a time, until none is (or ``limit``, or ``stop``). Outcomes by name.
+
+    With ``budget`` (seconds), no new request is taken once it is spent: a queue an attacker filled, in front of a
+    relay that never answers, then delays its caller by the budget and one send at most; the rest waits its turn.
+    """
     done: Counter[str] = Counter()
+    deadline = time.monotonic() + budget if budget is not None else None
     while sum(done.values()) < limit and not (stop is not None and stop.is_set()) and not store.closed:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         claimed = store.claim_signups(worker, clock(), CLAIM_LEASE, limit=1)  # one at a time: a slow send holds only its own row
         if not claimed:
             break
