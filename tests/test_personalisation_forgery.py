@@ -36,8 +36,8 @@ from publisher.digest import plan_issue, render_variants
 from publisher.pipeline import now_utc, open_project_store, run_ingest
 
 from .servers import recording_server
-from .test_pipeline import publisher_exe
 from .smtp_faults import FaultyRelay, relay
+from .test_pipeline import publisher_exe
 
 SECRET = "forgery-test-secret-key-0123456789abcdef"
 API_KEY = "key-forgery-0123456789"

@@ -21,12 +21,13 @@ from typing import Any
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from publisher.config import Config
 from publisher.delivery.transactional import drain_signups
 from publisher.models import SubscriberStatus
 from publisher.pipeline import SIGNUP_BUDGET, run_feeds, run_ingest, run_signups
-from publisher.store import Store, open_store
+from publisher.store import Store, open_store, tables
 from publisher.web import create_app
 from subscribers import add_subscriber, forget
 
@@ -334,6 +335,20 @@ def test_a_failing_relay_is_retried_with_a_doubling_wait_then_given_up(cfg: Conf
         assert drain_signups(smtp_cfg, store, worker="t", clock=lambda: at) == {"sent": 1}
     assert handler.delivered["retry@example.net"] == 1
     assert store.subscriber("retry@example.net").status is SubscriberStatus.PENDING
+
+
+def test_a_relay_reply_quoting_the_address_is_kept_and_logged_without_it(cfg: Config, store: Store,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    run_ingest(cfg, store, NOW)
+    handler = FaultyRelay(refuse={"Gone.Person@example.net".lower()})  # 550 5.1.1 <address>: recipient address rejected
+    with relay(handler) as port:
+        store.enqueue_signup("gone.person@example.net", (), NOW)
+        assert drain_signups(smtp_to(cfg, port), store, worker="t", clock=lambda: NOW) == {"failed": 1}
+    with store.engine.connect() as conn:
+        kept = [row.error for row in conn.execute(sa.select(tables.signup_requests.c.error))]
+    assert kept and "550" in kept[0] and "<the address>" in kept[0]
+    assert not any("gone.person" in (e or "").lower() for e in kept)
+    assert "550" in caplog.text and "gone.person" not in caplog.text.lower()
 
 
 def test_publisher_run_once_sends_what_no_web_app_is_left_to_send(project: Path, cfg: Config) -> None:

@@ -17,21 +17,24 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 import jinja2
 
 from subscribers import InvalidAddress, email_hash, mailbox_of, subscribe
-from subscribers.tokens import make_confirm_token
+from subscribers.tokens import make_confirm_token, new_nonce
 
 from ..config import Config, parse_duration
 from ..errors import PublisherError, TemplateError
@@ -55,6 +58,18 @@ STOP_WAIT = 10.0  # how long closing the store waits for a send in flight
 
 def send_confirmation(cfg: Config, sub: Subscriber, confirm_url: str, links: dict[str, str], now: datetime, *,
                       idempotency_key: str = "") -> Result:
+    variant, recipient = build_confirmation(cfg, sub, confirm_url, links, now, idempotency_key=idempotency_key)
+    transport = transport_factory(cfg)[0]()
+    try:
+        [result] = transport.send(variant, [recipient])
+    finally:
+        transport.close()
+    return result
+
+
+def build_confirmation(cfg: Config, sub: Subscriber, confirm_url: str, links: dict[str, str], now: datetime, *,
+                       idempotency_key: str = "") -> tuple[Variant, Recipient]:
+    """The confirmation email for ``sub``, ready for any transport: rendered, and built as MIME."""
     context = {"site": cfg.site, "confirm_url": confirm_url, "email": sub.email, "unsubscribe_url": links["unsubscribe_url"]}
     subject = f"Confirm your subscription to {cfg.site.name}"
     text, html = _render("email/confirm.txt.j2", cfg, context, False), _render("email/confirm.html.j2", cfg, context, True)
@@ -71,21 +86,42 @@ def send_confirmation(cfg: Config, sub: Subscriber, confirm_url: str, links: dic
     compiled = CompiledMessage("confirm", (msg.as_bytes(policy=POLICY),), (), domain)
     prepared = Prepared("confirm", subject, cfg.digest.from_name, cfg.digest.from_address, cfg.digest.reply_to, html, text,
                         f"{cfg.site.name} <digest.{urlsplit(cfg.site.base_url).hostname}>")
-    transport = transport_factory(cfg)[0]()
     key = idempotency_key or f"confirm:{sub.id}:{now.isoformat()}"
-    try:
-        [result] = transport.send(Variant(compiled, prepared), [Recipient(sub.id, sub.email, message_id, links, key)])
-    finally:
-        transport.close()
-    return result
+    return Variant(compiled, prepared), Recipient(sub.id, sub.email, message_id, links, key)
+
+
+@lru_cache(maxsize=16)
+def _environment(templates: str, autoescape: bool) -> jinja2.Environment:
+    # One per folder (auto_reload picks up an edited template): compiling the templates for every email cost
+    # more than the rest of the work for a sign-up.
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=autoescape, undefined=jinja2.StrictUndefined,
+                              auto_reload=True)
 
 
 def _render(name: str, cfg: Config, context: dict[str, object], autoescape: bool) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(cfg.path(cfg.site.templates_dir)), autoescape=autoescape, undefined=jinja2.StrictUndefined)
     try:
-        return env.get_template(name).render(context)
+        return _environment(str(cfg.path(cfg.site.templates_dir)), autoescape).get_template(name).render(context)
     except jinja2.TemplateError as exc:
         raise TemplateError(str(cfg.path(cfg.site.templates_dir) / name), getattr(exc, "lineno", None), str(exc)) from None
+
+
+def _decoy(cfg: Config, address: str, now: datetime) -> None:
+    """Build, and throw away, the confirmation this address would get.
+
+    A sign-up that sends nothing (the address is known, suppressed or capped) then costs the sender about the CPU one
+    that sends does; without it, the burst of work after a new address's sign-up slowed the site's other answers
+    measurably, and a prober timing them could tell who is subscribed.
+    """
+    from .send import links_for
+
+    dummy = Subscriber(0, address, SubscriberStatus.PENDING, now, now)
+    link = f"{cfg.site.base_url.rstrip('/')}/confirm/{make_confirm_token(cfg.secret_key.get(), 0, address, new_nonce())}"
+    build_confirmation(cfg, dummy, link, links_for(cfg, dummy), now)
+
+
+def _without(address: str, text: str) -> str:
+    """``text`` (a relay's reply, kept and logged) without the address it may quote."""
+    return re.sub(re.escape(address), "<the address>", text, flags=re.IGNORECASE) if address else text
 
 
 # -- the sign-up queue ---------------------------------------------------------------------------
@@ -127,6 +163,7 @@ def process_signup(cfg: Config, store: Store, request: SignupRequest, worker: st
             result = subscribe(store, request.email, request.topics, now, double_opt_in=cfg.subscribers.double_opt_in,
                                may_send=lambda address: _may_send(cfg, store, address, now))
             if not result.send_confirmation or result.subscriber is None:
+                _decoy(cfg, request.email, now)
                 store.finish_signup(request.id, worker, result.outcome, now)
                 return result.outcome
             subscriber_id = result.subscriber.id
@@ -137,6 +174,7 @@ def process_signup(cfg: Config, store: Store, request: SignupRequest, worker: st
         return "invalid"
     except Exception as exc:  # noqa: BLE001 - a broken template, a store hiccup: this request waits, the sender goes on
         sent = Result(request.subscriber_id or 0, "deferred", _describe(exc))
+    sent = replace(sent, error=_without(request.email, sent.error)) if sent is not None and sent.error else sent
     if sent is None:  # confirmed, unsubscribed or erased while it waited: nothing to send
         store.finish_signup(request.id, worker, "unchanged", now, attempts=attempts)
         return "unchanged"
