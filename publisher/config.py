@@ -367,6 +367,8 @@ def parse_duration(text: str, key: str = "") -> int:
 # A signing key anyone can guess lets them forge every unsubscribe and preferences link: 32 bytes is what
 # secrets.token_urlsafe(32) gives (256 bits of randomness, 43 characters).
 MIN_KEY_BYTES = 32
+# Fewer distinct characters than this is no random key (token_urlsafe(32) has about 30): 40 spaces, 'a' * 32...
+MIN_KEY_SYMBOLS = 8
 MAKE_KEY = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
@@ -377,6 +379,9 @@ def _secret_key(cfg: Config, env: Mapping[str, str]) -> Secret:
         if _key_bytes(value) < MIN_KEY_BYTES:
             raise ConfigError(f"PUBLISHER_SECRET_KEY is {_key_bytes(value)} bytes long; it must be at least {MIN_KEY_BYTES} bytes, "
                               f"or the links it signs can be forged by guessing it. Make one with: {MAKE_KEY}")
+        if len(set(value)) < MIN_KEY_SYMBOLS:
+            raise ConfigError(f"PUBLISHER_SECRET_KEY repeats {len(set(value))} different character(s): a key like 'aaaa...' is "
+                              f"long but guessable. Make a random one with: {MAKE_KEY}")
         return Secret(value)
     key_file = cfg.path("var/secret_key")
     if not key_file.is_file():

@@ -33,7 +33,7 @@ from publisher.store import Store
 
 from subscribers import seed_samples
 
-from .conftest import NOW
+from .conftest import NOW, TEST_SECRET_KEY
 from .servers import recording_server
 
 FORMATS = ("atom", "json", "rss")
@@ -173,7 +173,7 @@ def test_topics_from_the_environment_are_checked_too_and_good_ones_pass(project:
     path.write_text(path.read_text(encoding="utf-8") + PARTNER.format(topics='["security-cooperation", "arctic"]'), encoding="utf-8")
     assert load_config(path).sources["partner"].topics == ("security-cooperation", "arctic")
     with pytest.raises(ConfigError, match=r"\[sources.partner.topics\]"):
-        load_config(path, env={"PUBLISHER_SOURCES__PARTNER__TOPICS": "ok,../../x", "PUBLISHER_SECRET_KEY": "k" * 40})
+        load_config(path, env={"PUBLISHER_SOURCES__PARTNER__TOPICS": "ok,../../x", "PUBLISHER_SECRET_KEY": TEST_SECRET_KEY})
 
 
 def test_the_cli_names_the_key_and_exits_2(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,9 +187,9 @@ def test_the_cli_names_the_key_and_exits_2(project: Path, monkeypatch: pytest.Mo
 def test_max_file_size_is_a_positive_key_that_reaches_the_files_source(project: Path) -> None:
     path = project / "config.toml"
     with pytest.raises(ConfigError, match=r"\[ingest.max_file_size\] expected a positive number of bytes"):
-        load_config(path, env={"PUBLISHER_INGEST__MAX_FILE_SIZE": "0", "PUBLISHER_SECRET_KEY": "k" * 40})
+        load_config(path, env={"PUBLISHER_INGEST__MAX_FILE_SIZE": "0", "PUBLISHER_SECRET_KEY": TEST_SECRET_KEY})
     assert load_config(path).ingest.max_file_size == 5_242_880
-    raised = load_config(path, env={"PUBLISHER_INGEST__MAX_FILE_SIZE": "20000000", "PUBLISHER_SECRET_KEY": "k" * 40})
+    raised = load_config(path, env={"PUBLISHER_INGEST__MAX_FILE_SIZE": "20000000", "PUBLISHER_SECRET_KEY": TEST_SECRET_KEY})
     [source] = build_sources(raised)
     assert source.max_file_size == 20_000_000
 

@@ -54,7 +54,14 @@ def test_a_short_secret_key_is_refused_with_how_to_make_one(project: Path, key: 
     assert not (project / "var" / "publisher.db").exists()  # refused before anything was opened
 
 
-@pytest.mark.parametrize("key", ["x" * 32, "é" * 16], ids=["32-ascii", "32-bytes-utf8"])
+@pytest.mark.parametrize("key", ["a" * 40, " " * 40, "ab" * 20, "abcdefg" * 6], ids=["one-letter", "spaces", "two-letters", "seven-letters"])
+def test_a_long_but_guessable_secret_key_is_refused(project: Path, key: str) -> None:
+    proc = publisher(project, "status", PUBLISHER_SECRET_KEY=key)
+    assert_clear_error(proc, 2, "PUBLISHER_SECRET_KEY", "guessable", MAKE_KEY)
+    assert not (project / "var" / "publisher.db").exists()
+
+
+@pytest.mark.parametrize("key", ["abcdefgh" * 4, "éàüöçñßø" * 2], ids=["32-ascii", "32-bytes-utf8"])
 def test_a_32_byte_secret_key_is_accepted(project: Path, key: str) -> None:
     proc = publisher(project, "status", PUBLISHER_SECRET_KEY=key)
     assert proc.returncode == 0, proc.stderr
