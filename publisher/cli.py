@@ -524,7 +524,7 @@ def subscribers_export(c: Context, file: Path | None) -> None:
     else:
         from .fsutil import write_atomic
 
-        write_atomic(file, data.encode("utf-8"))
+        write_atomic(file, data.encode("utf-8"), mode=0o600)  # personal data: the owner's alone
         click.echo(f"exported to {file}", err=True)
 
 

@@ -173,7 +173,7 @@ def check_size(path: Path, size: int, limit: int) -> None:
                                 "make the file smaller, or raise max_file_size in config.toml")
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> bool:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o644) -> bool:
     """Write ``data`` to ``path`` via a temp file and rename. False (and no write) when the bytes are the same.
 
     Readers see the old file or the new one, never part of one. ``durable`` also fsyncs before the rename, so a
@@ -192,7 +192,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> bool:
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import stat
 import subprocess
 import tracemalloc
 from datetime import datetime, timezone
@@ -50,6 +51,7 @@ def test_export_neutralises_every_formula_cell_and_round_trips(cli, project: Pat
 
     proc = publisher(project, "subscribers", "export", "out.csv", PUBLISHER_SECRET_KEY=TEST_SECRET_KEY)
     assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE((project / "out.csv").stat().st_mode) == 0o600  # personal data: readable by its owner only
     text = (project / "out.csv").read_bytes().decode("utf-8")  # bytes as written: no newline translation
     rows = list(csv.reader(io.StringIO(text)))
     cells = [cell for row in rows for cell in row]
