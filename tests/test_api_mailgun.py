@@ -166,6 +166,18 @@ def test_401_defers_with_a_configuration_error_and_never_shows_the_key(adapter_f
     assert KEY not in repr(adapter)
 
 
+def test_an_echoed_authorization_header_is_scrubbed_too(adapter_for) -> None:
+    """A wrong base URL pointing at something that echoes our request: HTTP Basic carries the key in base64."""
+
+    def respond(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        return 400, {}, f"bad request; you sent Authorization: Basic {base64.b64encode(f'api:{KEY}'.encode()).decode()}".encode()
+
+    with recording_server(respond) as (url, _):
+        results = adapter_for(url).send_batch(prepared(), [recipient(1)])
+    encoded = base64.b64encode(f"api:{KEY}".encode()).decode()
+    assert all(encoded not in r.error and KEY not in r.error for r in results) and "[redacted]" in results[0].error
+
+
 def test_an_unknown_domain_defers(adapter_for) -> None:
     with recording_server(lambda m, path, b: (404, {}, b'{"message": "Domain not found: mg.example.org"}')) as (url, _):
         [result] = adapter_for(url).send_batch(prepared(), [recipient(1)])

@@ -7,6 +7,7 @@ lives here once.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +54,13 @@ class HttpAdapter:
         self._session.close()
 
     def _scrub(self, text: str) -> str:
-        """The text with the API key replaced by ``[redacted]``."""
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+        """The text with the API key replaced by ``[redacted]``, as it is and as HTTP Basic carries it (Mailgun's
+        ``api:<key>`` in base64), in case a server or a proxy echoes our request back."""
+        if not self._api_key:
+            return text
+        for secret in (self._api_key, base64.b64encode(f"api:{self._api_key}".encode()).decode("ascii")):
+            text = text.replace(secret, "[redacted]")
+        return text
 
     def _post(self, url: str, *, read: Callable[[requests.Response], T], unanswered: Callable[[str], T], **kwargs: Any) -> T:
         """POST with the adapter's timeout and ``read`` the answer (then release the connection).
