@@ -299,3 +299,10 @@ def test_ingest_keeps_the_first_of_two_files_with_the_same_id(tmp_path: Path, st
     [err] = report.errors
     assert isinstance(err, SourceError) and "duplicate id" in str(err) and "same" in str(err)
     assert [(p.id, p.title) for p in store.publications()] == [("same", "First")]
+
+
+def test_a_file_name_with_spaces_quotes_or_a_newline_makes_a_well_formed_default_url(tmp_path: Path) -> None:
+    write(tmp_path, 'a "quoted" name\nsecond line.md', GOOD)
+    pub = only(tmp_path)
+    assert pub.url == f"{BASE}/publications/a%20%22quoted%22%20name%0Asecond%20line/"
+    assert not re.search(r"[\s\"<>]", pub.url)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -125,7 +126,7 @@ class FilesSource:
             raise _error(self.name, path, fm, "content_type", f"content_type must be 1 to {TYPE_MAX} characters, like 'Commentary'")
         rank = get("featured_rank", int, None)
         pub_id = get("id", str, rel.with_suffix("").as_posix())
-        url = get("url", str, f"{self.base_url}/publications/{path.stem}/")
+        url = get("url", str, f"{self.base_url}/publications/{quote(path.stem)}/")  # a file name may hold spaces, quotes...
         if not re.match(r"^https?://", url):
             raise _error(self.name, path, fm, "url", f"url must be absolute (https://...), got {url!r}")
         image, image_warnings = self._image(path, fm)
