@@ -18,7 +18,7 @@ import pytest
 from publisher.errors import ContentFileError
 from publisher.sources.files import FilesSource
 
-from .conftest import REPO
+from .conftest import REPO, TEST_SECRET_KEY
 from .test_pipeline import publisher_exe
 
 SECRET = "TOPSECRET-7f3a9c-do-not-publish"
@@ -93,7 +93,7 @@ def snapshot(root: Path, *, skip: tuple[Path, ...]) -> dict[str, tuple[int, int]
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")}
-    env["PUBLISHER_SECRET_KEY"] = "k" * 40
+    env["PUBLISHER_SECRET_KEY"] = TEST_SECRET_KEY
     return subprocess.run([*publisher_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
 
 
