@@ -187,7 +187,7 @@ class Erasure:
 
 
 def forget(store: Store, email: str, now: datetime, *, outbox: Path | None = None) -> Erasure:
-    """Erase a person: their row, topics and send log go, and with ``outbox`` (the Maildir of [delivery].outbox_dir)
+    """Erase a person: their row, topics, send log and sign-up requests go, and with ``outbox`` (the Maildir of [delivery].outbox_dir)
     every message there addressed to them; a hash of the address stays so they remain suppressed.
 
     The store goes first, so no send picks them up again while the outbox is combed.
@@ -196,8 +196,8 @@ def forget(store: Store, email: str, now: datetime, *, outbox: Path | None = Non
 
     address = normalise_email(email)
     sub = store.subscriber(address)
-    store.erase(sub.id if sub else -1, email_hash(address), "forgotten", now)
-    return Erasure(sub is not None, remove_outbox_copies(outbox, address) if outbox is not None else 0)
+    requests = store.erase(sub.id if sub else -1, email_hash(address), "forgotten", now, email=address)
+    return Erasure(sub is not None or requests > 0, remove_outbox_copies(outbox, address) if outbox is not None else 0)
 
 
 @dataclass

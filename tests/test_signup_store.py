@@ -125,3 +125,16 @@ def test_networks_are_a_24_for_ipv4_and_a_64_for_ipv6() -> None:
                                            "2001:db8::1", "2001:db8::ffff:1", "2001:db8:0:1::1", "fe80::1%eth0"))
     assert keys == {"203.0.113.0/24": 3, "203.0.114.0/24": 1, "2001:db8::/64": 2, "2001:db8:0:1::/64": 1, "fe80::/64": 1}
     assert network_of("not an address") == "host:not an address"
+
+
+def test_forget_deletes_the_persons_waiting_sign_up_requests_and_only_theirs(store: Store) -> None:
+    from subscribers.service import forget
+
+    queued = store.enqueue_signup("asked@example.net", ("a",), NOW)  # asked on the form; the sender has not run yet
+    other = store.enqueue_signup("someone@example.net", (), NOW)
+    erasure = forget(store, "Asked@Example.NET", NOW)
+    assert erasure.found  # a waiting request is data about them, though no subscriber row exists yet
+    with store.engine.connect() as conn:
+        left = set(conn.execute(select(t.signup_requests.c.id)).scalars())
+    assert queued not in left and other in left
+    assert [r.email for r in store.claim_signups("w", NOW, timedelta(minutes=10))] == ["someone@example.net"]  # nothing is sent to them

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..models import Subscriber, SubscriberStatus
@@ -42,9 +42,16 @@ class AudienceMixin:
         with self._tx() as conn:
             return conn.execute(select(t.suppressions.c.email_hash).where(t.suppressions.c.email_hash == email_hash)).first() is not None
 
-    def erase(self, subscriber_id: int, email_hash: str, reason: str, now: datetime) -> None:
-        """Delete the person's row (topics and send log go with it) and keep only a hash, so they stay suppressed."""
+    def erase(self, subscriber_id: int, email_hash: str, reason: str, now: datetime, *, email: str | None = None) -> int:
+        """Delete the person's row (topics and send log go with it) and keep only a hash, so they stay suppressed.
+
+        Their sign-up requests go too (``email``: the normalised address; a waiting request holds it for up to a
+        week), so a queued confirmation is never sent after the erasure. Returns how many requests were deleted.
+        """
+        r = t.signup_requests
         with self._tx() as conn:
+            mine = r.c.subscriber_id == subscriber_id if email is None else or_(r.c.subscriber_id == subscriber_id, r.c.email == email)
+            requests = conn.execute(delete(r).where(mine)).rowcount
             conn.execute(delete(t.send_log).where(t.send_log.c.subscriber_id == subscriber_id))
             conn.execute(delete(t.subscriber_topics).where(t.subscriber_topics.c.subscriber_id == subscriber_id))
             conn.execute(delete(t.subscribers).where(t.subscribers.c.id == subscriber_id))
@@ -53,6 +60,7 @@ class AudienceMixin:
                     conn.execute(insert(t.suppressions).values(email_hash=email_hash, reason=reason, created_at=now))
             except IntegrityError:
                 pass
+        return requests
 
     def suppressed_hashes(self, hashes: Any) -> set[str]:
         hashes = list(hashes)
