@@ -9,6 +9,7 @@ import json
 import logging
 import secrets
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -357,13 +358,37 @@ def test_mailgun_malformed_is_400(client: TestClient, db: Store) -> None:
     assert all_active(db)
 
 
-def test_recent_tokens_are_bounded_and_expire() -> None:
-    tokens = webhooks._RecentTokens(window=300, limit=3)
-    assert all(tokens.claim(t, 1000, 1000) for t in ("a", "b", "c"))
-    assert not tokens.claim("a", 1000, 1000)
-    assert tokens.claim("d", 1000, 1000) and len(tokens) == 3  # the oldest ("a") made room
-    assert not tokens.claim("d", 1000, 1001)
-    assert tokens.claim("e", 1300, 1301) and len(tokens) == 1  # the others' timestamps are too old to pass now
+def test_a_replay_is_refused_by_another_process_and_after_a_restart(cfg: Config, db: Store) -> None:
+    """The guard is in the store: a second app over its own connection (another worker, or the service restarted)
+    refuses what the first accepted, over real HTTP; the slots it kept go when they expire."""
+    from sqlalchemy import select
+
+    from publisher.store import tables
+
+    mailgun = mailgun_payload(failed(BOB, "permanent"), token="tok-restart")
+    body = json.dumps([{"email": ALICE, "event": "spamreport"}]).encode()
+    sendgrid = sendgrid_sign(body, TS)
+    with run_app(Starlette(routes=webhook_routes(cfg, db, FULL_ENV, clock=clock))) as first:
+        assert requests.post(f"{first}/webhooks/mailgun", json=mailgun, timeout=10).status_code == 200
+        assert requests.post(f"{first}/webhooks/sendgrid", data=body, headers=sendgrid, timeout=10).status_code == 200
+    db.set_subscriber_status(ALICE, SubscriberStatus.ACTIVE, NOW)
+    db.set_subscriber_status(BOB, SubscriberStatus.ACTIVE, NOW)
+    other = open_store(cfg.store_url)
+    try:
+        with run_app(Starlette(routes=webhook_routes(cfg, other, FULL_ENV, clock=clock))) as second:
+            assert requests.post(f"{second}/webhooks/mailgun", json=mailgun, timeout=10).status_code == 403
+            assert requests.post(f"{second}/webhooks/sendgrid", data=body, headers=sendgrid, timeout=10).status_code == 403
+            fresh = mailgun_payload(failed(BOB, "permanent"), token="tok-new")
+            assert requests.post(f"{second}/webhooks/mailgun", json=fresh, timeout=10).status_code == 200
+    finally:
+        other.close()
+    assert status(db, ALICE) is SubscriberStatus.ACTIVE and status(db, BOB) is SubscriberStatus.BOUNCED
+    with db.engine.connect() as conn:
+        keys = list(conn.execute(select(tables.rate_slots.c.key)).scalars())
+    assert len(keys) == 3 and all(k.startswith("wh:") and len(k) <= 100 and "tok" not in k for k in keys)
+    db.prune_signups(NOW + timedelta(seconds=webhooks.MAILGUN_TOLERANCE + 1))
+    with db.engine.connect() as conn:
+        assert conn.execute(select(tables.rate_slots.c.key)).first() is None
 
 
 # -- all providers --------------------------------------------------------------------------------

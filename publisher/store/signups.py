@@ -134,6 +134,12 @@ class SignupMixin:
                 continue  # another process took this number a moment ago: try the next one
         return False
 
+    def release_slot(self, key: str) -> None:
+        """Give back every slot of ``key`` (a webhook whose events could not be recorded, so its retry must pass)."""
+        s = t.rate_slots
+        with self._tx() as conn:
+            conn.execute(delete(s).where(s.c.key == key))
+
     # -- the confirmation nonce -------------------------------------------------------------------
 
     def signup_state(self, subscriber_id: int) -> tuple[str, SubscriberStatus, str | None] | None:

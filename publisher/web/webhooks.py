@@ -29,9 +29,8 @@ built; a secret that is set but unusable (no ':' in the Postmark credentials, a 
 not an EC P-256 public key) is a ConfigError then, not a 500 on every request. Secrets and signatures
 never appear in a log line or a response.
 
-The replay guards (Mailgun's tokens, SendGrid's signed timestamp and body) are in memory and per
-process: with several worker processes each has its own set (a replay can then only succeed once per
-worker, within 5 minutes, and only repeats an event that was already recorded).
+The replay guards (Mailgun's tokens, SendGrid's signed timestamp and body) are kept in the store for the
+5-minute window, so a replay is refused by every process serving the app and after a restart.
 """
 
 from __future__ import annotations
@@ -43,11 +42,9 @@ import hmac
 import json
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -72,12 +69,10 @@ MAILGUN_KEY_ENV = "PUBLISHER_WEBHOOK_MAILGUN_SIGNING_KEY"
 
 MAX_BODY = 1024 * 1024  # 1 MiB; a provider's batch is far smaller
 MAILGUN_TOLERANCE = 300  # seconds either side of our clock
-MAILGUN_MAX_TOKENS = 10_000  # recent tokens kept; ~33 signed requests a second for 5 minutes
 # SendGrid signs its timestamp with the body but documents no window; a captured request could then be
 # replayed for ever. The same 5 minutes as Mailgun (and Stripe, Svix), so a replay must come fast, and a
 # replay inside the window is caught by the body it repeats.
 SENDGRID_TOLERANCE = 300
-SENDGRID_MAX_SEEN = 10_000  # bodies accepted in the last 5 minutes, kept to refuse their replay
 
 SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -246,7 +241,7 @@ def _sendgrid_key(value: str) -> ec.EllipticCurvePublicKey:
 
 def _sendgrid_handler(key: ec.EllipticCurvePublicKey, recorder: _Recorder,
                       clock: Callable[[], float]) -> Callable[[Request], Awaitable[Response]]:
-    seen = _RecentTokens(SENDGRID_TOLERANCE, SENDGRID_MAX_SEEN)
+    seen = _SeenInStore(recorder.store, "sendgrid", SENDGRID_TOLERANCE)
 
     async def handle(request: Request) -> Response:
         signature = request.headers.get(SENDGRID_SIGNATURE, "")
@@ -268,12 +263,12 @@ def _sendgrid_handler(key: ec.EllipticCurvePublicKey, recorder: _Recorder,
         # Keyed by what was signed, not by the signature: ECDSA signatures are malleable, so a replay can carry
         # another valid signature over the same timestamp and body.
         message = f"{timestamp}:{hashlib.sha256(body).hexdigest()}"
-        if not seen.claim(message, int(timestamp), now):
+        if not await seen.claim(message, now):
             raise _Refused(403, "this signed body was already accepted (replay)")
         try:
             return await recorder.apply(events)
         except BaseException:
-            seen.release(message)  # not recorded: SendGrid's retry must still pass
+            await seen.release(message)  # not recorded: SendGrid's retry must still pass
             raise
 
     return handle
@@ -301,41 +296,32 @@ def _sendgrid_events(payload: list[dict[str, Any]]) -> list[Event]:
 # -- Mailgun ----------------------------------------------------------------------------------------
 
 
-class _RecentTokens:
-    """Tokens of accepted Mailgun requests, forgotten once their timestamp is too old to pass anyway.
+class _SeenInStore:
+    """Signed requests already accepted, kept in the store so every process and a restart see them.
 
-    Bounded: past ``limit`` the oldest entry goes first, even if it could still be replayed.
+    A key holds one slot of the shared ``rate_slots`` table (the sign-up limits' table) for the freshness
+    window: a second claim of it inside the window fails in any process, and the store's pruning drops it
+    afterwards. Keys are SHA-256 digests, so an attacker's token never reaches SQL as text and never grows a key.
     """
 
-    def __init__(self, window: int, limit: int) -> None:
-        self.window = window
-        self.limit = limit
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, store: Store, kind: str, window: int) -> None:
+        self.store, self.kind, self.window = store, kind, timedelta(seconds=window)
 
-    def claim(self, token: str, timestamp: float, now: float) -> bool:
+    def _key(self, token: str) -> str:
+        return f"wh:{self.kind}:{hashlib.sha256(token.encode('utf-8')).hexdigest()}"
+
+    async def claim(self, token: str, now: float) -> bool:
         """True the first time a token is seen (it is then remembered); False for a replay."""
-        with self._lock:
-            while self._expiry and next(iter(self._expiry.values())) < now:
-                self._expiry.popitem(last=False)
-            if token in self._expiry:
-                return False
-            while len(self._expiry) >= self.limit:
-                self._expiry.popitem(last=False)
-            self._expiry[token] = timestamp + self.window
-            return True
+        at = datetime.fromtimestamp(now, timezone.utc)
+        return await run_in_threadpool(self.store.take_slot, self._key(token), 1, self.window, at)
 
-    def release(self, token: str) -> None:
-        with self._lock:
-            self._expiry.pop(token, None)
-
-    def __len__(self) -> int:
-        return len(self._expiry)
+    async def release(self, token: str) -> None:
+        await run_in_threadpool(self.store.release_slot, self._key(token))
 
 
 def _mailgun_handler(signing_key: str, recorder: _Recorder, clock: Callable[[], float]) -> Callable[[Request], Awaitable[Response]]:
     key = signing_key.encode("utf-8")
-    tokens = _RecentTokens(MAILGUN_TOLERANCE, MAILGUN_MAX_TOKENS)
+    tokens = _SeenInStore(recorder.store, "mailgun", MAILGUN_TOLERANCE)
 
     async def handle(request: Request) -> Response:
         payload = _json(await _read_body(request))
@@ -356,12 +342,12 @@ def _mailgun_handler(signing_key: str, recorder: _Recorder, clock: Callable[[], 
         if not _fresh(timestamp, now, MAILGUN_TOLERANCE):
             raise _Refused(403, f"timestamp more than {MAILGUN_TOLERANCE} s from our clock")
         events = _mailgun_events(payload.get("event-data"))
-        if not tokens.claim(token, int(timestamp), now):
+        if not await tokens.claim(token, now):
             raise _Refused(403, "token already used (replay)")
         try:
             return await recorder.apply(events)
         except BaseException:
-            tokens.release(token)  # not recorded: Mailgun's retry of this very request must still pass
+            await tokens.release(token)  # not recorded: Mailgun's retry of this very request must still pass
             raise
 
     return handle
