@@ -125,3 +125,21 @@ def test_damage_deep_in_one_table_stops_the_commands_that_read_it_and_only_those
     others = run_all(sample.parent.parent, [["subscribers", "list"], ["subscribers", "export"], ["digest", "note", "Next week: a report."]])
     assert all(p.returncode == 0 for p in others.values()), {n: p.stderr for n, p in others.items()}
     assert "reader@example.com" in others["subscribers list"].stdout
+
+
+def test_another_applications_sqlite_file_is_refused_and_left_as_it_was(project: Path) -> None:
+    """[store].url pointing at someone else's database (a typo, a shared path): every command stops, and not one byte
+    of that file changes (no tables of ours added to it, no WAL switched on)."""
+    db = project / "var" / "publisher.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db)
+    con.executescript("CREATE TABLE moz_places (id INTEGER PRIMARY KEY, url TEXT); INSERT INTO moz_places (url) VALUES ('https://example.org/');")
+    con.close()
+    (project / "list.csv").write_text("email\nimported@example.com\n", encoding="utf-8")
+    before = db.read_bytes()
+    for name, proc in run_all(project, ALL).items():
+        assert proc.returncode != 0, f"`publisher {name}` used another application's database:\n{proc.stdout}"
+        assert "Traceback" not in proc.stderr, f"`publisher {name}`:\n{proc.stderr}"
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "another application's SQLite database" in errors[0] and "moz_places" in errors[0], proc.stderr
+    assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == ["publisher.db"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,10 +40,33 @@ def open_store(url: str) -> Store:
         raise StoreError(f"cannot use store URL {_safe_url(url)}: {exc}. Check [store].url.") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        _refuse_foreign(engine.url.database)
     store = Store(engine)
     store.migrate()
     store.probe()
     return store
+
+
+def _refuse_foreign(path: str) -> None:
+    """A SQLite file that holds tables but none of ours is another application's database (a typo in [store].url,
+    a path shared by mistake): refused before anything is written to it, WAL mode included, so it is read-only here.
+    A PostgreSQL database may well be shared with other applications' tables, so this is SQLite's rule only."""
+    if not Path(path).is_file():
+        return
+    try:
+        con = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            names = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return  # damaged or not SQLite at all: opening it says so, with the advice for that case
+    names = {n for n in names if not n.startswith("sqlite_")}
+    if names and not names & ({"alembic_version"} | set(t.metadata.tables)):
+        found = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise StoreError(f"the store {path} is another application's SQLite database (its tables: {found}); nothing was written "
+                         "to it. Point [store].url at the publisher's own file, or at a new path.")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
