@@ -30,7 +30,6 @@ from publisher.models import Topic
 from publisher.pipeline import run_feeds, run_ingest
 from publisher.sources.remote import FeedSource, Fetcher
 from publisher.store import Store
-
 from subscribers import seed_samples
 
 from .conftest import NOW, TEST_SECRET_KEY

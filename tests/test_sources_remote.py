@@ -21,7 +21,7 @@ from publisher import __version__
 from publisher.errors import SourceError
 from publisher.ingest import ingest
 from publisher.sources import ssrf
-from publisher.sources.remote import FeedSource, FetchError, Fetcher, PageSource, RemoteResult, parse_date, selector_problems, split_credit
+from publisher.sources.remote import FeedSource, Fetcher, FetchError, PageSource, RemoteResult, parse_date, selector_problems, split_credit
 from publisher.sources.ssrf import UnsafeURLError, blocked_reason, check_url
 from publisher.store import Store, open_store
 

@@ -29,8 +29,7 @@ from subscribers.tokens import make_token
 
 from ..config import Config, parse_duration
 from ..digest.archive import write_copy, write_index
-from ..digest.issue import plan_issue, render_variants
-from ..digest.issue import PlannedIssue, render_fitting
+from ..digest.issue import PlannedIssue, plan_issue, render_fitting, render_variants
 from ..digest.render import RenderedIssue, Renderer
 from ..models import Subscriber, SubscriberStatus
 from ..store import Store

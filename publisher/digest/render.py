@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from html import escape
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo

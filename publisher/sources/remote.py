@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from ._remote_base import ID_MAX, SUMMARY_MAX, TYPE_MAX, RemoteResult, parse_date
 from .feed import FEED_ACCEPT, IDS_REMEMBERED, FeedSource
-from .fetch import (DEFAULT_MAX_BYTES, DEFAULT_MAX_REDIRECTS, DEFAULT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Fetcher, FetchError,
-                    Response, remember)
+from .fetch import DEFAULT_MAX_BYTES, DEFAULT_MAX_REDIRECTS, DEFAULT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Fetcher, FetchError, Response, remember
 from .page import PAGE_ACCEPT, REQUIRED_SELECTORS, SELECTOR_KEYS, PageSource, selector_problems, split_credit
 
 __all__ = [

@@ -7,12 +7,12 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON,
     Boolean,
-    LargeBinary,
     Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
