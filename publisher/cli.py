@@ -143,6 +143,8 @@ def run(c: Context, once: bool, force_digest: bool) -> None:
         click.echo(f"digest: not due ({report.digest_skipped_reason}); use --force-digest to send now")
     else:
         _print_send(report.digest)
+        if report.digest.exit_code:
+            sys.exit(report.digest.exit_code)
 
 
 def _print_ingest(report: Any) -> None:
@@ -154,13 +156,22 @@ def _print_ingest(report: Any) -> None:
 
 
 def _print_send(outcome: Any) -> None:
-    if outcome.reason:
+    if outcome.reason and not (outcome.sent or outcome.deferred or outcome.failed or outcome.fault):
         click.echo(f"digest {outcome.issue_id}: not sent ({outcome.reason})")
         return
+    if outcome.reason:  # nothing new, but earlier issues' deferred recipients were retried
+        click.echo(f"digest {outcome.issue_id}: no new issue ({outcome.reason}); retried earlier recipients:")
+    open_note = "" if outcome.finished or outcome.reason else " (the issue stays open: the next run resumes it)"
     click.echo(f"digest {outcome.issue_id}: {outcome.sent} sent, {outcome.deferred} deferred, {outcome.failed} failed, "
-               f"{outcome.skipped} skipped" + ("" if outcome.finished else " (the issue stays open: the next run resumes it)"))
+               f"{outcome.skipped} skipped" + open_note)
     for failure in outcome.failures[:5]:
         click.echo(f"  {failure}", err=True)
+    if outcome.deferred and not outcome.fault:
+        when = outcome.next_retry.isoformat(timespec="seconds") if outcome.next_retry else "soon"
+        click.echo(f"  {outcome.deferred} deferred: `publisher run` retries them by itself (next {when}), "
+                   "or run `publisher digest send` again", err=True)
+    if outcome.fault:
+        click.echo(f"error: the send stopped: {outcome.fault}", err=True)
     if outcome.outbox is not None:
         click.echo(f"  delivered to the outbox: {outcome.outbox}/new/")
     if outcome.archive is not None:
@@ -203,8 +214,11 @@ def status(c: Context) -> None:
     else:
         click.echo("scheduler: not running (start it with `publisher run`)")
     runs = next_runs(c.store, c.cfg)
+    last_issue = c.store.last_sent_issue()
     for job in ("ingest", "digest"):
         last = c.store.setting(f"job.{job}.last_run") or "never"
+        if job == "digest" and last_issue:  # whoever sent it: the scheduler, `run --once` or `digest send`
+            last = f"{last_issue[2].isoformat(timespec='seconds')} {last_issue[0]}"
         nxt = runs.get(job)
         click.echo(f"  {job}: last {last}; next {nxt.isoformat(timespec='seconds') if nxt else 'not scheduled'}")
     states = {s["name"]: s for s in c.store.all_source_states()}
@@ -219,6 +233,7 @@ def status(c: Context) -> None:
         if bad:
             line += f"; last error {bad.isoformat(timespec='seconds')}: {st.get('last_error')}"
         click.echo(line)
+    _print_delivery_status(c, now)
     opened = c.store.open_issue()
     due, why = digest_due(c.cfg, c.store, now)
     if opened:
@@ -228,6 +243,25 @@ def status(c: Context) -> None:
 
         plan = plan_issue(c.cfg, c.store, now)
         click.echo(f"pending issue: {len(plan.publications)} new publications; {'due now' if due else why}")
+
+
+def _print_delivery_status(c: Context, now: Any) -> None:
+    """The last issue's delivery, what the service will retry and when, and a fault that needs a human."""
+    from .pipeline import FAULT_SETTING
+
+    last = c.store.last_sent_issue()
+    if last:
+        counts = c.store.send_counts(last[0])
+        parts = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("sent", "deferred", "failed", "undeliverable") if counts.get(k) or k == "sent")
+        nxt = c.store.next_retry(last[0])
+        retry = f"; next retry {nxt.isoformat(timespec='seconds')}" if nxt else ""
+        click.echo(f"last issue: {last[0]}, sent {last[2].isoformat(timespec='seconds')}: {parts}{retry}")
+    for run_id, issue_id, holder, started in c.store.live_runs():
+        click.echo(f"  sending now: {issue_id} by {holder} since {started.isoformat(timespec='seconds')}")
+    fault = c.store.setting(FAULT_SETTING)
+    if fault:
+        stamp, _, rest = fault.partition(" ")
+        click.echo(f"DELIVERY STOPPED at {stamp[:19]}: {rest.partition(chr(9))[2]}")
 
 
 # -- feeds ---------------------------------------------------------------------------------------
@@ -372,6 +406,7 @@ def digest_send(c: Context, dry_run: bool, test_to: str | None, progress: bool |
     """
     from .delivery.send import send_issue, send_test
     from .digest import plan_issue, render_variants
+    from .pipeline import record_outcome
 
     if dry_run:
         plan = plan_issue(c.cfg, c.store, _now())
@@ -389,8 +424,11 @@ def digest_send(c: Context, dry_run: bool, test_to: str | None, progress: bool |
     with _stop_on_signals() as stop, _progress_bar(progress) as on_progress:
         outcome = send_issue(c.cfg, c.store, _now(), stop=stop, progress=on_progress)
     _print_send(outcome)
+    record_outcome(c.store, outcome)
     if outcome.stopped:
         click.echo("stopped: the next `publisher digest send` resumes this issue", err=True)
+    elif outcome.exit_code:
+        sys.exit(outcome.exit_code)
 
 
 @contextlib.contextmanager

@@ -139,7 +139,11 @@ class DeliveryConfig:
     attempts: int = 3
     retry_base: float = 2.0
     batch_size: int = 50
-    stale_after: str = "2m"
+    stale_after: str = "2m"  # only for runs of versions before 0.8 (no lock): a run is now known dead by its lock
+    journal_dir: str = "var/journal"  # each run's append-only record of what it sent, replayed after a crash
+    retry_first: str = "1m"  # the service's first retry of a deferred recipient; it doubles up to retry_max
+    retry_max: str = "4h"
+    give_up_after: str = "5d"  # still deferred this long after the issue started: undeliverable (Postfix's queue lifetime)
     dkim_selector: str = ""
     dkim_domain: str = ""
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
@@ -154,6 +158,7 @@ class SubscribersConfig:
     confirmations_per_day: int = 3  # confirmation emails per address in any 24 h, whoever asks
     confirmation_attempts: int = 5  # sends of one confirmation before it is given up
     confirmation_retry: str = "1m"  # the first wait after a failed send; it doubles each time
+    soft_bounce_limit: int = 3  # issues in a row not delivered (mailbox full, or given up): then suppressed as bounced
 
 
 @dataclass(frozen=True)

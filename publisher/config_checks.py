@@ -59,6 +59,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("expected a positive number of items.", file=f, key="digest.max_items")
     parse_duration(cfg.scheduler.ingest_every, "scheduler.ingest_every")
     parse_duration(cfg.delivery.stale_after, "delivery.stale_after")
+    for key in ("retry_first", "retry_max", "give_up_after"):
+        parse_duration(getattr(cfg.delivery, key), f"delivery.{key}")
     parse_duration(cfg.scheduler.misfire_grace, "scheduler.misfire_grace")
     parse_duration(cfg.scheduler.lease, "scheduler.lease")
     _validate_signup_limits(cfg)

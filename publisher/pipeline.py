@@ -91,6 +91,21 @@ def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, bui
     return changed
 
 
+FAULT_SETTING = "delivery.fault"  # "<iso time> <seconds until the service tries again>\t<what stopped the last send>"
+
+
+def record_outcome(store: Store, outcome: SendOutcome) -> None:
+    """Keep a fault that needs a human where `publisher status` shows it (and the service backs off: it tries again
+    after a minute, then twice as long each time, up to an hour); clear it once a send delivers again."""
+    held = store.setting(FAULT_SETTING)
+    if outcome.fault:
+        wait = min(float(held.partition(" ")[2].partition("\t")[0] or 30) * 2, 3600.0) if held else 60.0
+        store.set_setting(FAULT_SETTING, f"{now_utc().isoformat()} {wait:.0f}\t{outcome.fault}")
+    elif outcome.sent and held:
+        store.set_setting(FAULT_SETTING, None)
+        log.info("delivery works again")
+
+
 def digest_due(cfg: Config, store: Store, now: datetime) -> tuple[bool, str]:
     """Due when an issue is unfinished, when none was ever sent, or when the schedule fired since the last one."""
     if store.open_issue():
@@ -114,6 +129,7 @@ def run_cycle(cfg: Config, store: Store, now: datetime, *, force_digest: bool = 
     if due or force_digest:
         log.info("digest: %s", "forced" if force_digest and not due else why)
         report.digest = send_issue(cfg, store, now)
+        record_outcome(store, report.digest)
     else:
         report.digest_skipped_reason = why
     return report

@@ -6,6 +6,10 @@
 - A lease in the database makes one `publisher run` the scheduler; a second one waits as a standby and
   takes over when the first stops renewing (it died, or its machine did). The send log stays the last
   line of defence: even two schedulers at once send each subscriber an issue once.
+- Delivery finishes by itself: every DELIVERY_EVERY seconds, and at once when the scheduler starts or takes
+  the lease, an interrupted issue is resumed and earlier issues' deferred recipients that are due are
+  retried (backing off from [delivery].retry_first to retry_max, until give_up_after). After a fault
+  that needs a human (the relay refuses us), the service tries again less and less often, up to an hour.
 - SIGTERM and Ctrl-C stop between steps: a running ingest finishes, a running send finishes the
   messages in flight and records them.
 """
@@ -26,15 +30,17 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, parse_duration
-from .delivery.send import send_issue
+from .delivery.send import SendOutcome, retry_deferred, send_issue
 from .feeds import FeedBuilder
-from .pipeline import now_utc, run_feeds, run_ingest, run_signups
+from .pipeline import FAULT_SETTING, now_utc, record_outcome, run_feeds, run_ingest, run_signups
 from .store import Store
 
 log = logging.getLogger(__name__)
 LEASE = "scheduler"
 JOBS_TABLE = "apscheduler_jobs"
 SIGNUP_EVERY = 60  # seconds: the web app's sender is woken at once; this only catches what it left behind
+DELIVERY_EVERY = 20  # seconds between looks for an interrupted issue or deferred recipients that are due
+_sending = threading.Lock()  # one send at a time in this process: the digest job and the delivery job take turns
 # The jobs are stored by reference ("publisher.scheduler:ingest_job"), not with their arguments (a Store does
 # not pickle); the running scheduler puts what they need here.
 _context: dict[str, Any] = {}
@@ -54,11 +60,51 @@ def ingest_job() -> None:
 
 def digest_job() -> None:
     cfg, store = _context["cfg"], _context["store"]
-    outcome = send_issue(cfg, store, now_utc(), stop=_context.get("stop"))
-    summary = (f"{outcome.reason}" if outcome.reason else
+    with _sending:
+        outcome = send_issue(cfg, store, now_utc(), stop=_context.get("stop"), due=now_utc())
+    _report(store, outcome)
+
+
+def delivery_job() -> None:
+    """Resume an interrupted issue at once; retry what is due. Skipped while the digest job sends, and while a
+    fault that needs a human waits for its next try."""
+    cfg, store = _context["cfg"], _context["store"]
+    if not _sending.acquire(blocking=False):
+        return
+    try:
+        now = now_utc()
+        if not _fault_allows(store, now):
+            return
+        if store.open_issue():
+            log.info("resuming the interrupted issue %s", store.open_issue()[0])  # type: ignore[index]
+            _report(store, send_issue(cfg, store, now, stop=_context.get("stop"), due=now))
+        elif store.due_retries(now):
+            _report(store, retry_deferred(cfg, store, now, due=now, stop=_context.get("stop")))
+    finally:
+        _sending.release()
+
+
+def _fault_allows(store: Store, now: datetime) -> bool:
+    held = store.setting(FAULT_SETTING)
+    if not held:
+        return True
+    stamp, _, rest = held.partition(" ")
+    wait = float(rest.partition("\t")[0] or 60)
+    return now >= datetime.fromisoformat(stamp) + timedelta(seconds=wait)
+
+
+def _report(store: Store, outcome: SendOutcome) -> None:
+    record_outcome(store, outcome)
+    summary = (f"{outcome.reason}" if outcome.reason and not (outcome.sent or outcome.deferred or outcome.failed) else
                f"{outcome.sent} sent, {outcome.deferred} deferred, {outcome.failed} failed, {outcome.skipped} skipped")
+    if outcome.fault:
+        log.error("digest %s stopped, needs a fix: %s", outcome.issue_id, outcome.fault)
+    if outcome.deferred:
+        log.warning("digest %s: %d deferred, retried by the service from %s", outcome.issue_id, outcome.deferred,
+                    outcome.next_retry.isoformat() if outcome.next_retry else "soon")
     log.info("digest %s: %s", outcome.issue_id, summary)
-    store.set_setting("job.digest.last_run", f"{now_utc().isoformat()} {outcome.issue_id}: {summary}")
+    if outcome.issue_id != "retries" and not outcome.reason:
+        store.set_setting("job.digest.last_run", f"{now_utc().isoformat()} {outcome.issue_id}: {summary}")
 
 
 def signup_job() -> None:
@@ -87,6 +133,9 @@ def add_jobs(sched: BackgroundScheduler, cfg: Config) -> None:
     sched.add_job("publisher.scheduler:ingest_job", IntervalTrigger(seconds=parse_duration(cfg.scheduler.ingest_every)), id="ingest",
                   name="ingest", replace_existing=True, next_run_time=now_utc(), misfire_grace_time=None)
     sched.add_job("publisher.scheduler:signup_job", IntervalTrigger(seconds=SIGNUP_EVERY), id="signups", name="signups",
+                  replace_existing=True, next_run_time=now_utc(), misfire_grace_time=None)
+    # At once on start (and on taking the lease over): an interrupted issue does not wait for the next fire.
+    sched.add_job("publisher.scheduler:delivery_job", IntervalTrigger(seconds=DELIVERY_EVERY), id="delivery", name="delivery",
                   replace_existing=True, next_run_time=now_utc(), misfire_grace_time=None)
     existing = sched.get_job("digest")
     trigger = digest_trigger(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+from datetime import datetime, timezone
 import email.policy
 import mailbox
 import re
@@ -114,6 +115,9 @@ def test_an_unreachable_smtp_server_fails_clearly(ready) -> None:
     port = free_port()  # nobody listens there
     smtp_cfg = replace(cfg, delivery=DeliveryConfig(backend="smtp", retry_base=0.01, smtp=SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=2)))
     outcome = send_issue(smtp_cfg, store, NOW)
-    assert (outcome.sent, outcome.deferred, outcome.failed) == (0, 2, 0)  # left for the next run, not bounced
+    assert (outcome.sent, outcome.deferred, outcome.failed) == (0, 2, 0)  # left for the retries, not bounced
     assert f"SMTP server 127.0.0.1:{port}: ConnectionRefusedError" in outcome.failures[0]
-    assert not outcome.finished and store.open_issue() is not None and store.unfinished_sends(outcome.issue_id) == 2
+    # Everyone was tried, so the issue has gone out (a next one is not held back); the two deferred are retried
+    # by the service from a minute on, and the exit code says so.
+    assert outcome.finished and store.unfinished_sends(outcome.issue_id) == 2 and outcome.exit_code == 3
+    assert outcome.next_retry is not None and 50 <= (outcome.next_retry - datetime.now(timezone.utc)).total_seconds() <= 70

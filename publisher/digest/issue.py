@@ -48,6 +48,16 @@ def plan_issue(cfg: Config, store: Store, now: datetime) -> PlannedIssue:
     return PlannedIssue(issue_id, cutoff, now, note, tuple(pubs))
 
 
+def replan_issue(cfg: Config, store: Store, issue_id: str, now: datetime) -> PlannedIssue:
+    """An issue that has gone out, as it was planned: the same cutoff, note and publications, for its retries."""
+    found = store.issue(issue_id)
+    if found is None:
+        raise LookupError(f"no digest issue {issue_id!r}")
+    _, cutoff, note, _, _ = found
+    pubs = store.publications(seen_after=store.previous_cutoff(issue_id), seen_until=cutoff)
+    return PlannedIssue(issue_id, cutoff, now, note, tuple(pubs))
+
+
 def render_variants(cfg: Config, plan: PlannedIssue, topic_sets: Iterable[tuple[str, ...]], renderer: Renderer | None = None) -> dict[tuple[str, ...], RenderedIssue]:
     """Each distinct topic selection rendered once (the everything variant always: it is the web copy).
 

@@ -393,6 +393,20 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin):
             row = conn.execute(select(d).where(d.c.sent_at.is_not(None)).order_by(d.c.sent_at.desc()).limit(1)).first()
         return (row.id, row.cutoff, row.sent_at) if row else None
 
+    def issue(self, issue_id: str) -> tuple[str, datetime, str, datetime, datetime | None] | None:
+        """(id, cutoff, note, created_at, sent_at) of one issue."""
+        d = t.digest_issues
+        with self._tx() as conn:
+            row = conn.execute(select(d).where(d.c.id == issue_id)).first()
+        return (row.id, row.cutoff, row.note, row.created_at, row.sent_at) if row else None
+
+    def previous_cutoff(self, issue_id: str) -> datetime | None:
+        """The cutoff of the newest sent issue before this one: where this one's publications begin."""
+        d = t.digest_issues
+        with self._tx() as conn:
+            mine = select(d.c.cutoff).where(d.c.id == issue_id).scalar_subquery()
+            return conn.execute(select(func.max(d.c.cutoff)).where(d.c.sent_at.is_not(None), d.c.cutoff < mine, d.c.id != issue_id)).scalar_one()
+
     def open_issue(self) -> tuple[str, datetime, str] | None:
         """(id, cutoff, note) of an issue that was started and not finished: it is resumed, not re-selected."""
         d = t.digest_issues

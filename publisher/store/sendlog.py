@@ -1,15 +1,19 @@
 """The send log: one row per (issue, subscriber), claimed before a message leaves and marked after.
 
 Rows are claimed and recorded in batches (one transaction each), so the log costs a few
-milliseconds per batch, not per message. A run keeps a heartbeat; a queued row whose run has
-stopped beating (killed, crashed) is taken over by the next run, so a crash loses nothing and
+milliseconds per batch, not per message. A run holds a lock that dies with its process (see
+``liveness``); a queued row whose run's lock is free (killed, crashed, rebooted) is taken over by the
+next run at once, and the dead run's journal tells what it had sent, so a crash loses nothing and
 duplicates at most what was in flight. Two runs at once never hold the same row.
+
+A deferred row carries when it is due again (``next_attempt_at``): the service retries it then, backing
+off, until ``give_up`` marks it undeliverable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
@@ -21,9 +25,43 @@ from . import tables as t
 class SendLogMixin:
     def _tx(self) -> Any: ...  # provided by Store
 
-    def register_run(self, run_id: str, issue_id: str, now: datetime) -> None:
+    def register_run(self, run_id: str, issue_id: str, now: datetime, holder: str | None = None) -> None:
+        """Record a run; with ``holder`` (host:pid) its liveness is its lock (hold it first: see :meth:`hold_run`)."""
         with self._tx() as conn:
-            conn.execute(insert(t.send_runs).values(id=run_id, issue_id=issue_id, started_at=now, heartbeat_at=now))
+            conn.execute(insert(t.send_runs).values(id=run_id, issue_id=issue_id, started_at=now, heartbeat_at=now, holder=holder))
+
+    def hold_run(self, run_id: str) -> Any:
+        """The run's lock, held until ``release()`` or the process dies."""
+        return self._liveness().hold(run_id)
+
+    def run_alive(self, run_id: str) -> bool:
+        return self._liveness().alive(run_id)
+
+    def _liveness(self) -> Any:
+        from .liveness import Liveness
+
+        live = getattr(self, "_live", None)
+        if live is None:
+            live = self._live = Liveness(self.engine)  # type: ignore[attr-defined]
+        return live
+
+    def reap_runs(self, now: datetime) -> list[str]:
+        """Mark every unfinished run whose lock is free as finished (its process is gone); returns their ids."""
+        runs = t.send_runs
+        with self._tx() as conn:
+            open_runs = list(conn.execute(select(runs.c.id).where(runs.c.finished_at.is_(None), runs.c.holder.is_not(None))).scalars())
+        dead = [run_id for run_id in open_runs if not self.run_alive(run_id)]
+        if dead:
+            with self._tx() as conn:
+                conn.execute(update(runs).where(runs.c.id.in_(dead), runs.c.finished_at.is_(None)).values(finished_at=now))
+        return dead
+
+    def live_runs(self) -> list[tuple[str, str, str, datetime]]:
+        """(run id, issue id, holder, started) of the runs whose process is alive, for `publisher status`."""
+        runs = t.send_runs
+        with self._tx() as conn:
+            rows = conn.execute(select(runs).where(runs.c.finished_at.is_(None), runs.c.holder.is_not(None))).all()
+        return [(r.id, r.issue_id, r.holder, r.started_at) for r in rows if self.run_alive(r.id)]
 
     def heartbeat(self, run_id: str, now: datetime) -> None:
         with self._tx() as conn:
@@ -41,18 +79,23 @@ class SendLogMixin:
             q = (select(s).where(s.c.id > last, s.c.status == SubscriberStatus.ACTIVE.value,
                                  func.coalesce(s.c.confirmed_at, s.c.created_at) <= issue_created_at)
                  .order_by(s.c.id).limit(batch))
-            with self._tx() as conn:
-                rows = conn.execute(q).all()
-                ids = [r.id for r in rows]
-                topic_rows = conn.execute(select(t.subscriber_topics).where(t.subscriber_topics.c.subscriber_id.in_(ids))).all() if ids else []
-            if not rows:
+            batch_of = self._subscribers(q)
+            if not batch_of:
                 return
-            topics: dict[int, list[str]] = {}
-            for tr in topic_rows:
-                topics.setdefault(tr.subscriber_id, []).append(tr.topic_slug)
-            yield [Subscriber(r.id, r.email, SubscriberStatus(r.status), r.created_at, r.updated_at,
-                              tuple(sorted(topics.get(r.id, ()))), r.confirmed_at) for r in rows]
-            last = ids[-1]
+            yield batch_of
+            last = batch_of[-1].id
+
+    def _subscribers(self, q: Any) -> list[Subscriber]:
+        """The subscribers a query selects, with their topics (two statements, one transaction)."""
+        with self._tx() as conn:
+            rows = conn.execute(q).all()
+            ids = [r.id for r in rows]
+            topic_rows = conn.execute(select(t.subscriber_topics).where(t.subscriber_topics.c.subscriber_id.in_(ids))).all() if ids else []
+        topics: dict[int, list[str]] = {}
+        for tr in topic_rows:
+            topics.setdefault(tr.subscriber_id, []).append(tr.topic_slug)
+        return [Subscriber(r.id, r.email, SubscriberStatus(r.status), r.created_at, r.updated_at,
+                           tuple(sorted(topics.get(r.id, ()))), r.confirmed_at) for r in rows]
 
     def subscriber_topic_sets(self) -> set[tuple[str, ...]]:
         """The distinct topic selections of active subscribers: the variants an issue needs."""
@@ -82,12 +125,13 @@ class SendLogMixin:
             return conn.execute(select(d.c.created_at).where(d.c.id == issue_id)).scalar_one()
 
     def claim_batch(self, issue_id: str, run_id: str, candidates: Sequence[tuple[int, str]], now: datetime,
-                    stale_before: datetime) -> set[int]:
+                    stale_before: datetime, *, due: datetime | None = None) -> set[int]:
         """Claim these (subscriber id, message id) for this run; returns the ids it got.
 
-        New rows are inserted; deferred rows, and queued rows of a run that stopped, are taken over;
-        sent and failed rows, and rows another live run holds, are left alone. Subscribers who are no
-        longer active (unsubscribed mid-send) are not claimed.
+        New rows are inserted; deferred rows (with ``due``, only those due by then), and queued rows of a
+        run that finished or died (see :meth:`reap_runs`), are taken over; sent, failed and undeliverable rows,
+        and rows another live run holds, are left alone. Subscribers who are no longer active (unsubscribed
+        mid-send) are not claimed. ``stale_before`` only judges runs of versions without a lock (no holder).
         """
         if not candidates:
             return set()
@@ -99,37 +143,131 @@ class SendLogMixin:
                      "attempts": 0, "claimed_by": run_id} for sid, mid in candidates if sid in active]
             if rows:
                 conn.execute(_insert_ignore(conn, sl), rows)
-            dead = select(runs.c.id).where(or_(runs.c.heartbeat_at < stale_before, runs.c.finished_at.is_not(None)))
+            dead = select(runs.c.id).where(or_(runs.c.finished_at.is_not(None), and_(runs.c.holder.is_(None), runs.c.heartbeat_at < stale_before)))
+            retry = sl.c.status == "deferred"
+            if due is not None:
+                retry = and_(retry, or_(sl.c.next_attempt_at.is_(None), sl.c.next_attempt_at <= due))
             conn.execute(
                 update(sl)
                 .where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(list(active)), sl.c.claimed_by != run_id,
-                       or_(sl.c.status == "deferred", and_(sl.c.status == "queued", or_(sl.c.claimed_by.is_(None), sl.c.claimed_by.in_(dead)))))
+                       or_(retry, and_(sl.c.status == "queued", or_(sl.c.claimed_by.is_(None), sl.c.claimed_by.in_(dead)))))
                 .values(status="queued", claimed_by=run_id, updated_at=now)
             )
             got = conn.execute(select(sl.c.subscriber_id).where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(ids),
                                                                  sl.c.status == "queued", sl.c.claimed_by == run_id)).scalars()
             return set(got)
 
-    def record_sends(self, issue_id: str, results: Iterable[tuple[int, str, str, int]], now: datetime) -> None:
-        """(subscriber id, status, error, attempts) in one transaction; a failed address is marked bounced."""
+    def record_sends(self, issue_id: str, results: Iterable[tuple[Any, ...]], now: datetime, *, run_id: str | None = None,
+                     retry_in: Callable[[int], float] | None = None, soft_bounce_limit: int = 0) -> None:
+        """(subscriber id, status, error, attempts[, kind]) in one transaction.
+
+        ``run_id``: only rows this run holds are written (a dead run's journal never overwrites a later run's
+        outcome). A deferred row is due again ``retry_in(deferrals)`` seconds from now. A hard failure marks
+        the address bounced; a soft one (mailbox full) counts towards ``soft_bounce_limit`` (0: never
+        suppressed); a delivery resets that count. The sender's own faults (kind "sender") never touch
+        the subscriber.
+        """
         sl, subs = t.send_log, t.subscribers
-        results = list(results)
-        stmt = (update(sl).where(sl.c.issue_id == bindparam("b_issue"), sl.c.subscriber_id == bindparam("b_sid"))
-                .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=now, attempts=sl.c.attempts + bindparam("b_attempts")))
+        rows = [(r[0], r[1], r[2], r[3], r[4] if len(r) > 4 else ("hard" if r[1] == "failed" else "")) for r in results]
+        if not rows:
+            return
+        where = [sl.c.issue_id == bindparam("b_issue"), sl.c.subscriber_id == bindparam("b_sid")]
+        if run_id is not None:
+            where.append(sl.c.claimed_by == run_id)
+        stmt = (update(sl).where(*where)
+                .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=now, kind=bindparam("b_kind"),
+                        next_attempt_at=bindparam("b_next"), deferrals=sl.c.deferrals + bindparam("b_deferred"),
+                        attempts=sl.c.attempts + bindparam("b_attempts")))
         with self._tx() as conn:
-            if results:  # one executemany for the batch, not a statement per row
-                conn.execute(stmt, [{"b_issue": issue_id, "b_sid": sid, "b_status": status, "b_error": error or None, "b_attempts": attempts}
-                                    for sid, status, error, attempts in results])
-            bounced = [sid for sid, status, _, _ in results if status == "failed"]
+            deferred = [sid for sid, status, *_ in rows if status == "deferred"]
+            seen: dict[int, int] = {}
+            if deferred:
+                seen = dict(conn.execute(select(sl.c.subscriber_id, sl.c.deferrals).where(sl.c.issue_id == issue_id,
+                                                                                          sl.c.subscriber_id.in_(deferred))).all())
+            delay = retry_in or (lambda n: 60.0 * 2 ** min(n - 1, 8))
+
+            def next_at(sid: int, status: str) -> datetime | None:
+                return now + timedelta(seconds=delay(seen.get(sid, 0) + 1)) if status == "deferred" else None
+
+            if run_id is not None:  # only what this run still holds
+                held = select(sl.c.subscriber_id).where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_([r[0] for r in rows]), sl.c.claimed_by == run_id)
+                mine = set(conn.execute(held).scalars())
+                rows = [r for r in rows if r[0] in mine]
+                if not rows:
+                    return
+            conn.execute(stmt, [{"b_issue": issue_id, "b_sid": sid, "b_status": status, "b_error": error or None, "b_attempts": attempts,
+                                 "b_kind": kind or None, "b_next": next_at(sid, status), "b_deferred": int(status == "deferred")}
+                                for sid, status, error, attempts, kind in rows])
+            bounced = [sid for sid, status, _, _, kind in rows if status == "failed" and kind == "hard"]
             if bounced:
                 conn.execute(update(subs).where(subs.c.id.in_(bounced), subs.c.status == SubscriberStatus.ACTIVE.value)
                              .values(status=SubscriberStatus.BOUNCED.value, updated_at=now))
+            self._soft_bounced(conn, [sid for sid, status, _, _, kind in rows if status == "failed" and kind == "soft"], soft_bounce_limit, now)
+            delivered = [sid for sid, status, *_ in rows if status == "sent"]
+            if delivered:
+                conn.execute(update(subs).where(subs.c.id.in_(delivered), subs.c.soft_bounces > 0).values(soft_bounces=0))
 
-    def unfinished_sends(self, issue_id: str) -> int:
-        """Rows still queued or deferred: while there are any, the issue stays open and the next run resumes it."""
-        sl = t.send_log
+    def _soft_bounced(self, conn: Any, ids: list[int], limit: int, now: datetime) -> None:
+        if not ids:
+            return
+        subs = t.subscribers
+        conn.execute(update(subs).where(subs.c.id.in_(ids)).values(soft_bounces=subs.c.soft_bounces + 1))
+        if limit > 0:
+            conn.execute(update(subs).where(subs.c.id.in_(ids), subs.c.soft_bounces >= limit, subs.c.status == SubscriberStatus.ACTIVE.value)
+                         .values(status=SubscriberStatus.BOUNCED.value, updated_at=now))
+
+    def give_up(self, started_before: datetime, now: datetime, *, soft_bounce_limit: int = 0) -> int:
+        """Rows still deferred of issues started before ``started_before``: undeliverable (not bounced), each a soft
+        bounce of its subscriber. Returns how many."""
+        sl, d = t.send_log, t.digest_issues
+        old = select(d.c.id).where(d.c.created_at < started_before)
         with self._tx() as conn:
-            return conn.execute(select(func.count()).select_from(sl).where(sl.c.issue_id == issue_id, sl.c.status.in_(("queued", "deferred")))).scalar_one()
+            ids = list(conn.execute(select(sl.c.subscriber_id).where(sl.c.status == "deferred", sl.c.issue_id.in_(old))).scalars())
+            if not ids:
+                return 0
+            conn.execute(update(sl).where(sl.c.status == "deferred", sl.c.issue_id.in_(old))
+                         .values(status="undeliverable", next_attempt_at=None, updated_at=now))
+            self._soft_bounced(conn, sorted(set(ids)), soft_bounce_limit, now)
+        return len(ids)
+
+    def due_retries(self, now: datetime) -> list[str]:
+        """Issues with deferred rows due by ``now``, oldest first."""
+        sl, d = t.send_log, t.digest_issues
+        with self._tx() as conn:
+            return list(conn.execute(select(sl.c.issue_id).join(d, d.c.id == sl.c.issue_id)
+                                     .where(sl.c.status == "deferred", or_(sl.c.next_attempt_at.is_(None), sl.c.next_attempt_at <= now))
+                                     .group_by(sl.c.issue_id).order_by(func.min(d.c.created_at))).scalars())
+
+    def next_retry(self, issue_id: str | None = None) -> datetime | None:
+        sl = t.send_log
+        q = select(func.min(sl.c.next_attempt_at)).where(sl.c.status == "deferred")
+        if issue_id is not None:
+            q = q.where(sl.c.issue_id == issue_id)
+        with self._tx() as conn:
+            return conn.execute(q).scalar_one()
+
+    def deferred_recipients(self, issue_id: str, due: datetime | None, batch: int = 1000) -> Iterator[list[Subscriber]]:
+        """Active subscribers whose row of this issue is deferred (and due by ``due``), in batches by id."""
+        s, sl = t.subscribers, t.send_log
+        last = 0
+        while True:
+            q = (select(s).join(sl, and_(sl.c.subscriber_id == s.c.id, sl.c.issue_id == issue_id))
+                 .where(s.c.id > last, s.c.status == SubscriberStatus.ACTIVE.value, sl.c.status.in_(("deferred", "queued"))))
+            if due is not None:
+                q = q.where(or_(sl.c.status == "queued", sl.c.next_attempt_at.is_(None), sl.c.next_attempt_at <= due))
+            batch_of = self._subscribers(q.order_by(s.c.id).limit(batch))
+            if not batch_of:
+                return
+            yield batch_of
+            last = batch_of[-1].id
+
+    def unfinished_sends(self, issue_id: str, *, queued_only: bool = False) -> int:
+        """Rows still queued (claimed and not tried, or held by a run) or deferred; ``queued_only``: only the former,
+        while there are any the issue has not gone out to everyone, and the next run resumes it."""
+        sl = t.send_log
+        states = ("queued",) if queued_only else ("queued", "deferred")
+        with self._tx() as conn:
+            return conn.execute(select(func.count()).select_from(sl).where(sl.c.issue_id == issue_id, sl.c.status.in_(states))).scalar_one()
 
 
 def _insert_ignore(conn: Any, table: Any) -> Any:

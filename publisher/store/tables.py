@@ -105,6 +105,9 @@ subscribers = Table(
     # The latest sign-up's random nonce, signed into its confirmation link: a new sign-up makes a new one, so an
     # older link no longer confirms. Kept after confirming, so that link (clicked twice) says "subscribed" again.
     Column("confirm_nonce", String(32)),
+    # Soft bounces (mailbox full, or still deferred when the retries gave up) across issues: at
+    # [subscribers].soft_bounce_limit the address is suppressed as bounced. A delivered issue resets it.
+    Column("soft_bounces", Integer, nullable=False, server_default="0"),
 )
 
 subscriber_topics = Table(
@@ -145,10 +148,15 @@ send_log = Table(
     Column("error", Text),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("claimed_by", String(64)),  # the send run holding a queued row
+    # queued / sent / deferred / failed / undeliverable (still deferred after [delivery].give_up_after)
+    Column("next_attempt_at", UTCDateTime),  # a deferred row is retried by the service from then on
+    Column("kind", String(10)),  # why the last try did not deliver: hard / soft / sender (see delivery.classify)
+    Column("deferrals", Integer, nullable=False, server_default="0"),  # how many times deferred: the retry backoff
     Index("ix_send_log_issue_status", "issue_id", "status"),
 )
 
-# Each `digest send` is a run with a heartbeat; a queued row whose run stopped beating is taken over.
+# Each `digest send` is a run. Its process holds a lock that dies with it (a PostgreSQL session advisory lock,
+# or an flock on a file beside the SQLite store): a queued row whose run's lock is free is taken over at once.
 send_runs = Table(
     "send_runs",
     metadata,
@@ -157,6 +165,7 @@ send_runs = Table(
     Column("started_at", UTCDateTime, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime),
+    Column("holder", String(200)),  # host:pid, for `publisher status`
 )
 
 # Rendered feed entries, so a new process does not re-render what an earlier one did. A fragment is
