@@ -9,6 +9,7 @@ engine owns retries, backoff and the send log.
 
 from __future__ import annotations
 
+import base64
 import mailbox
 import smtplib
 import socket
@@ -19,6 +20,7 @@ from typing import Protocol
 
 from ..config import Config
 from .api import Prepared, Recipient, Result
+from .classify import Stage, classify_smtp
 from .dkim import signer_for
 from .message import CompiledMessage
 
@@ -90,22 +92,32 @@ class SmtpTransport:
             conn: smtplib.SMTP = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=ssl.create_default_context())
         else:
             conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        try:
             if s.security == "starttls":
                 conn.starttls(context=ssl.create_default_context())
-        if s.username:
-            conn.login(s.username, self.cfg.smtp_password.get())
+            if s.username:
+                conn.login(s.username, self.cfg.smtp_password.get())
+            conn.ehlo_or_helo_if_needed()
+        except BaseException:
+            conn.close()  # a refused STARTTLS or login: the socket is not left open
+            raise
         return conn
 
     def send(self, variant: Variant, recipients: Sequence[Recipient]) -> list[Result]:
         return [self._send_one(variant, r) for r in recipients]
 
     def _send_one(self, variant: Variant, r: Recipient) -> Result:
-        s = self.cfg.delivery.smtp
+        """One message: MAIL, RCPT, DATA, classified by :func:`publisher.delivery.classify.classify_smtp`.
+
+        A refusal before RCPT (the greeting, STARTTLS, AUTH, MAIL FROM) is the relay refusing *us*: it is
+        never a failed recipient, whatever its code. Only a RCPT or DATA reply can speak about the address.
+        """
+        if self._conn is None:
+            refused = self._open(r)
+            if refused is not None:
+                return refused
+        assert self._conn is not None
         try:
-            if self._conn is None:
-                self._conn = self._connect()
-                self._conn.ehlo_or_helo_if_needed()
-                self._pipelining = self._conn.has_extn("pipelining")
             data = variant.message.for_recipient(r.subscriber_id, r.email, r.links, dot_stuffed=True)
             if self.signer:  # sign what the recipient will read (not dot-stuffed); the header itself never starts with "."
                 data = self.signer.sign(variant.message.for_recipient(r.subscriber_id, r.email, r.links)) + data
@@ -114,23 +126,63 @@ class SmtpTransport:
                 return Result(r.subscriber_id, "sent")
             if code == 421:
                 self._drop()
-            return _by_code(r, code, reply, "refused the message")
+            return self._by_code(r, code, reply, "refused the message", "data")
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
-            return _by_code(r, code, text, "refused the recipient")
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, text = next(iter(exc.recipients.values()))
-            return _by_code(r, code, text, "refused the recipient")
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPAuthenticationError) as exc:
+            if code == 421:
+                self._drop()
+            return self._by_code(r, code, text, "refused the recipient", "rcpt")
+        except smtplib.SMTPSenderRefused as exc:
             self._drop()  # the relay refuses us, not the subscriber: never a bounce
-            return Result(r.subscriber_id, "deferred", f"SMTP server {s.host}:{s.port} refused the sender: {exc.smtp_code} {_text(exc.smtp_error)}")
+            return self._by_code(r, exc.smtp_code, exc.smtp_error, f"{self._where} refused the sender", "mail")
         except smtplib.SMTPResponseException as exc:
             if exc.smtp_code == 421:
                 self._drop()
-            return _by_code(r, exc.smtp_code, exc.smtp_error, "refused the message")
+            return self._by_code(r, exc.smtp_code, exc.smtp_error, "refused the message", "data")
         except (smtplib.SMTPException, OSError, socket.timeout) as exc:
-            self._drop()  # disconnected, timed out, or never connected: a fresh connection next time
-            return Result(r.subscriber_id, "deferred", f"SMTP server {s.host}:{s.port}: {type(exc).__name__}: {exc}")
+            self._drop()  # disconnected or timed out: a fresh connection next time
+            return Result(r.subscriber_id, "deferred", self._scrub(f"SMTP server {self._where}: {type(exc).__name__}: {exc}"))
+
+    def _open(self, r: Recipient) -> Result | None:
+        """Connect (TLS, AUTH, EHLO); None when connected, else ``r``'s Result saying why not (never failed)."""
+        try:
+            self._conn = self._connect()
+            self._pipelining = self._conn.has_extn("pipelining")
+            return None
+        except smtplib.SMTPAuthenticationError as exc:  # 535 5.7.8 credentials invalid, 534, 538; 454 4.7.0 is transient
+            return self._by_code(r, exc.smtp_code, exc.smtp_error, f"{self._where} refused the login", "connect")
+        except smtplib.SMTPServerDisconnected as exc:
+            return Result(r.subscriber_id, "deferred", self._scrub(f"SMTP server {self._where}: {type(exc).__name__}: {exc}"))
+        except smtplib.SMTPResponseException as exc:  # a 554 greeting, a refused EHLO or STARTTLS
+            return self._by_code(r, exc.smtp_code, exc.smtp_error, f"{self._where} refused the connection", "connect")
+        except (smtplib.SMTPException, ssl.SSLCertVerificationError) as exc:
+            # PlaintextAuthRefused, AUTH or STARTTLS not offered, no common AUTH mechanism, a certificate that
+            # does not match the host: configuration, the operator's to fix; the same every time.
+            error = self._scrub(f"SMTP server {self._where}: {type(exc).__name__}: {exc}")
+            return Result(r.subscriber_id, "deferred", error, kind="sender")
+        except (OSError, socket.timeout) as exc:  # refused, unreachable, timed out, reset: retry
+            return Result(r.subscriber_id, "deferred", self._scrub(f"SMTP server {self._where}: {type(exc).__name__}: {exc}"))
+
+    @property
+    def _where(self) -> str:
+        s = self.cfg.delivery.smtp
+        return f"{s.host}:{s.port}"
+
+    def _by_code(self, r: Recipient, code: int, text: bytes | str, what: str, stage: Stage) -> Result:
+        """``r``'s Result for a reply: status and kind from the code, the text and the stage; the relay's own words."""
+        status, kind = classify_smtp(code, text, stage)
+        return Result(r.subscriber_id, status, self._scrub(f"SMTP server {what}: {code} {_text(text)}"), kind=kind)
+
+    def _scrub(self, text: str) -> str:
+        """The text without the SMTP password, as it is and as AUTH PLAIN / LOGIN carry it, should a relay echo it."""
+        password = self.cfg.smtp_password.get()
+        if not password:
+            return text
+        user = self.cfg.delivery.smtp.username
+        for secret in (f"\0{user}\0{password}", password):
+            for form in (base64.b64encode(secret.encode()).decode("ascii"), secret):
+                text = text.replace(form, "[redacted]")
+        return text
 
     def _transaction(self, conn: smtplib.SMTP, rcpt: str, data: bytes) -> tuple[int, bytes]:
         """MAIL, RCPT, DATA, the message (already dot-stuffed, so smtplib's per-message regex pass is skipped).
@@ -178,12 +230,9 @@ class SmtpTransport:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _by_code(r: Recipient, code: int, text: bytes | str, what: str) -> Result:
-    status = "failed" if 500 <= code < 600 else "deferred"
-    return Result(r.subscriber_id, status, f"SMTP server {what}: {code} {_text(text)}")  # type: ignore[arg-type]
+    """A reply's text on one line (smtplib joins a multi-line reply with newlines)."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return " ".join(text.split())
 
 
 class ApiTransport:

@@ -9,6 +9,17 @@ requests as the provider allows, and reports one :class:`Result` per recipient:
   when the provider said how long to wait;
 - ``failed``: the provider refused this address for good (invalid, suppressed on its side...).
 
+and ``kind`` says whose problem a refusal is (:mod:`publisher.delivery.classify` decides it):
+
+- ``"hard"``: the address itself (no such mailbox or domain, inactive on the provider's side): failed,
+  the subscriber is suppressed as bounced;
+- ``"soft"``: this recipient, for now (mailbox full, greylisted): counted across issues, not suppressed
+  at once; ``failed`` for a permanent reply (5.2.2), ``deferred`` for a temporary one;
+- ``"sender"``: our side (relay or API refusing us, credentials, an unverified sender, a request the
+  provider cannot take): always ``deferred``, never anybody's bounce; the engine's circuit breaker
+  stops the send when it hits most recipients;
+- ``""``: sent, or a transient fault (timeout, dropped connection, 421, 429, 5xx): retry.
+
 Adapters never retry and never sleep: the send engine owns retries, backoff and the send log. They use
 one ``requests.Session`` (one connection pool per host), a timeout on every request, and the API key
 from the environment (``PUBLISHER_API_KEY``), which never appears in a repr, a log line or an error.
@@ -22,9 +33,10 @@ from typing import Literal, Protocol
 
 from ...digest.render import SLOT_NAMES, Slots, personalise
 
-__all__ = ["SLOT_NAMES", "ApiAdapter", "Prepared", "Recipient", "Result", "Slots", "Status"]
+__all__ = ["SLOT_NAMES", "ApiAdapter", "Kind", "Prepared", "Recipient", "Result", "Slots", "Status"]
 
 Status = Literal["sent", "deferred", "failed"]
+Kind = Literal["", "hard", "soft", "sender"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class Result:
     status: Status
     error: str = ""  # never contains the API key
     retry_after: float | None = None
+    kind: Kind = ""  # whose problem a refusal is: "hard" / "soft" (the recipient), "sender" (ours), "" (none, or transient)
 
 
 class ApiAdapter(Protocol):
