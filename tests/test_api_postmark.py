@@ -201,9 +201,10 @@ def test_401_is_a_configuration_error_reported_as_deferred() -> None:
     assert_no_key(results, KEY)
 
 
-def test_422_on_the_request_fails_all_with_postmarks_message() -> None:
+def test_422_on_the_request_defers_all_as_the_senders_problem_with_postmarks_message() -> None:
+    """Our request, not their addresses: failing them would suppress the whole batch (issue 12, point 4)."""
     results, _ = send(answer(422, {"ErrorCode": 402, "Message": "Received invalid JSON input."}))
-    assert {r.status for r in results} == {"failed"}
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")}
     assert all("402" in r.error and "Received invalid JSON input." in r.error for r in results)
 
 

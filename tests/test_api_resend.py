@@ -192,10 +192,11 @@ def test_409_idempotency_conflicts_defer(name: str, message: str) -> None:
 
 
 @pytest.mark.parametrize("status", [400, 422])
-def test_validation_errors_fail_all_with_the_providers_message(status: int) -> None:
+def test_validation_errors_defer_all_as_the_senders_problem_with_the_providers_message(status: int) -> None:
+    """Our request, not their addresses: failing them would suppress the whole batch (issue 12, point 4)."""
     results, _ = send(error(status, "validation_error", "The `subject` field must be a `string`."))
     assert len(results) == 3
-    assert {r.status for r in results} == {"failed"}
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")}
     assert all("The `subject` field must be a `string`." in r.error for r in results)
 
 
@@ -236,7 +237,7 @@ def test_key_never_in_repr_or_errors() -> None:
         results, _ = send(error(status, "some_error", f"key {KEY} says no"))
         assert results and all(r.error for r in results)
         assert_no_key(results, KEY)
-    results, _ = send(answer(200, {"data": [], "errors": [{"index": 0, "message": f"bad, and the key was {KEY}"}]}))
+    results, _ = send(answer(200, {"data": [], "errors": [{"index": 0, "message": f"Invalid `to` field, and the key was {KEY}"}]}))
     assert by_id(results)[1].status == "failed"
     assert_no_key(results, KEY)
 

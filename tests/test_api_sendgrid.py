@@ -188,12 +188,13 @@ def test_connection_refused_defers_and_the_error_has_no_key(adapter_for) -> None
     assert_connection_refused_defers(adapter_for, "SendGrid", KEY)
 
 
-def test_a_request_refused_as_a_whole_fails_everybody_in_it(adapter_for) -> None:
-    """A 400 on a field of the request (not of a personalization): no recipient would ever fix it."""
+def test_a_request_refused_as_a_whole_defers_everybody_in_it(adapter_for) -> None:
+    """A 400 on a field of the request (not of a personalization): no recipient would ever fix it, and failing
+    them would suppress the whole batch for our mistake (issue 12, point 4)."""
     error = {"errors": [{"field": "from.email", "message": "The from email does not contain a valid address.", "help": "..."}]}
     with recording_server(lambda m, path, b: (400, {}, json.dumps(error).encode())) as (url, reqs):
         results = adapter_for(url).send_batch(prepared(), [recipient(1), recipient(2)])
-    assert {r.status for r in results} == {"failed"}
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")}
     assert "from.email: The from email does not contain a valid address." in results[0].error
     assert len(reqs) == 1
 

@@ -8,10 +8,11 @@ against a local server answering 401 and a per-recipient invalid-address error.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -21,12 +22,16 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from publisher.config import Config, Secret, SmtpConfig
 from publisher.delivery.api import Result
+from publisher.delivery.api.mailgun import MailgunAdapter
+from publisher.delivery.api.postmark import PostmarkAdapter
+from publisher.delivery.api.resend import ResendAdapter
+from publisher.delivery.api.sendgrid import SendGridAdapter
 from publisher.delivery.backends import SmtpTransport, Variant
 from publisher.delivery.classify import classify_http, classify_smtp, enhanced_code, postmark_error, resend_email_error
 from publisher.delivery.message import CompiledMessage
 
-from .api_support import make_prepared, make_recipient
-from .servers import free_port
+from .api_support import RECIPIENTS, make_prepared, make_recipient
+from .servers import free_port, recording_server
 
 # -- the pure functions ---------------------------------------------------------------------------------
 
@@ -381,3 +386,116 @@ def test_a_421_greeting_and_an_unreachable_relay_are_transient(cfg: Config) -> N
     assert (busy.status, busy.kind) == ("deferred", "")
     gone = send_one(cfg, free_port())
     assert (gone.status, gone.kind) == ("deferred", "") and "ConnectionRefusedError" in gone.error
+
+
+# -- each API adapter: 401, and an invalid address ----------------------------------------------------------
+
+KEY = "test-Key_5ecret-0123456789"
+
+
+def _json(status: int, obj: Any) -> Any:
+    return lambda method, path, body: (status, {"Content-Type": "application/json"}, json.dumps(obj).encode())
+
+
+def _sendgrid_invalid(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    pers = json.loads(body)["personalizations"]
+    errors = [{"field": f"personalizations.{i}.to.0.email", "message": "Does not contain a valid address."}
+              for i, p in enumerate(pers) if "@" not in p["to"][0]["email"]]
+    return (400, {}, json.dumps({"errors": errors}).encode()) if errors else (202, {}, b"")
+
+
+def _mailgun_invalid(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    from urllib.parse import parse_qsl
+
+    to = [v for k, v in parse_qsl(body.decode()) if k == "to"]
+    if any("@" not in t for t in to):
+        return 400, {}, json.dumps({"message": "'to' parameter is not a valid address. please check documentation"}).encode()
+    return 200, {}, json.dumps({"id": "<x@mg.example.org>", "message": "Queued. Thank you."}).encode()
+
+
+ADAPTERS: dict[str, Any] = {
+    "postmark": lambda url: PostmarkAdapter(KEY, base_url=url),
+    "sendgrid": lambda url: SendGridAdapter(KEY, base_url=url),
+    "mailgun": lambda url: MailgunAdapter(KEY, domain="mg.example.org", base_url=url),
+    "resend": lambda url: ResendAdapter(KEY, base_url=url),
+}
+
+UNAUTHORISED = {
+    "postmark": _json(401, {"ErrorCode": 10, "Message": "Bad or missing Server API token."}),
+    "sendgrid": _json(401, {"errors": [{"field": None, "message": "The provided authorization grant is invalid, expired, or revoked"}]}),
+    "mailgun": lambda m, p, b: (401, {}, b"Forbidden"),
+    "resend": _json(401, {"statusCode": 401, "name": "missing_api_key", "message": "Missing API key in the authorization header."}),
+}
+
+BAD = make_recipient(2, "bob-at-example.net")
+BATCH = [RECIPIENTS[0], BAD, RECIPIENTS[2]]
+
+INVALID = {
+    "postmark": _json(200, [
+        {"ErrorCode": 0, "Message": "OK", "MessageID": "a", "To": RECIPIENTS[0].email},
+        {"ErrorCode": 300, "Message": f"Error parsing 'To': Illegal email address '{BAD.email}'. It must contain the '@' symbol."},
+        {"ErrorCode": 0, "Message": "OK", "MessageID": "c", "To": RECIPIENTS[2].email},
+    ]),
+    "sendgrid": _sendgrid_invalid,
+    "mailgun": _mailgun_invalid,
+    "resend": None,  # set per request: the index depends on the adapter's order
+}
+
+
+def _resend_invalid(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    emails = json.loads(body)
+    errors = [{"index": i, "message": "Invalid `to` field. The email address needs to follow the `email@example.com` format."}
+              for i, e in enumerate(emails) if "@" not in e["to"][0]]
+    data = [{"id": f"id-{i}"} for i, e in enumerate(emails) if "@" in e["to"][0]]
+    return 200, {"Content-Type": "application/json"}, json.dumps({"data": data, "errors": errors}).encode()
+
+
+INVALID["resend"] = _resend_invalid
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_an_api_refusing_the_key_is_the_senders_problem(name: str) -> None:
+    with recording_server(UNAUTHORISED[name]) as (url, _), closing(ADAPTERS[name](url)) as adapter:
+        results = adapter.send_batch(make_prepared(), BATCH)
+    assert len(results) == 3
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")}
+    assert all(KEY not in r.error for r in results)
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_an_api_refusing_one_invalid_address_is_a_hard_bounce_for_it_alone(name: str) -> None:
+    with recording_server(INVALID[name]) as (url, _), closing(ADAPTERS[name](url)) as adapter:
+        results = {r.subscriber_id: r for r in adapter.send_batch(make_prepared(), BATCH)}
+    assert (results[2].status, results[2].kind) == ("failed", "hard"), results[2]
+    assert results[1] == Result(1, "sent") and results[3] == Result(3, "sent")
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_api_server_errors_are_transient(name: str) -> None:
+    with recording_server(lambda m, p, b: (503, {}, b"upstream unavailable")) as (url, _), closing(ADAPTERS[name](url)) as adapter:
+        results = adapter.send_batch(make_prepared(), BATCH)
+    assert {(r.status, r.kind) for r in results} == {("deferred", "")}
+
+
+def test_a_sendgrid_refusal_of_a_personalizations_header_is_ours_not_the_address() -> None:
+    error = {"errors": [{"field": "personalizations.1.headers", "message": "Invalid type. Expected: object, given: string."}]}
+    with recording_server(_json(400, error)) as (url, reqs), closing(ADAPTERS["sendgrid"](url)) as adapter:
+        results = adapter.send_batch(make_prepared(), RECIPIENTS)
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")}
+    assert len(reqs) == 1  # the same request would be refused the same way: no bisection
+
+
+def test_a_mailgun_400_we_do_not_recognise_never_fails_anyone() -> None:
+    """Bisected down to lone recipients, an unknown refusal is deferred (sender), not a bounce."""
+    with recording_server(_json(400, {"message": "Something unexpected"})) as (url, _), closing(ADAPTERS["mailgun"](url)) as adapter:
+        results = adapter.send_batch(make_prepared(), RECIPIENTS)
+    assert {r.status for r in results} == {"deferred"} and len(results) == 3
+
+
+def test_a_postmark_422_naming_an_address_of_several_fails_nobody_on_a_guess() -> None:
+    body = {"ErrorCode": 406, "Message": "You tried to send to recipient(s) that have been marked as inactive."}
+    with recording_server(_json(422, body)) as (url, _), closing(ADAPTERS["postmark"](url)) as adapter:
+        several = adapter.send_batch(make_prepared(), RECIPIENTS)
+        [alone] = adapter.send_batch(make_prepared(), RECIPIENTS[:1])
+    assert {r.status for r in several} == {"deferred"}
+    assert (alone.status, alone.kind) == ("failed", "hard")

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 import requests
 
 from ... import __version__
-from . import Prepared, Recipient, Result, Status
+from . import Kind, Prepared, Recipient, Result, Status
 
 MAX_ERROR = 500  # characters of an error kept in a Result
 
@@ -136,9 +136,11 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def all_results(recipients: Sequence[Recipient], status: Status, error: str = "", retry: float | None = None) -> list[Result]:
+def all_results(
+    recipients: Sequence[Recipient], status: Status, error: str = "", retry: float | None = None, kind: Kind = ""
+) -> list[Result]:
     """The same result for everybody in ``recipients``."""
-    return [Result(r.subscriber_id, status, error, retry) for r in recipients]
+    return [Result(r.subscriber_id, status, error, retry, kind) for r in recipients]
 
 
 # -- the request -----------------------------------------------------------------------------------------
@@ -169,8 +171,13 @@ def split_headers(prepared: Prepared, recipients: Sequence[Recipient]) -> tuple[
 class Answer:
     """What one request came to.
 
-    ``refused`` (a 400): ``bad`` maps positions in the request to the provider's message for them;
-    ``whole`` says the request itself was refused (nothing to isolate). Neither: split it in halves.
+    ``refused`` (a 400): ``bad`` maps positions in the request to the provider's message for them (their
+    addresses are invalid: a hard bounce); ``whole`` says the request itself was refused (nothing to
+    isolate, nobody's address at fault); ``recipient`` says the refusal is about an address without naming
+    it (a lone recipient so refused is a hard bounce). None of them: split it in halves.
+
+    ``fault`` is the kind of a ``deferred`` answer: ``"sender"`` for the key, the domain or the sender
+    identity, ``""`` for a transient fault (429, 5xx, no answer).
     """
 
     kind: Literal["sent", "deferred", "refused"]
@@ -178,6 +185,8 @@ class Answer:
     retry_after: float | None = None
     bad: dict[int, str] = field(default_factory=dict)
     whole: bool = False
+    recipient: bool = False
+    fault: Kind = ""
 
 
 def split_budget(n: int, max_batch: int) -> int:
@@ -195,11 +204,15 @@ def isolate(recipients: Sequence[Recipient], max_batch: int, send: Callable[[Seq
     attempts ran out. So a refused request is narrowed down here, without ever sending anything twice (a
     recipient is only in a new request after a ``400``, i.e. after the provider took nothing):
 
-    - the provider named the culprits (SendGrid's ``personalizations.N``): they fail, the rest goes again;
-    - the request itself is broken (a bad ``from``...): everybody in it fails with the provider's message;
+    - the provider named the culprits (SendGrid's ``personalizations.N.to``): they fail (hard), the rest
+      goes again;
+    - the request itself is broken (a bad ``from``, an unverified sender...): nobody's address is at fault,
+      so nobody fails: everybody is deferred with the provider's message and kind ``"sender"``, and the
+      rest of the call stops there, as for any deferral (the same request would be refused the same way);
     - otherwise (Mailgun: "'to' parameter is not a valid address", without saying which): split in halves,
       depth first, so the first bad address is isolated within 1 + 2·log2(n) requests; a lone recipient
-      refused is failed.
+      refused fails (hard) when the refusal was about an address, and is deferred (``"sender"``) when the
+      provider's message says nothing we recognise: an unknown refusal never suppresses anyone.
 
     The number of requests is bounded (:func:`split_budget`): what is left when it runs out is reported
     deferred, untried, and the engine's next attempt goes on with it (without the ones already failed).
@@ -227,17 +240,19 @@ def isolate(recipients: Sequence[Recipient], max_batch: int, send: Callable[[Seq
         answer = send(part)
         if answer.kind == "sent":
             results += all_results(part, "sent")
-        elif answer.kind == "deferred":
-            results += all_results(part, "deferred", answer.error, answer.retry_after)
+        elif answer.kind == "deferred" or answer.whole:
+            fault: Kind = "sender" if answer.whole else answer.fault
+            results += all_results(part, "deferred", answer.error, answer.retry_after, fault)
             for rest in stack:
-                results += all_results(rest, "deferred", f"not attempted: {answer.error}"[:MAX_ERROR], answer.retry_after)
+                results += all_results(rest, "deferred", f"not attempted: {answer.error}"[:MAX_ERROR], answer.retry_after, fault)
             stack.clear()
         elif answer.bad:
-            results += [Result(r.subscriber_id, "failed", answer.bad[i]) for i, r in enumerate(part) if i in answer.bad]
+            results += [Result(r.subscriber_id, "failed", answer.bad[i], kind="hard") for i, r in enumerate(part) if i in answer.bad]
             if others := [r for i, r in enumerate(part) if i not in answer.bad]:
                 stack.append(others)
-        elif answer.whole or len(part) == 1:
-            results += all_results(part, "failed", answer.error)
+        elif len(part) == 1:
+            results += all_results(part, "failed", answer.error, kind="hard") if answer.recipient else \
+                all_results(part, "deferred", answer.error, kind="sender")
         else:
             mid = len(part) // 2
             stack += [part[mid:], part[:mid]]  # the first half is tried first

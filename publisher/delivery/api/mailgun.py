@@ -36,7 +36,9 @@ Forgery: Mailgun fills ``%recipient.<name>%`` wherever it occurs, and its own va
 A ``400`` refuses the whole request, and Mailgun does not name the bad address: the adapter bisects the
 batch to isolate it (see :func:`publisher.delivery.api._http.isolate`), unless the message names
 another parameter than ``to`` (``'from' parameter is not a valid address``, ``'html' parameters``...):
-then the request itself is broken and everybody in it is failed with Mailgun's message.
+then the request itself is broken and everybody in it is deferred with Mailgun's message and kind
+``"sender"`` (our request, nobody's bounce). A lone recipient refused about ``to`` is failed (hard); one
+refused with a message we do not recognise is deferred (``"sender"``), never failed.
 
 Mailgun has no idempotency key: after a timeout it may have queued the batch, and a retry may deliver
 twice. Reporting it sent instead could silently drop the issue for up to 1000 subscribers.
@@ -54,6 +56,7 @@ from urllib.parse import quote
 
 import requests
 
+from ..classify import classify_http
 from . import SLOT_NAMES, Prepared, Recipient, Result
 from ._http import MAX_ERROR, Answer, HttpAdapter, as_detail, check_key, excerpt, isolate, json_body, retry_after, split_headers
 
@@ -189,26 +192,28 @@ class MailgunAdapter(HttpAdapter):
                 return Answer("sent")
             # Mailgun answers 200 "Mailgun Magnificent API" for a URL that is not an endpoint (a domain
             # with a slash, a wrong base URL): nothing was queued.
-            return Answer("deferred", f"Mailgun answered {status} without a message id (check the domain and base URL){detail}")
+            error = f"Mailgun answered {status} without a message id (check the domain and base URL){detail}"
+            return Answer("deferred", error, fault="sender")
         if status == 400:
             error = f"Mailgun refused the request (400){detail}"
             # Only a message about another parameter than 'to' condemns the request itself; one about
             # 'to' (or one we do not recognise) is narrowed down by bisection.
-            whole = not _TO_PARAMETER.search(message) and bool(_OTHER_PARAMETER.search(message))
-            return Answer("refused", error, whole=whole)
+            about_to = bool(_TO_PARAMETER.search(message))
+            whole = not about_to and bool(_OTHER_PARAMETER.search(message))
+            return Answer("refused", error, whole=whole, recipient=about_to)
         if status in (401, 403):
             # A wrong key, or a domain not allowed to send: the operator's to fix, after which the same
             # request succeeds. Failing would drop every subscriber for a configuration error.
             error = f"Mailgun refused the API key or the domain ({status}): check PUBLISHER_API_KEY and [delivery.api] domain{detail}"
-            return Answer("deferred", error)
+            return Answer("deferred", error, fault="sender")
         if status == 404:
             error = f"Mailgun does not know the domain {self.domain!r} at {self.base_url} (404)"
-            return Answer("deferred", f"{error}: check the domain and the region (api.eu.mailgun.net){detail}")
+            return Answer("deferred", f"{error}: check the domain and the region (api.eu.mailgun.net){detail}", fault="sender")
         if status == 429:
             return Answer("deferred", f"Mailgun rate limit (429){detail}", retry_after(resp.headers.get("Retry-After")))
         if status >= 500:
             return Answer("deferred", f"Mailgun server error ({status}){detail}", retry_after(resp.headers.get("Retry-After")))
-        return Answer("deferred", f"unexpected answer from Mailgun ({status}){detail}")
+        return Answer("deferred", f"unexpected answer from Mailgun ({status}){detail}", fault=classify_http(status)[1])
 
     def _message(self, resp: requests.Response) -> str:
         data = json_body(resp)

@@ -15,22 +15,23 @@ from typing import Any
 
 import requests
 
+from ..classify import classify_http, postmark_error
 from . import Prepared, Recipient, Result
 from ._http import MAX_ERROR, HttpAdapter, all_results, as_detail, excerpt, json_body, mailbox, retry_after
 
-# Per-message ErrorCodes that say "this address, for good": 406 inactive recipient (bounced, complained,
-# suppressed on Postmark's side), 300 invalid email request (the address does not parse). Any other
-# per-message code (rate limit, account or sender-signature state, Postmark-side errors) is deferred:
-# nothing in it is this subscriber's fault, and the send engine bounds the retries.
-RECIPIENT_FAILED_CODES = frozenset({300, 406})
+# What an ErrorCode means (per message, or in a whole-request 422) is decided by
+# publisher.delivery.classify.postmark_error: 406 inactive recipient (bounced, complained, suppressed on
+# Postmark's side) is a hard bounce; 300 invalid email request is one only when its message names the 'To'
+# address (300 also covers a bad From, an empty body...); 100 maintenance and 429 rate limit are
+# transient; everything else (10 bad token, 400/401 sender signature missing/unconfirmed, 405 not allowed
+# to send, 412 account pending, 413 account may not send, 402 invalid JSON, a malformed request...) is
+# ours to fix: deferred with kind "sender", never a verdict on the subscriber, whom failing would
+# suppress for good.
 
-# ErrorCodes in a whole-request 422 that describe the account or the server token, not the payload:
-# 10 bad or missing token, 100 maintenance, 400/401 sender signature missing/unconfirmed, 405 not allowed
-# to send (e.g. out of credits), 412 account pending, 413 account may not send, 429 rate limit. An operator
-# fixes these in Postmark and the very same request then succeeds, so they are deferred. Every other code
-# in a whole-request 422 (invalid JSON, too many messages, a malformed message...) is a property of the
-# request itself: sending it again cannot succeed, so those are failed with Postmark's message.
-ACCOUNT_STATE_CODES = frozenset({10, 100, 400, 401, 405, 412, 413, 429})
+
+# The account and sender-signature codes (10 token, 400/401 sender signature, 405 not allowed to send, 412
+# account pending, 413 account may not send), named as such in the error.
+ACCOUNT_CODES = frozenset({10, 400, 401, 405, 412, 413})
 
 
 class PostmarkAdapter(HttpAdapter):
@@ -101,16 +102,23 @@ class PostmarkAdapter(HttpAdapter):
             # would keep doing so) until someone noticed; "deferred" keeps them queued, the error below
             # tells the operator exactly what to fix, and once the token is corrected the same sends go
             # through. The send engine's retry limit bounds how long they stay deferred.
-            return all_results(recipients, "deferred", "Postmark rejected the server token (401): check PUBLISHER_API_KEY")
+            return all_results(recipients, "deferred", "Postmark rejected the server token (401): check PUBLISHER_API_KEY", kind="sender")
         if status == 422:
             code = self._error_code(resp)
-            if len(recipients) == 1 and code in RECIPIENT_FAILED_CODES:
-                return all_results(recipients, "failed", f"Postmark refused the message (422){detail}")
-            if code in ACCOUNT_STATE_CODES:
-                return all_results(recipients, "deferred", f"Postmark refused to send for this account (422){detail}")
-            return all_results(recipients, "failed", f"Postmark refused the request (422){detail}")
+            verdict, kind = postmark_error(code, self._message(resp))
+            if len(recipients) == 1 and verdict == "failed":  # about the one address in the request
+                return all_results(recipients, "failed", f"Postmark refused the message (422){detail}", kind=kind)
+            if verdict == "failed":  # an address refused, but which of several? Nobody is failed on a guess
+                return all_results(recipients, "deferred", f"Postmark refused an address of the request (422){detail}")
+            if kind == "sender" and code in ACCOUNT_CODES:
+                return all_results(recipients, "deferred", f"Postmark refused to send for this account (422){detail}", kind="sender")
+            if kind == "":  # 100 maintenance, 429
+                return all_results(recipients, "deferred", f"Postmark cannot take the request now (422){detail}")
+            # Invalid JSON, too many messages, a malformed message, a 300 about the From...: our request,
+            # which no subscriber would fix. Failing everybody in it would suppress them all.
+            return all_results(recipients, "deferred", f"Postmark refused the request (422){detail}", kind="sender")
         # 404 (wrong base URL), 413 and other surprises: nothing says these addresses are bad.
-        return all_results(recipients, "deferred", f"unexpected answer from Postmark ({status}){detail}")
+        return all_results(recipients, "deferred", f"unexpected answer from Postmark ({status}){detail}", kind=classify_http(status)[1])
 
     def _per_message(self, resp: requests.Response, recipients: Sequence[Recipient]) -> list[Result]:
         entries = json_body(resp)
@@ -128,13 +136,19 @@ class PostmarkAdapter(HttpAdapter):
             if code == 0:
                 results.append(Result(r.subscriber_id, "sent"))
                 continue
-            error = self._scrub(f"Postmark error {code}: {entry.get('Message', '')}")[:MAX_ERROR]
-            results.append(Result(r.subscriber_id, "failed" if code in RECIPIENT_FAILED_CODES else "deferred", error))
+            message = str(entry.get("Message", ""))
+            error = self._scrub(f"Postmark error {code}: {message}")[:MAX_ERROR]
+            status, kind = postmark_error(code, message)
+            results.append(Result(r.subscriber_id, "deferred" if status == "sent" else status, error, kind=kind))
         return results
 
     def _error_code(self, resp: requests.Response) -> int | None:
         data = json_body(resp)
         return _int(data.get("ErrorCode")) if isinstance(data, dict) else None
+
+    def _message(self, resp: requests.Response) -> str:
+        data = json_body(resp)
+        return str(data.get("Message", "")) if isinstance(data, dict) else ""
 
     def _detail(self, resp: requests.Response) -> str:
         """``: ErrorCode n: Message`` from a Postmark error body, or a short excerpt of whatever came back."""

@@ -12,7 +12,12 @@ Two documented features make a batch safe to hand back to the send engine:
 - ``x-batch-validation: permissive`` (https://resend.com/docs/dashboard/emails/batch-validation-modes): by
   default a batch is all-or-nothing, one invalid email rejecting the other 99; in permissive mode Resend
   queues the valid ones and lists the rest as ``"errors": [{"index": i, "message": ...}]``, ``index`` being
-  the position in our request. Those are failed, every other email of the batch sent.
+  the position in our request. Those about the ``to`` address are failed (a hard bounce); any other
+  (a bad ``from``...) is ours, deferred with kind ``"sender"``; every other email of the batch is sent.
+
+Whole-request refusals are never a verdict on the addresses: 401/403 (key, unverified domain) and
+400/422 (``validation_error``, ``invalid_from_address``, ``missing_required_field``) are deferred with
+kind ``"sender"``; 429, 5xx and 409 (an idempotency conflict) are deferred, transient.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import requests
 
+from ..classify import classify_http, resend_email_error
 from . import Prepared, Recipient, Result
 from ._http import MAX_ERROR, HttpAdapter, all_results, as_detail, excerpt, json_body, mailbox, retry_after
 
@@ -101,12 +107,13 @@ class ResendAdapter(HttpAdapter):
             # subscriber. "failed" would drop every recipient for good; "deferred" keeps them queued, this
             # error tells the operator what to fix, and the engine's retry limit bounds the wait.
             error = f"Resend refused the API key or the sender ({status}){detail}: check PUBLISHER_API_KEY and the sending domain"
-            return all_results(batch, "deferred", error)
+            return all_results(batch, "deferred", error, kind="sender")
         if status in (400, 422):
-            # validation_error, missing_required_field...: a property of the request itself (per-email
-            # problems come back in errors[] in permissive mode), so sending it again cannot succeed.
-            return all_results(batch, "failed", f"Resend refused the request ({status}){detail}")
-        return all_results(batch, "deferred", f"unexpected answer from Resend ({status}){detail}")
+            # validation_error, invalid_from_address, missing_required_field, a domain not verified...: a
+            # property of our request (per-email problems come back in errors[] in permissive mode), which
+            # no subscriber would fix. Failing them would suppress the whole batch for our mistake.
+            return all_results(batch, "deferred", f"Resend refused the request ({status}){detail}", kind="sender")
+        return all_results(batch, "deferred", f"unexpected answer from Resend ({status}){detail}", kind=classify_http(status)[1])
 
     def _per_email(self, resp: requests.Response, batch: list[Recipient]) -> list[Result]:
         data = json_body(resp)
@@ -117,12 +124,15 @@ class ResendAdapter(HttpAdapter):
         for item in data.get("errors") or []:
             if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(batch):
                 errors[item["index"]] = str(item.get("message", "invalid email"))
-        return [
-            Result(r.subscriber_id, "failed", self._scrub(f"Resend refused this email: {errors[i]}")[:MAX_ERROR])
-            if i in errors
-            else Result(r.subscriber_id, "sent")
-            for i, r in enumerate(batch)
-        ]
+        results = []
+        for i, r in enumerate(batch):
+            if i in errors:
+                status, kind = resend_email_error(errors[i])
+                error = self._scrub(f"Resend refused this email: {errors[i]}")[:MAX_ERROR]
+                results.append(Result(r.subscriber_id, status, error, kind=kind))
+            else:
+                results.append(Result(r.subscriber_id, "sent"))
+        return results
 
     def _detail(self, resp: requests.Response) -> str:
         """``: name: message`` from a Resend error body, or a short excerpt of whatever came back."""

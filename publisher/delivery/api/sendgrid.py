@@ -29,10 +29,13 @@ value differs within the batch) go in each personalization's ``headers``; the re
 
 A ``400`` refuses the whole request: nobody in it was sent. One bad address must not cost the other 999
 their issue, so the adapter isolates it (see :func:`publisher.delivery.api._http.isolate`): SendGrid's
-``field`` points at the personalization, so those recipients are failed and the others go again at once
-in one request; when a ``400`` cannot be attributed to recipients (``from``, ``content``...), the request
-itself is broken and everybody in it is failed with SendGrid's message. Nobody is ever in two accepted requests: a recipient
-is only sent again after a ``400``, which means SendGrid took nothing from that request.
+``field`` points at the personalization's ``to``, so those recipients are failed (a hard bounce) and the
+others go again at once in one request; when a ``400`` cannot be attributed to an address (``from``,
+``content``, a personalization's headers...), the request itself is broken: nobody's address is at fault,
+so everybody in it is deferred with SendGrid's message and kind ``"sender"`` (see
+:mod:`publisher.delivery.classify`): a configuration error must never bounce the list. Nobody is ever
+in two accepted requests: a recipient is only sent again after a ``400``, which means SendGrid took
+nothing from that request.
 
 SendGrid has no idempotency key: after a timeout SendGrid may have accepted the request, and the engine's
 retry may then deliver twice. The alternative (reporting the batch sent) could silently drop it; the
@@ -50,6 +53,7 @@ from typing import Any, Self
 
 import requests
 
+from ..classify import classify_http
 from . import SLOT_NAMES, Prepared, Recipient, Result
 from ._http import MAX_ERROR, Answer, HttpAdapter, as_detail, check_key, excerpt, isolate, json_body, retry_after, split_headers
 
@@ -59,7 +63,7 @@ def tags(prepared: Prepared, part: str) -> dict[str, str]:
     return {key: f"-publisher-{prepared.slots.nonce}-{part}-{key}-" for key in SLOT_NAMES}
 
 
-_FIELD_INDEX = re.compile(r"^personalizations\.(\d+)(?:\.|$)")
+_FIELD_INDEX = re.compile(r"^personalizations\.(\d+)(?:\.(\w+)|$)")
 
 
 class SendGridAdapter(HttpAdapter):
@@ -148,34 +152,38 @@ class SendGridAdapter(HttpAdapter):
             # address does not match a verified Sender Identity"): the operator's to fix, after which the
             # very same request succeeds. Failing would drop every subscriber for a configuration error.
             error = f"SendGrid refused the API key or the sender ({status}): check PUBLISHER_API_KEY and the sender identity{detail}"
-            return Answer("deferred", error)
+            return Answer("deferred", error, fault="sender")
         if status == 429:
             return Answer("deferred", f"SendGrid rate limit (429){detail}", _retry_after(resp))
         if status >= 500:
             return Answer("deferred", f"SendGrid server error ({status}){detail}", _retry_after(resp))
         # 3xx/404 (wrong base URL), 413 and other surprises: nothing says these addresses are bad.
-        return Answer("deferred", f"unexpected answer from SendGrid ({status}){detail}")
+        return Answer("deferred", f"unexpected answer from SendGrid ({status}){detail}", fault=classify_http(status)[1])
 
     def _refused(self, errors: list[dict[str, Any]], detail: str, n: int) -> Answer:
         """Attribute a 400 to personalizations, to the request as a whole, or to neither (then: split)."""
         bad: dict[int, list[str]] = {}
-        whole = False
+        whole = recipients = False
         for e in errors:
             where = e.get("field")
             what = self._scrub(str(e.get("message") or "Bad Request"))
             m = _FIELD_INDEX.match(where) if isinstance(where, str) else None
-            if m and int(m.group(1)) < n:
+            if m and int(m.group(1)) < n and m.group(2) in ("to", "cc", "bcc"):
                 bad.setdefault(int(m.group(1)), []).append(f"{where}: {what}")
+            elif m and int(m.group(1)) < n:
+                whole = True  # a personalization's headers, substitutions...: ours, not an address (nobody fails)
             elif not (isinstance(where, str) and where.startswith("personalizations")):
                 whole = True  # from, subject, content, headers, or no field at all
-            # else: about recipients, but which? Neither bad nor whole: split. So is an unreadable 400.
+            else:
+                recipients = True  # about recipients, but which? Neither bad nor whole: split.
+            # An unreadable 400 is split too, and a lone recipient so refused is not failed (recipient=False).
         error = f"SendGrid refused the request (400){detail}"
         if whole:
             return Answer("refused", error, whole=True)
         if bad:
             named = {i: f"SendGrid refused this address (400): {'; '.join(m)}"[:MAX_ERROR] for i, m in bad.items()}
             return Answer("refused", error, bad=named)
-        return Answer("refused", error)
+        return Answer("refused", error, recipient=recipients)
 
     def _errors(self, resp: requests.Response) -> list[dict[str, Any]]:
         data = json_body(resp)
