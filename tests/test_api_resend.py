@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import closing
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -247,3 +251,132 @@ def test_close_releases_the_connection_pool() -> None:
         adapter = ResendAdapter(KEY, base_url=url)
         assert_close_releases_the_pool(adapter, url, lambda: adapter.send_batch(make_prepared(), RECIPIENTS))
         adapter.close()  # twice is harmless
+
+
+# -- Idempotency-Key against a server that honours it as Resend documents ------------------------------
+
+
+class ResendEmulator:
+    """Resend's ``POST /emails/batch`` as https://resend.com/docs/dashboard/emails/idempotency-keys describes it.
+
+    A key (1-256 characters) is remembered for 24 hours: the same key with the same body gets the first
+    response again and sends nothing; with another body, ``409 invalid_idempotent_request``; while the first
+    request is still being processed, ``409 concurrent_idempotent_requests``. ``delay`` holds each response
+    back after the emails are queued, to lose it to a client timeout as a crash would.
+    """
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.sent: list[str] = []  # every email queued, by recipient
+        self.seen: dict[str, tuple[bytes, bytes] | None] = {}  # key -> (body, response); None while in progress
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        key = lower(headers).get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= 256:
+            return self._error(400, "invalid_idempotency_key", "The key must be between 1-256 chars.")
+        with self.lock:
+            if key is not None and key in self.seen:
+                first = self.seen[key]
+                if first is None:
+                    return self._error(409, "concurrent_idempotent_requests", "Same idempotency key used while original request is still in progress.")
+                if first[0] != body:
+                    return self._error(409, "invalid_idempotent_request", "Same idempotency key used with a different request payload.")
+                return 200, {"Content-Type": "application/json"}, first[1]
+            if key is not None:
+                self.seen[key] = None
+            emails = json.loads(body)
+            ids = [{"id": f"{len(self.sent) + i:08x}-0000-4000-8000-000000000000"} for i in range(len(emails))]
+            self.sent += [e["to"][0] for e in emails]
+        response = json.dumps({"data": ids}).encode()
+        time.sleep(self.delay)
+        with self.lock:
+            if key is not None:
+                self.seen[key] = (body, response)
+        self.done.set()
+        return 200, {"Content-Type": "application/json"}, response
+
+    @staticmethod
+    def _error(status: int, name: str, message: str) -> tuple[int, dict[str, str], bytes]:
+        return status, {"Content-Type": "application/json"}, json.dumps({"statusCode": status, "name": name, "message": message}).encode()
+
+
+@contextmanager
+def resend_server(emulator: ResendEmulator) -> Iterator[str]:
+    """The emulator behind a real HTTP server on a free port (the recording server does not pass headers on)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, headers, payload = emulator(self.command, self.path, body, dict(self.headers))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            try:
+                self.wfile.write(payload)
+            except OSError:
+                pass  # the client gave up waiting
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_batch_resent_after_a_crash_is_deduplicated_by_its_idempotency_key() -> None:
+    """The first attempt is queued but its answer lost (the process died waiting); the restarted process
+    rebuilds the batch, in another order, and sends it again: Resend replays the first answer, sends nothing."""
+    emulator = ResendEmulator(delay=1.0)
+    with resend_server(emulator) as url:
+        with adapter_for(url, timeout=0.3) as before_the_crash:
+            lost = before_the_crash.send_batch(make_prepared(), RECIPIENTS)
+        assert {r.status for r in lost} == {"deferred"}  # outcome unknown
+        assert emulator.done.wait(5)
+        emulator.delay = 0.0
+        with adapter_for(url) as after_the_restart:  # a new process: nothing carried over but the store
+            again = after_the_restart.send_batch(make_prepared(), list(reversed(RECIPIENTS)))
+    assert by_id(again) == {r.subscriber_id: Result(r.subscriber_id, "sent") for r in RECIPIENTS}
+    assert sorted(emulator.sent) == sorted(r.email for r in RECIPIENTS)  # each exactly once
+    assert len(emulator.seen) == 1
+
+
+def test_the_key_is_the_same_across_processes_and_differs_per_batch_and_issue() -> None:
+    key = ResendAdapter.idempotency_key
+    assert key(make_prepared(), RECIPIENTS) == key(make_prepared(), list(reversed(RECIPIENTS)))
+    assert key(make_prepared(), RECIPIENTS) != key(make_prepared(), RECIPIENTS[:2])
+    assert key(make_prepared(), RECIPIENTS) != key(make_prepared(issue_id="2026-W49"), RECIPIENTS)
+    assert 1 <= len(key(make_prepared(), RECIPIENTS)) <= 256  # Resend's limit
+
+
+def test_the_same_key_with_a_re_rendered_batch_is_deferred_not_sent_twice() -> None:
+    """A 409 invalid_idempotent_request (the issue was re-rendered between attempts) sends nothing again."""
+    emulator = ResendEmulator()
+    with resend_server(emulator) as url, adapter_for(url) as adapter:
+        first = adapter.send_batch(make_prepared(), RECIPIENTS)
+        second = adapter.send_batch(make_prepared(subject="Research digest, corrected"), RECIPIENTS)
+    assert {r.status for r in first} == {"sent"}
+    assert {(r.status, r.kind) for r in second} == {("deferred", "")}
+    assert all("invalid_idempotent_request" in r.error for r in second)
+    assert sorted(emulator.sent) == sorted(r.email for r in RECIPIENTS)
+
+
+def test_a_retry_while_the_first_request_is_in_flight_is_deferred_not_sent_twice() -> None:
+    emulator = ResendEmulator(delay=1.0)
+    with resend_server(emulator) as url:
+        with adapter_for(url, timeout=0.3) as adapter:
+            adapter.send_batch(make_prepared(), RECIPIENTS)  # times out; the server is still at it
+            racing = adapter.send_batch(make_prepared(), RECIPIENTS)
+        assert emulator.done.wait(5)
+    assert {r.status for r in racing} == {"deferred"}
+    assert all("concurrent_idempotent_requests" in r.error for r in racing)
+    assert len(emulator.sent) == 3
