@@ -4,7 +4,8 @@
   digest missed while the service was down runs when it comes back, within [scheduler].misfire_grace
   (an older miss is skipped, and APScheduler logs it). Runs that piled up are coalesced into one.
 - A lease in the database makes one `publisher run` the scheduler; a second one waits as a standby and
-  takes over when the first stops renewing (it died, or its machine did). The send log stays the last
+  takes over when the first stops renewing, or at once when its process is known dead (its liveness lock
+  is free: kill -9, a crash, a reboot). The send log stays the last
   line of defence: even two schedulers at once send each subscriber an issue once.
 - Delivery finishes by itself: every DELIVERY_EVERY seconds, and at once when the scheduler starts or takes
   the lease, an interrupted issue is resumed and earlier issues' deferred recipients that are due are
@@ -148,7 +149,10 @@ def add_jobs(sched: BackgroundScheduler, cfg: Config) -> None:
 
 def run_forever(cfg: Config, store: Store, stop: threading.Event) -> None:
     """Hold the lease and run the jobs; without the lease, wait as a standby. Returns when ``stop`` is set."""
+    from .store.operations import lease_liveness_id
+
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    alive = store.hold_run(lease_liveness_id(holder))  # dies with this process: a standby takes over at once, not after the lease
     ttl = timedelta(seconds=parse_duration(cfg.scheduler.lease))
     _context.update(cfg=cfg, store=store, builder=FeedBuilder(cfg), stop=stop)
     sched: BackgroundScheduler | None = None
@@ -180,6 +184,7 @@ def run_forever(cfg: Config, store: Store, stop: threading.Event) -> None:
             log.info("stopping: waiting for running jobs to reach a safe point")
             sched.shutdown(wait=True)
             store.release_lease(LEASE, holder, now_utc())
+        alive.release()
         log.info("stopped")
 
 

@@ -21,8 +21,8 @@ from email_validator import EmailNotValidError, validate_email
 
 from publisher.errors import PublisherError
 from publisher.models import Subscriber, SubscriberStatus
-from publisher.store import Store
 
+from .ports import AudienceStore as Store
 from .tokens import ConfirmClaim, new_nonce
 
 EXPORT_FIELDS = ("email", "status", "topics", "created_at", "confirmed_at")

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +17,7 @@ from publisher.pipeline import run_ingest
 from publisher.store import Store, open_store
 from subscribers import add_subscriber, export_csv
 
-from .conftest import NOW, TEST_SECRET_KEY
+from .conftest import NOW
 from .smtp_faults import FaultyRelay, relay
 
 
@@ -54,12 +48,12 @@ def test_a_flaky_relay_still_gives_every_good_subscriber_exactly_one_copy(cfg: C
     handler = FaultyRelay(refuse=refused, tempfail=0.10, drop_every=300)
     with relay(handler) as port:
         runs = []
-        for _ in range(4):  # "after at most a few runs"
+        for _ in range(4):  # "after at most a few runs" (each retries what the last left deferred)
             outcome = send_issue(smtp(cfg, port), db, NOW)
             runs.append(outcome)
-            if outcome.finished:
+            if outcome.exit_code == 0:
                 break
-    assert runs[-1].finished, [(o.sent, o.deferred, o.failed) for o in runs]
+    assert runs[0].finished and runs[-1].exit_code == 0, [(o.sent, o.deferred, o.failed) for o in runs]
     assert handler.tempfailed > 50 and handler.dropped >= 2  # the faults really happened
     good = [e for e in emails if e not in refused]
     assert all(handler.delivered[e] == 1 for e in good), {e: handler.delivered[e] for e in good if handler.delivered[e] != 1}
@@ -103,47 +97,7 @@ def test_unsubscribed_mid_send_is_skipped_and_a_late_joiner_waits(cfg: Config, d
     assert all(handler.delivered[e] == 1 for e in emails[:-1])
 
 
-PUBLISHER = [str(Path(sys.executable).parent / "publisher")]
-
-
-def test_sigkill_three_times_loses_nothing(project: Path) -> None:
-    handler = FaultyRelay(delay=0.01)
-    with relay(handler) as port:
-        (project / "config.toml").write_text(
-            (project / "config.toml").read_text(encoding="utf-8")
-            .replace('backend = "outbox"', 'backend = "smtp"')
-            .replace('batch_size = 50', 'batch_size = 5')
-            .replace('stale_after = "2m"', 'stale_after = "1s"')
-            .replace('retry_base = 2.0', 'retry_base = 0.01')
-            .replace('host = "localhost"', 'host = "127.0.0.1"')
-            .replace('port = 587', f'port = {port}')
-            .replace('security = "starttls"', 'security = "none"')
-            .replace('sample_subscribers = ["reader@example.com", "analyst@example.com", "editor@example.com"]', 'sample_subscribers = []'),
-            encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")} | {"PUBLISHER_SECRET_KEY": TEST_SECRET_KEY}
-        rows = "email\n" + "".join(f"reader{i}@example.com\n" for i in range(300))
-        (project / "list.csv").write_text(rows, encoding="utf-8")
-        for args in (["ingest"], ["subscribers", "import", "list.csv", "--confirmed"]):
-            subprocess.run([*PUBLISHER, *args], cwd=project, env=env, check=True, capture_output=True, timeout=60)
-        kills = []
-        for target in (40, 120, 200):
-            proc = subprocess.Popen([*PUBLISHER, "digest", "send", "--no-progress"], cwd=project, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 60
-            while sum(handler.delivered.values()) < target and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-            kills.append(sum(handler.delivered.values()))
-            time.sleep(1.2)  # the killed run's heartbeat goes stale
-        done = subprocess.run([*PUBLISHER, "digest", "send", "--no-progress"], cwd=project, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "stays open" not in done.stdout, done.stdout
-    emails = [f"reader{i}@example.com" for i in range(300)]
-    assert all(handler.delivered[e] >= 1 for e in emails), [e for e in emails if not handler.delivered[e]]
-    duplicates = sum(handler.delivered[e] - 1 for e in emails)
-    in_flight_per_kill = 5 * 2  # batch_size x connections: claimed but not yet recorded
-    assert duplicates <= 3 * in_flight_per_kill, (duplicates, kills)
+# kill -9 mid-send, on the default configuration: tests/test_delivery_faults.py
 
 
 def test_a_mail_api_backend_through_the_engine_honours_429_and_sends_each_once(cfg: Config, db: Store) -> None:

@@ -236,6 +236,8 @@ def _text(value: bytes | str) -> str:
 
 
 class ApiTransport:
+    batches = True  # the engine hands it a request's worth of recipients at once (SMTP and the outbox: one each)
+
     def __init__(self, adapter: object) -> None:
         self.adapter = adapter
         self.max_batch = getattr(adapter, "max_batch", 100)

@@ -1,0 +1,391 @@
+"""The send engine: claim batches in the send log, hand them to workers, journal and record every outcome.
+
+It depends on three small protocols (``ports``): a :class:`~.ports.SendLog` (the store), a
+:class:`~.ports.Mailer` per worker (SMTP, the outbox, a mail API) and a :class:`~.ports.WorkQueue` between
+the claimer and the workers, plus plain :class:`Settings`. It imports neither the configuration nor SQL;
+``send.py`` builds all of that from the configuration and runs the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from ..models import Subscriber
+from .api import Recipient, Result
+from .ports import Mailer, SendLog, Variants, WorkQueue
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int], None]  # ("total", n) once, then (status, count) as results are recorded
+
+
+@dataclass
+class SendOutcome:
+    issue_id: str
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    skipped: int = 0  # already sent by an earlier run, or nothing in their topics this time
+    total: int = 0
+    finished: bool = False
+    stopped: bool = False
+    reason: str = ""  # why nothing was sent, when nothing was
+    archive: Path | None = None
+    outbox: Path | None = None
+    failures: list[str] = field(default_factory=list)
+    fault: str = ""  # what stopped the send and needs a human (or a fix of the machine); "" when nothing did
+    retried: int = 0  # earlier issues' deferred recipients delivered by this run's retries
+    next_retry: datetime | None = None  # when the service next retries what is still deferred
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done; 3 recipients left deferred (the service retries them); 4 a fault stopped the send."""
+        return 4 if self.fault else 3 if self.deferred else 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the engine needs to know, as plain values ([delivery] and friends, read by ``send.py``)."""
+
+    attempts: int = 3  # quick tries per message in one run
+    retry_base: float = 2.0  # seconds: the quick tries' backoff
+    retry_first: float = 60.0  # seconds: the service's first retry of a deferred row; doubling up to retry_max
+    retry_max: float = 4 * 3600.0
+    stale_after: float = 120.0  # seconds: only judges runs of versions without a lock
+    rate_limit: float = 0.0  # messages a second across the workers; 0: unlimited
+    send_empty: bool = False
+    soft_bounce_limit: int = 3
+    journal_dir: Path = Path("var/journal")
+    domain: str = "localhost"  # of the Message-IDs
+
+
+class ThreadQueue:
+    """The one-machine work queue: a bounded queue between the claimer and the worker threads."""
+
+    def __init__(self, size: int) -> None:
+        self.q: queue.Queue[list[Subscriber] | None] = queue.Queue(maxsize=size)
+
+    def put(self, batch: list[Subscriber] | None, timeout: float) -> bool:
+        try:
+            self.q.put(batch, timeout=timeout)
+            return True
+        except queue.Full:
+            return False
+
+    def get(self) -> list[Subscriber] | None:
+        return self.q.get()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                self.q.get_nowait()
+            except queue.Empty:
+                return
+
+
+def replay_journals(store: SendLog, folder: Path, now: datetime) -> int:
+    """Record what the journals of dead runs say they sent (only rows those runs still held), then drop them."""
+    if not folder.is_dir():
+        return 0
+    replayed = 0
+    for path in sorted(folder.glob("*.journal")):
+        run_id = path.stem
+        if store.run_alive(run_id):
+            continue
+        by_issue: dict[str, list[tuple[int, str, str, int, str]]] = {}
+        with path.open("rb") as fh:
+            for line in fh:
+                try:  # the last line of a killed run may be cut short: it is skipped, its message counts as in flight
+                    issue_id, sid, status, error, attempts, kind = json.loads(line)
+                except (ValueError, TypeError):
+                    continue
+                if status in ("sent", "failed", "deferred") and isinstance(sid, int):
+                    by_issue.setdefault(str(issue_id), []).append((sid, status, str(error), int(attempts), str(kind)))
+        for issue_id, rows in by_issue.items():
+            store.record_sends(issue_id, rows, now, run_id=run_id)  # only rows that dead run still held
+            replayed += len(rows)
+        path.unlink(missing_ok=True)
+    if replayed:
+        log.info("recovered %d outcome(s) from the journals of send runs that died", replayed)
+    return replayed
+
+
+class _Journal:
+    """An append-only file per run: one line per outcome, written as the relay answers (a write(2) each, no fsync:
+    a kill -9 does not lose what reached the kernel). Replayed by the next run if this one dies; gone when the
+    run has recorded everything in the send log."""
+
+    def __init__(self, folder: Path, run_id: str, issue_id: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{run_id}.journal"
+        self.issue_id = issue_id
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def write(self, results: list[Result], attempt: int) -> None:
+        lines = "".join(json.dumps([self.issue_id, r.subscriber_id, r.status, r.error, attempt, getattr(r, "kind", "")]) + "\n" for r in results)
+        os.write(self.fd, lines.encode("utf-8"))
+
+    def close(self, *, keep: bool) -> None:
+        os.close(self.fd)
+        if not keep:
+            self.path.unlink(missing_ok=True)
+
+
+class _Breaker:
+    """Trips when the relay refuses the sender, not the recipients: most of the first results, or a long run of them."""
+
+    FIRST, SHARE, RUN = 20, 0.8, 50
+
+    def __init__(self) -> None:
+        self.seen = self.refused = self.in_a_row = 0
+        self.lock = threading.Lock()
+
+    def note(self, results: list[Result]) -> str:
+        """The refusal that trips the breaker, or ""."""
+        with self.lock:
+            for r in results:
+                self.seen += 1
+                sender = getattr(r, "kind", "") == "sender"
+                self.refused += sender
+                self.in_a_row = self.in_a_row + 1 if sender else 0
+                early = self.seen <= self.FIRST and self.refused >= min(5, self.FIRST) and self.refused >= self.SHARE * self.seen
+                if sender and (early or self.in_a_row >= self.RUN):
+                    return r.error
+        return ""
+
+
+class Engine:
+    """One send run over one issue: ``run(batches)`` claims, sends and records them, then lets go of everything."""
+
+    def __init__(self, settings: Settings, log_: SendLog, issue_id: str, variants: Variants, recipient: Callable[[Subscriber], Recipient],
+                 message_id: Callable[[int], str], make_mailer: Callable[[], Mailer], workers: int, stop: threading.Event,
+                 outcome: SendOutcome, progress: Progress | None = None, *, due: datetime | None = None,
+                 work: WorkQueue | None = None) -> None:
+        self.settings, self.store, self.issue_id, self.variants = settings, log_, issue_id, variants
+        self.recipient, self.message_id = recipient, message_id
+        self.make_transport, self.workers, self.stop, self.outcome = make_mailer, workers, stop, outcome
+        self.progress = progress or (lambda status, n: None)
+        self.due = due
+        self.work: WorkQueue = work or ThreadQueue(2 * workers)
+        self.run_id = uuid.uuid4().hex
+        self.stale = timedelta(seconds=settings.stale_after)
+        first, most = settings.retry_first, settings.retry_max
+        self.retry_in = lambda n: min(most, first * 2 ** min(n - 1, 30)) * (0.9 + 0.2 * random.random())
+        self.lock = threading.Lock()
+        self.halt = threading.Event()  # set on stop (a signal) or on a fault: every thread winds down
+        self.breaker = _Breaker()
+        self.limiter = _RateLimiter(settings.rate_limit)
+
+    def fail(self, fault: str) -> None:
+        with self.lock:
+            if not self.outcome.fault:
+                self.outcome.fault = fault
+                log.error("send of %s stopped: %s", self.issue_id, fault)
+        self.halt.set()
+
+    def halted(self) -> bool:
+        if self.stop.is_set():
+            self.halt.set()
+        return self.halt.is_set()
+
+    def run(self, batches: Iterable[list[Subscriber]]) -> None:
+        lock = self.store.hold_run(self.run_id)
+        self.store.register_run(self.run_id, self.issue_id, _now(), holder())
+        journal = None
+        beating = None
+        done = threading.Event()
+        threads: list[threading.Thread] = []
+        work = self.work
+        try:
+            journal = _Journal(self.settings.journal_dir, self.run_id, self.issue_id)
+            self.journal = journal
+            beating = threading.Thread(target=self._heartbeat, args=(done,), name="send-heartbeat", daemon=True)
+            beating.start()
+            threads = [threading.Thread(target=self._worker, args=(work,), name=f"send-{i}", daemon=True) for i in range(self.workers)]
+            for thread in threads:
+                thread.start()
+            for batch in batches:
+                if self.halted():
+                    break
+                claimed = self._claim(batch)
+                while claimed and not self.halted():
+                    if work.put(claimed, timeout=0.2):  # never blocks for good: every worker may have died
+                        claimed = []
+        except Exception as exc:  # noqa: BLE001 - a database error, a full disk: the send stops and says why
+            self.fail(_describe(exc))
+        finally:
+            told = 0
+            while told < len(threads) and any(t.is_alive() for t in threads):
+                if work.put(None, timeout=0.2):
+                    told += 1
+                elif self.halt.is_set():
+                    work.drain()  # claimed, never tried: left queued, free for the next run once this one finishes
+            for thread in threads:
+                thread.join()
+            done.set()
+            if beating is not None:
+                beating.join()
+            try:
+                self.store.finish_run(self.run_id, _now())  # its queued rows are free for the next run at once
+            except Exception as exc:  # noqa: BLE001 - the lock below still dies with us
+                self.fail(_describe(exc))
+            if journal is not None:
+                journal.close(keep=bool(self.outcome.fault) and self._unrecorded)
+            lock.release()
+            self.outcome.stopped = self.stop.is_set()
+
+    _unrecorded = False  # a batch's outcomes reached the journal but not the send log (the journal is kept for replay)
+
+    def _heartbeat(self, done: threading.Event) -> None:
+        """For `publisher status` (liveness is the run's lock): from a thread of its own, the others may block on the relay."""
+        interval = max(0.1, self.stale.total_seconds() / 4)
+        while not done.wait(interval):
+            try:
+                self.store.heartbeat(self.run_id, _now())
+            except Exception:  # noqa: BLE001 - a missed beat is harmless
+                log.warning("send run %s: heartbeat failed", self.run_id, exc_info=True)
+
+    def _claim(self, batch: list[Subscriber]) -> list[Subscriber]:
+        send_empty = self.settings.send_empty
+        wanted = [s for s in batch if send_empty or not self.variants.get(s.topics)[1]]  # nothing in their topics: skip
+        now = _now()
+        got = self.store.claim_batch(self.issue_id, self.run_id, [(s.id, self.message_id(s.id)) for s in wanted],
+                                     now, now - self.stale, due=self.due)
+        with self.lock:
+            self.outcome.skipped += len(batch) - len(got)
+        return [s for s in wanted if s.id in got]
+
+    def _worker(self, work: WorkQueue) -> None:
+        transport = None
+        try:
+            transport = self.make_transport()
+            while (batch := work.get()) is not None:
+                if self.halted():
+                    continue  # claimed, never tried: left queued, free for the next run once this one finishes
+                self._deliver(transport, batch)
+        except Exception as exc:  # noqa: BLE001 - the send stops within seconds, and says why
+            self.fail(_describe(exc))
+            work.drain()
+        finally:
+            if transport is not None:
+                try:
+                    transport.close()
+                except Exception:  # noqa: BLE001
+                    log.warning("closing a transport failed", exc_info=True)
+
+    def _deliver(self, transport: Mailer, batch: list[Subscriber]) -> None:
+        """Send a claimed batch with retries, then record it. What was not tried stays queued for the next run."""
+        by_id = {s.id: s for s in batch}
+        attempts = {s.id: 0 for s in batch}
+        final: dict[int, Result] = {}
+        pending = list(batch)
+        # SMTP and the outbox go one message per call, so the journal knows each one the moment the relay answered.
+        size = transport.max_batch if getattr(transport, "batches", False) else 1
+        try:
+            for attempt in range(1, self.settings.attempts + 1):
+                results: list[Result] = []
+                for group in _groups(pending, size):
+                    if self.halted():
+                        break
+                    for sub in group:
+                        self.limiter.wait(self.halt)
+                    variant = self.variants.get(group[0].topics)[0]
+                    got = transport.send(variant, [self.recipient(s) for s in group])
+                    for s in group:
+                        attempts[s.id] += 1
+                    results += got
+                    final.update((r.subscriber_id, r) for r in got)
+                    self.journal.write(got, 1)
+                    tripped = self.breaker.note(got)
+                    if tripped:
+                        self.fail(f"the relay refuses to send for us: {tripped}. Nobody was marked bounced. Fix the relay's settings or "
+                                  "the credentials, then `publisher digest send` (or leave it to the service: it retries).")
+                pending = [by_id[r.subscriber_id] for r in results if r.status == "deferred" and getattr(r, "kind", "") != "sender"]
+                if not pending or self.halted() or attempt == self.settings.attempts:
+                    break
+                self.halt.wait(_backoff(self.settings.retry_base, attempt, max((r.retry_after or 0) for r in results if r.status == "deferred")))
+        finally:
+            self._record(batch, final, attempts)
+
+    def _record(self, batch: list[Subscriber], final: dict[int, Result], attempts: dict[int, int]) -> None:
+        records = [(s.id, r.status, r.error, attempts[s.id], getattr(r, "kind", "")) for s in batch if (r := final.get(s.id))]
+        try:
+            self.store.record_sends(self.issue_id, records, _now(), run_id=self.run_id, retry_in=self.retry_in,
+                                    soft_bounce_limit=self.settings.soft_bounce_limit)
+        except Exception:
+            self._unrecorded = True  # the journal has them: the next run replays it
+            raise
+        with self.lock:
+            for _, status, error, _, _ in records:
+                setattr(self.outcome, status, getattr(self.outcome, status) + 1)
+                if status != "sent" and error and len(self.outcome.failures) < 20:
+                    self.outcome.failures.append(error)
+        for status in ("sent", "deferred", "failed"):
+            n = sum(1 for r in records if r[1] == status)
+            if n:
+                self.progress(status, n)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the cause: the errno's words for a disk or network error, else the exception itself."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}. Free the disk or fix the path, then `publisher digest send`"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _groups(subs: list[Subscriber], size: int) -> Iterable[list[Subscriber]]:
+    """Consecutive runs of the same variant, at most ``size`` long (an API request carries one variant)."""
+    group: list[Subscriber] = []
+    for sub in sorted(subs, key=lambda s: s.topics):
+        if group and (len(group) >= size or group[0].topics != sub.topics):
+            yield group
+            group = []
+        group.append(sub)
+    if group:
+        yield group
+
+
+def _backoff(base: float, attempt: int, retry_after: float) -> float:
+    """Exponential with full jitter, never shorter than the server asked, capped at a minute."""
+    return min(60.0, max(retry_after, base * (2 ** (attempt - 1)) * (0.5 + random.random())))
+
+
+class _RateLimiter:
+    """At most ``rate`` messages a second across all workers (0: unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self, stop: threading.Event) -> None:
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            at = max(self.next, now)
+            self.next = at + self.interval
+        if at > now:
+            stop.wait(at - now)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def holder() -> str:
+    """host:pid of this process, for `publisher status`."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"

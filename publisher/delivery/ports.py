@@ -1,0 +1,66 @@
+"""The send engine's ports: the only things it knows of the world around it.
+
+- :class:`SendLog`: where a run is registered, holds its liveness lock, claims rows and records outcomes
+  (``publisher.store.Store`` on SQLite or PostgreSQL);
+- :class:`Mailer`: where messages go, one per worker (SMTP, the local outbox, a mail API: ``backends``);
+- :class:`WorkQueue`: how claimed batches reach the workers (threads in one process today: ``ThreadQueue``;
+  the next step puts workers on other machines behind the same seam);
+- :class:`Variants`: the issue's compiled variants by topic set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..models import Subscriber
+from .api import Recipient, Result
+
+
+class RunLock(Protocol):
+    def release(self) -> None: ...
+
+
+class SendLog(Protocol):
+    def hold_run(self, run_id: str) -> RunLock: ...
+
+    def run_alive(self, run_id: str) -> bool: ...
+
+    def register_run(self, run_id: str, issue_id: str, now: datetime, holder: str | None = None) -> None: ...
+
+    def heartbeat(self, run_id: str, now: datetime) -> None: ...
+
+    def finish_run(self, run_id: str, now: datetime) -> None: ...
+
+    def claim_batch(self, issue_id: str, run_id: str, candidates: Sequence[tuple[int, str]], now: datetime,
+                    stale_before: datetime, *, due: datetime | None = None) -> set[int]: ...
+
+    def record_sends(self, issue_id: str, results: Iterable[tuple[Any, ...]], now: datetime, *, run_id: str | None = None,
+                     retry_in: Callable[[int], float] | None = None, soft_bounce_limit: int = 0) -> None: ...
+
+
+class Mailer(Protocol):
+    max_batch: int  # recipients per call it can take (an API request); SMTP and the outbox take one at a time
+
+    def send(self, variant: Any, recipients: Sequence[Recipient]) -> list[Result]: ...
+
+    def close(self) -> None: ...
+
+
+class WorkQueue(Protocol):
+    def put(self, batch: list[Subscriber] | None, timeout: float) -> bool:
+        """False when the queue stayed full for ``timeout`` seconds (the caller checks whether to go on)."""
+        ...
+
+    def get(self) -> list[Subscriber] | None: ...
+
+    def drain(self) -> None:
+        """Drop what is queued (claimed rows stay claimed by the run, free for the next one once it finishes)."""
+        ...
+
+
+class Variants(Protocol):
+    def get(self, topics: tuple[str, ...]) -> tuple[Any, bool]:
+        """(the variant for this topic selection, whether it is empty)."""
+        ...
