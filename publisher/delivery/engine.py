@@ -93,8 +93,16 @@ class ThreadQueue:
                 return
 
 
-def replay_journals(store: SendLog, folder: Path, now: datetime) -> int:
-    """Record what the journals of dead runs say they sent (only rows those runs still held), then drop them."""
+Reconcile = Callable[[str, list[Recipient]], list[Result]]  # (issue id, recipients) -> what the provider says it accepted
+
+
+def replay_journals(store: SendLog, folder: Path, now: datetime, reconcile: Reconcile | None = None) -> int:
+    """Record what the journals of dead runs say they sent (only rows those runs still held), then drop them.
+
+    An API request the dead run had sent without an answer (``inflight`` with no outcome after it) is unknown:
+    with ``reconcile`` the provider is asked which of its recipients it accepted (Postmark's outbound search,
+    Mailgun's events), and those are recorded as sent, so only the others are sent again.
+    """
     if not folder.is_dir():
         return 0
     replayed = 0
@@ -103,14 +111,32 @@ def replay_journals(store: SendLog, folder: Path, now: datetime) -> int:
         if store.run_alive(run_id):
             continue
         by_issue: dict[str, list[tuple[int, str, str, int, str]]] = {}
+        unknown: dict[str, dict[int, Recipient]] = {}
         with path.open("rb") as fh:
             for line in fh:
                 try:  # the last line of a killed run may be cut short: it is skipped, its message counts as in flight
-                    issue_id, sid, status, error, attempts, kind = json.loads(line)
-                except (ValueError, TypeError):
+                    entry = json.loads(line)
+                    if entry[0] == "inflight":
+                        _, issue_id, batch = entry
+                        unknown.setdefault(str(issue_id), {}).update(
+                            (int(sid), Recipient(int(sid), str(email), str(mid), {}, str(key))) for sid, email, mid, key in batch)
+                        continue
+                    issue_id, sid, status, error, attempts, kind = entry
+                except (ValueError, TypeError, IndexError):
                     continue
                 if status in ("sent", "failed", "deferred") and isinstance(sid, int):
                     by_issue.setdefault(str(issue_id), []).append((sid, status, str(error), int(attempts), str(kind)))
+                    unknown.get(str(issue_id), {}).pop(sid, None)
+        for issue_id, pending in unknown.items():
+            if pending and reconcile is not None:
+                try:
+                    found = [r for r in reconcile(issue_id, list(pending.values())) if r.status == "sent"]
+                except Exception as exc:  # noqa: BLE001 - the provider cannot be asked: those are sent again
+                    log.warning("could not ask the provider about %d message(s) in flight when a run died (%s); they are sent again",
+                                len(pending), exc)
+                    found = []
+                by_issue.setdefault(issue_id, []).extend((r.subscriber_id, "sent", "", 1, "") for r in found)
+                log.info("%d of %d message(s) in flight when a run died were accepted by the provider", len(found), len(pending))
         for issue_id, rows in by_issue.items():
             store.record_sends(issue_id, rows, now, run_id=run_id)  # only rows that dead run still held
             replayed += len(rows)
@@ -130,6 +156,11 @@ class _Journal:
         self.path = folder / f"{run_id}.journal"
         self.issue_id = issue_id
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def inflight(self, recipients: list[Recipient]) -> None:
+        """An API request about to go: if the run dies before its answer, the next run asks the provider."""
+        batch = [[r.subscriber_id, r.email, r.message_id, r.idempotency_key] for r in recipients]
+        os.write(self.fd, (json.dumps(["inflight", self.issue_id, batch]) + "\n").encode("utf-8"))
 
     def write(self, results: list[Result], attempt: int) -> None:
         lines = "".join(json.dumps([self.issue_id, r.subscriber_id, r.status, r.error, attempt, getattr(r, "kind", "")]) + "\n" for r in results)
@@ -300,7 +331,10 @@ class Engine:
                     for sub in group:
                         self.limiter.wait(self.halt)
                     variant = self.variants.get(group[0].topics)[0]
-                    got = transport.send(variant, [self.recipient(s) for s in group])
+                    recipients = [self.recipient(s) for s in group]
+                    if size > 1:
+                        self.journal.inflight(recipients)
+                    got = transport.send(variant, recipients)
                     for s in group:
                         attempts[s.id] += 1
                     results += got

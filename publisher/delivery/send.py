@@ -146,7 +146,25 @@ def recover(cfg: Config, store: Store, now: datetime) -> int:
     """Runs whose process is gone are marked finished, and what their journals say they sent is recorded.
     Returns how many outcomes were replayed. Cheap when nothing died: a lock test per unfinished run."""
     store.reap_runs(now)
-    return replay_journals(store, cfg.path(cfg.delivery.journal_dir), now)
+    return replay_journals(store, cfg.path(cfg.delivery.journal_dir), now, reconcile=_reconciler(cfg))
+
+
+def _reconciler(cfg: Config) -> Callable[[str, list[Recipient]], list[Result]] | None:
+    """The provider's way to tell what it accepted, for adapters that have one (built only when asked)."""
+    if cfg.delivery.backend in ("outbox", "smtp"):
+        return None
+
+    def ask(issue_id: str, recipients: list[Recipient]) -> list[Result]:
+        from .backends import make_adapter
+
+        adapter = make_adapter(cfg)
+        try:
+            reconcile = getattr(adapter, "reconcile", None)
+            return reconcile(issue_id, recipients) if reconcile else []
+        finally:
+            adapter.close()  # type: ignore[attr-defined]
+
+    return ask
 
 
 def send_test(cfg: Config, store: Store, now: datetime, address: str, make_transport: Callable[[], Transport] | None = None) -> Result:
