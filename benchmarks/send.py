@@ -3,7 +3,7 @@
 Prints, from one run on this machine:
 - throughput: the digest (sample content) personalised and sent to N subscribers over 2 SMTP connections
   to smtp-sink, against smtp-source sending the same number of messages of the same size with 2 sessions
-  to the same sink in the same run (target: publisher's rate >= 0.5 of smtp-source's);
+  to the same sink in the same run (target: publisher's rate >= 0.9 of smtp-source's, journal per message included);
 - memory: peak RSS of `publisher digest send` for 1,000 and for 100,000 subscribers (target: at most 1.5x).
 
 Run: .venv/bin/python benchmarks/send.py [--messages 5000] [--memory-small 1000] [--memory-large 100000]
@@ -130,7 +130,7 @@ def main() -> None:
     print(f"{'smtp-source, 2 sessions, same size and count':<48}{src_rate:>12,.0f} msg/s   ({args.messages:,} in {source_s:.1f} s)")
     print(f"{'publisher digest send (whole process)':<48}{pub_rate:>12,.0f} msg/s   ({sent:,} in {wall:.1f} s)")
     ratio = pub_rate / src_rate
-    print(f"{'publisher / smtp-source':<48}{ratio:>12.2f}         target >= 0.50  {'OK' if ratio >= 0.5 else 'MISSED'}")
+    print(f"{'publisher / smtp-source':<48}{ratio:>12.2f}         target >= 0.90  {'OK' if ratio >= 0.9 else 'MISSED'}")
     for n, rss, m_wall, _ in rows:
         print(f"{f'peak RSS, {n:,} subscribers':<48}{rss / 1024:>12.1f} MiB     ({m_wall:.1f} s)")
     growth = rows[1][1] / rows[0][1]
