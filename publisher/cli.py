@@ -356,20 +356,20 @@ def digest_preview(c: Context, out: Path | None, email: str | None, as_text: boo
 
     from .delivery.message import compile_message
     from .delivery.send import links_for
-    from .digest import plan_issue, render_variants
     from .models import Subscriber
+    from .pipeline import next_issue
 
     if as_text and as_eml:
         raise click.UsageError("choose one of --text and --eml.")
     now = _now()
-    plan = plan_issue(c.cfg, c.store, now)
     if email:
         sub = c.store.subscriber(normalise_email(email))
         if sub is None:
             raise PublisherError(f"no subscriber {email!r}; see `publisher subscribers list`.")
     else:
         sub = Subscriber(0, "subscriber@example.com", SubscriberStatus.ACTIVE, now, now)
-    rendered = render_variants(c.cfg, plan, [sub.topics])[sub.topics]
+    plan, variants = next_issue(c.cfg, c.store, now, [sub.topics])
+    rendered = variants[sub.topics]
     links = links_for(c.cfg, sub)
     if as_eml:
         body = compile_message(c.cfg, rendered, now).for_recipient(sub.id, sub.email, links)
@@ -404,14 +404,12 @@ def digest_send(c: Context, dry_run: bool, test_to: str | None, progress: bool |
       publisher digest send --test-to editor@example.org
       publisher digest send
     """
-    from .delivery.send import send_issue, send_test
-    from .digest import plan_issue, render_variants
-    from .pipeline import record_outcome
+    from .delivery.send import send_test
+    from .pipeline import next_issue, record_outcome, send_digest
 
     if dry_run:
-        plan = plan_issue(c.cfg, c.store, _now())
+        plan, variants = next_issue(c.cfg, c.store, _now())
         recipients = c.store.count_recipients(_now())
-        variants = render_variants(c.cfg, plan, c.store.subscriber_topic_sets())
         click.echo(f"digest {plan.id}: {len(plan.publications)} publications, {recipients} recipients, "
                    f"{len(variants)} variants (dry run: nothing sent)")
         return
@@ -422,7 +420,7 @@ def digest_send(c: Context, dry_run: bool, test_to: str | None, progress: bool |
             sys.exit(1)
         return
     with _stop_on_signals() as stop, _progress_bar(progress) as on_progress:
-        outcome = send_issue(c.cfg, c.store, _now(), stop=stop, progress=on_progress)
+        outcome = send_digest(c.cfg, c.store, _now(), stop=stop, progress=on_progress)
     _print_send(outcome)
     record_outcome(c.store, outcome)
     if outcome.stopped:

@@ -1,6 +1,9 @@
-"""The main job, as the list of its stages: ingest → feeds → digest (when due) → delivery.
+"""The main job, as the list of its stages: ingest → feeds → digest (when due), and the digest as its own:
+recover → plan → render → compose → archive → deliver → finish → retry (the web copy goes before the first
+message, which links to it).
 
-Every entry point (the CLI, the scheduler, the tests) calls these functions.
+Every entry point (the CLI, the scheduler, the preview, the tests) calls these functions; each stage is a
+plain function of the package that owns it.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,7 +21,10 @@ from apscheduler.triggers.cron import CronTrigger
 from subscribers import seed_samples
 
 from .config import Config
-from .delivery.send import SendOutcome, send_issue
+from .delivery.backends import Transport as _Transport
+from .delivery.send import SendOutcome, archive, compose, deliver, finish, merge, recover, retry_deferred
+from .digest import PlannedIssue, plan_issue, render_variants
+from .digest.render import RenderedIssue
 from .feeds import FeedBuilder, copy_media, feed_specs, feeds_url, specs_holding
 from .feeds.site import build_pages
 from .feeds.websub import ping_hub
@@ -91,6 +98,36 @@ def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, bui
     return changed
 
 
+def next_issue(cfg: Config, store: Store, now: datetime, topic_sets: Iterable[tuple[str, ...]] | None = None
+               ) -> tuple[PlannedIssue, dict[tuple[str, ...], RenderedIssue]]:
+    """Plan → render: the issue that would go out now (an interrupted one resumed), each variant rendered once.
+    For the send, the preview, `digest preview` and `--dry-run` alike."""
+    plan = plan_issue(cfg, store, now)
+    return plan, render_variants(cfg, plan, store.subscriber_topic_sets() if topic_sets is None else topic_sets)
+
+
+def send_digest(cfg: Config, store: Store, now: datetime, *, make_transport: Callable[[], _Transport] | None = None,
+                workers: int | None = None, stop: threading.Event | None = None, progress: Callable[[str, int], None] | None = None,
+                due: datetime | None = None) -> SendOutcome:
+    """The digest, stage by stage. ``due``: deferred recipients are taken only once due by then (the service);
+    None takes them all at once (an operator's `digest send`: "try again now"). The new issue goes first:
+    earlier issues' stragglers are retried after it and never hold it back."""
+    stop = stop or threading.Event()
+    recover(cfg, store, now_utc())  # runs that died: their journals replayed, their rows free
+    plan, rendered = next_issue(cfg, store, now)  # plan → render
+    if plan.is_empty(cfg) and not cfg.digest.send_empty:
+        outcome = SendOutcome(plan.id, reason="nothing new since the last issue")
+    else:
+        variants = compose(cfg, plan, rendered, now)
+        copy = archive(cfg, rendered)
+        outcome = deliver(cfg, store, plan, variants, now, make_transport=make_transport, workers=workers, stop=stop, progress=progress, due=due)
+        outcome.archive = copy
+        finish(cfg, store, outcome, now)
+    if not (outcome.stopped or outcome.fault):
+        merge(outcome, retry_deferred(cfg, store, now, due=due, make_transport=make_transport, stop=stop, skip=(outcome.issue_id,)))
+    return outcome
+
+
 FAULT_SETTING = "delivery.fault"  # "<iso time> <seconds until the service tries again>\t<what stopped the last send>"
 
 
@@ -128,7 +165,7 @@ def run_cycle(cfg: Config, store: Store, now: datetime, *, force_digest: bool = 
     due, why = digest_due(cfg, store, now)
     if due or force_digest:
         log.info("digest: %s", "forced" if force_digest and not due else why)
-        report.digest = send_issue(cfg, store, now)
+        report.digest = send_digest(cfg, store, now)
         record_outcome(store, report.digest)
     else:
         report.digest_skipped_reason = why

@@ -31,9 +31,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, parse_duration
-from .delivery.send import SendOutcome, retry_deferred, send_issue
+from .delivery.send import SendOutcome, retry_deferred
 from .feeds import FeedBuilder
-from .pipeline import FAULT_SETTING, now_utc, record_outcome, run_feeds, run_ingest, run_signups
+from .pipeline import FAULT_SETTING, now_utc, record_outcome, run_feeds, run_ingest, run_signups, send_digest
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def ingest_job() -> None:
 def digest_job() -> None:
     cfg, store = _context["cfg"], _context["store"]
     with _sending:
-        outcome = send_issue(cfg, store, now_utc(), stop=_context.get("stop"), due=now_utc())
+        outcome = send_digest(cfg, store, now_utc(), stop=_context.get("stop"), due=now_utc())
     _report(store, outcome)
 
 
@@ -78,7 +78,7 @@ def delivery_job() -> None:
             return
         if store.open_issue():
             log.info("resuming the interrupted issue %s", store.open_issue()[0])  # type: ignore[index]
-            _report(store, send_issue(cfg, store, now, stop=_context.get("stop"), due=now))
+            _report(store, send_digest(cfg, store, now, stop=_context.get("stop"), due=now))
         elif store.due_retries(now):
             _report(store, retry_deferred(cfg, store, now, due=now, stop=_context.get("stop")))
     finally:

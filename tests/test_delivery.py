@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import email
-from datetime import datetime, timezone
 import email.policy
 import mailbox
 import re
 import socket
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
 
 from publisher.config import Config, DeliveryConfig, SmtpConfig
-from publisher.delivery import send_issue
 from publisher.errors import TemplateError
 from publisher.models import SubscriberStatus
-from publisher.pipeline import run_ingest
+from publisher.pipeline import run_ingest, send_digest
 from publisher.store import Store, open_store
 from subscribers import add_subscriber
 
@@ -46,7 +45,7 @@ def outbox(cfg: Config) -> list[email.message.EmailMessage]:
 
 def test_outbox_gets_one_message_per_active_subscriber_with_matching_items(ready) -> None:
     cfg, store = ready
-    outcome = send_issue(cfg, store, NOW)
+    outcome = send_digest(cfg, store, NOW)
     assert (outcome.sent, outcome.skipped, outcome.failed) == (2, 1, 0)  # other@ has nothing in its topics
     msgs = {m["To"]: m for m in outbox(cfg)}
     assert set(msgs) == {"all@example.com", "topic@example.com"}
@@ -61,8 +60,8 @@ def test_outbox_gets_one_message_per_active_subscriber_with_matching_items(ready
 
 def test_nothing_is_sent_twice_and_an_empty_week_sends_nothing(ready) -> None:
     cfg, store = ready
-    send_issue(cfg, store, NOW)
-    second = send_issue(cfg, store, NOW)
+    send_digest(cfg, store, NOW)
+    second = send_digest(cfg, store, NOW)
     assert second.reason == "nothing new since the last issue" and second.sent == 0
     assert len(outbox(cfg)) == 2
 
@@ -72,7 +71,7 @@ def test_a_template_error_sends_nothing_and_starts_no_issue(ready, project: Path
     tpl = project / "templates" / "email" / "digest.txt.j2"
     tpl.write_text("{{ issue.id }\n", encoding="utf-8")
     with pytest.raises(TemplateError):
-        send_issue(cfg, store, NOW)
+        send_digest(cfg, store, NOW)
     assert store.open_issue() is None and store.issue_ids() == []
     assert not cfg.path(cfg.delivery.outbox_dir).exists()
 
@@ -100,7 +99,7 @@ def test_smtp_backend_delivers_to_a_real_smtp_server(ready) -> None:
     controller.start()
     try:
         smtp_cfg = replace(cfg, delivery=DeliveryConfig(backend="smtp", retry_base=0.01, smtp=SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=5)))
-        outcome = send_issue(smtp_cfg, store, NOW)
+        outcome = send_digest(smtp_cfg, store, NOW)
     finally:
         controller.stop()
     assert outcome.sent == 2
@@ -114,7 +113,7 @@ def test_an_unreachable_smtp_server_fails_clearly(ready) -> None:
     cfg, store = ready
     port = free_port()  # nobody listens there
     smtp_cfg = replace(cfg, delivery=DeliveryConfig(backend="smtp", retry_base=0.01, smtp=SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=2)))
-    outcome = send_issue(smtp_cfg, store, NOW)
+    outcome = send_digest(smtp_cfg, store, NOW)
     assert (outcome.sent, outcome.deferred, outcome.failed) == (0, 2, 0)  # left for the retries, not bounced
     assert f"SMTP server 127.0.0.1:{port}: ConnectionRefusedError" in outcome.failures[0]
     # Everyone was tried, so the issue has gone out (a next one is not held back); the two deferred are retried

@@ -19,12 +19,12 @@ import pytest
 from markupsafe import escape
 
 from publisher.config import Config
-from publisher.delivery.send import links_for, send_issue
+from publisher.delivery.send import links_for
 from publisher.digest.issue import MAX_HTML_BYTES, plan_issue, render_variants
 from publisher.digest.render import Renderer
 from publisher.errors import TemplateError
 from publisher.models import Image, Publication, SubscriberStatus
-from publisher.pipeline import run_ingest
+from publisher.pipeline import run_ingest, send_digest
 from publisher.store import Store, open_store
 from subscribers.service import add_subscriber
 
@@ -92,7 +92,7 @@ def deliver(cfg: Config, db: Store, pubs: list[Publication]) -> tuple[bytes, str
     for p in pubs:
         db.upsert_publication(p, NOW)
     add_subscriber(db, "reader@example.com", NOW, confirmed=True)
-    assert send_issue(cfg, db, NOW).sent == 1
+    assert send_digest(cfg, db, NOW).sent == 1
     (raw,) = raw_messages(cfg)
     return (raw, *bodies(parse(raw)))
 
@@ -103,7 +103,7 @@ def deliver(cfg: Config, db: Store, pubs: list[Publication]) -> tuple[bytes, str
 def test_sample_digest_is_delivered_complete_and_well_formed(cfg: Config, db: Store) -> None:
     run_ingest(cfg, db, NOW)
     sub, _ = add_subscriber(db, "Reader@Example.com", NOW, confirmed=True)
-    assert send_issue(cfg, db, NOW).sent == 1
+    assert send_digest(cfg, db, NOW).sent == 1
     (raw,) = raw_messages(cfg)
     msg = parse(raw)
     html, text = bodies(msg)
@@ -149,7 +149,7 @@ def test_topic_variants_get_their_own_items_and_everyone_gets_one_message(cfg: C
         add_subscriber(db, address, NOW, confirmed=True, topics=topics)
     add_subscriber(db, "pending@example.com", NOW)  # not confirmed: gets nothing
 
-    outcome = send_issue(cfg, db, NOW)
+    outcome = send_digest(cfg, db, NOW)
     msgs = {m["To"]: bodies(m) for m in map(parse, raw_messages(cfg))}
     assert outcome.sent == len(msgs) == 3 and set(msgs) == {"sec@example.com", "other@example.com", "all@example.com"}
 
@@ -183,7 +183,7 @@ def test_each_variant_is_rendered_once_however_many_subscribers_share_it(cfg: Co
     assert set(render_variants(cfg, plan, [("security-cooperation",)] * 5, shared_only)) == {(), ("security-cooperation",)}
     assert shared_only.renders == 2
 
-    outcome = send_issue(cfg, db, NOW)
+    outcome = send_digest(cfg, db, NOW)
     assert outcome.sent == 8 and sorted(parse(r)["To"] for r in raw_messages(cfg)) == sorted(
         s.email for s in db.subscribers(status=SubscriberStatus.ACTIVE))
 
@@ -209,7 +209,7 @@ def test_a_huge_week_is_cut_to_fit_gmail_and_says_how_many_more(cfg: Config, db:
         assert f"And {total - held} more on the site: https://www.example.org/" in rendered.text
 
     add_subscriber(db, "reader@example.com", NOW, confirmed=True)
-    send_issue(cfg, db, NOW)
+    send_digest(cfg, db, NOW)
     (raw,) = raw_messages(cfg)
     html, text = bodies(parse(raw))
     assert len(html.encode("utf-8")) < 102_000 and "more on the site" in html and "more on the site" in text
@@ -272,7 +272,7 @@ def test_an_editors_note_heads_the_next_issue_only(cfg: Config, db: Store, proje
     run_ingest(cfg, db, NOW)
     add_subscriber(db, "reader@example.com", NOW, confirmed=True)
     db.set_setting("digest.next_note", note)
-    first = send_issue(cfg, db, NOW)
+    first = send_digest(cfg, db, NOW)
     (raw,) = raw_messages(cfg)
     html, text = bodies(parse(raw))
     assert str(escape(note)) in html and html.index(str(escape(note))) < html.index("Featured &middot;")
@@ -281,7 +281,7 @@ def test_an_editors_note_heads_the_next_issue_only(cfg: Config, db: Store, proje
 
     write_md(project, "next-week", "Next week's piece", topics=("security-cooperation",))
     run_ingest(cfg, db, LATER)
-    second = send_issue(cfg, db, LATER)
+    second = send_digest(cfg, db, LATER)
     assert second.sent == 1 and second.issue_id != first.issue_id
     (later,) = [m for m in map(parse, raw_messages(cfg)) if second.issue_id in m["Message-ID"]]
     html2, text2 = bodies(later)
@@ -307,7 +307,7 @@ def test_a_broken_template_sends_nothing_and_starts_no_issue(cfg: Config, db: St
     add_subscriber(db, "reader@example.com", NOW, confirmed=True)
 
     with pytest.raises(TemplateError) as err:
-        send_issue(cfg, db, NOW)
+        send_digest(cfg, db, NOW)
     assert Path(err.value.template).name == "digest.mjml.j2" and err.value.line == line
     if breakage == "mjml":
         assert "MJML" in str(err.value)
@@ -323,10 +323,10 @@ def test_sent_issues_are_archived_with_an_index_and_a_feed(cfg: Config, db: Stor
     digests = cfg.path(cfg.site.public_dir) / "digests"
     run_ingest(cfg, db, NOW)
     add_subscriber(db, "reader@example.com", NOW, confirmed=True)
-    sent = [send_issue(cfg, db, NOW).issue_id]
+    sent = [send_digest(cfg, db, NOW).issue_id]
     write_md(project, "next-week", "Next week's piece", topics=("security-cooperation",))
     run_ingest(cfg, db, LATER)
-    sent.append(send_issue(cfg, db, LATER).issue_id)
+    sent.append(send_digest(cfg, db, LATER).issue_id)
     assert len(set(sent)) == 2
 
     index = lxml.html.fromstring((digests / "index.html").read_text(encoding="utf-8"))

@@ -14,9 +14,8 @@ import dkim
 import pytest
 
 from publisher.config import Config
-from publisher.delivery import send_issue
 from publisher.errors import ConfigError
-from publisher.pipeline import run_ingest
+from publisher.pipeline import run_ingest, send_digest
 from publisher.store import open_store
 from subscribers import add_subscriber
 
@@ -39,7 +38,7 @@ def test_every_delivered_message_carries_a_valid_signature(cfg: Config, keypair:
     run_ingest(cfg, store, NOW)
     add_subscriber(store, "a@example.com", NOW, confirmed=True)
     add_subscriber(store, "b@example.com", NOW, confirmed=True)
-    assert send_issue(signed, store, NOW).sent == 2
+    assert send_digest(signed, store, NOW).sent == 2
     store.close()
 
     def dns(name: bytes, timeout: int = 5) -> bytes:

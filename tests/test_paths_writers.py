@@ -20,14 +20,13 @@ from hypothesis import strategies as st
 
 from publisher.cli import main
 from publisher.config import Config, load_config
-from publisher.delivery.send import send_issue
 from publisher.errors import ConfigError
 from publisher.feeds import FeedBuilder, FeedSpec, slugify
 from publisher.feeds.site import build_pages
 from publisher.fsutil import PathRefused, is_slug, safe_join
 from publisher.ingest import build_sources, ingest
 from publisher.models import Topic
-from publisher.pipeline import run_feeds, run_ingest
+from publisher.pipeline import run_feeds, run_ingest, send_digest
 from publisher.sources.remote import FeedSource, Fetcher
 from publisher.store import Store
 from subscribers import seed_samples
@@ -146,7 +145,7 @@ def test_a_digest_web_copy_with_a_hostile_issue_id_is_refused_before_anything_is
     seed_samples(store, cfg.subscribers.sample_subscribers, NOW)
     store.start_issue("../../../pwned-issue", NOW, NOW)  # an open issue from an old store: it is resumed, by id
     with pytest.raises(PathRefused, match="pwned-issue"):
-        send_issue(cfg, store, NOW)
+        send_digest(cfg, store, NOW)
     assert pwned(tmp_path) == []
     outbox = cfg.path(cfg.delivery.outbox_dir)
     assert not outbox.exists() or len(mailbox.Maildir(outbox, create=False)) == 0

@@ -30,10 +30,9 @@ import lxml.html
 import pytest
 
 from publisher.config import Config, load_config
-from publisher.delivery import send_issue
 from publisher.delivery.send import links_for
 from publisher.digest import plan_issue, render_variants
-from publisher.pipeline import now_utc, open_project_store, run_ingest
+from publisher.pipeline import now_utc, open_project_store, run_ingest, send_digest
 
 from .servers import recording_server
 from .smtp_faults import FaultyRelay, relay
@@ -225,7 +224,7 @@ def test_a_hostile_feed_cannot_forge_personalisation_over_smtp(project: Path, ho
         try:
             run_ingest(cfg, store, now_utc())
             planted = surviving(cfg, store)
-            outcome = send_issue(cfg, store, now_utc())
+            outcome = send_digest(cfg, store, now_utc())
             assert (outcome.sent, outcome.failed, outcome.deferred) == (3, 0, 0)
             everybody = [s.email for s in store.subscribers()]
             assert len(handler.messages) == 3
@@ -324,7 +323,7 @@ def test_a_hostile_feed_cannot_forge_personalisation_through_a_mail_api(project:
         try:
             run_ingest(cfg, store, now_utc())
             planted = surviving(cfg, store)
-            outcome = send_issue(cfg, store, now_utc())
+            outcome = send_digest(cfg, store, now_utc())
             assert (outcome.sent, outcome.failed, outcome.deferred) == (3, 0, 0), outcome.failures
             everybody = [s.email for s in store.subscribers()]
             assert sorted(m["to"] for m in delivered) == sorted(everybody)

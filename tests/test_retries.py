@@ -16,10 +16,9 @@ import pytest
 from sqlalchemy import select
 
 from publisher.config import Config
-from publisher.delivery import send_issue
 from publisher.delivery.send import retry_deferred
 from publisher.models import Publication, SubscriberStatus
-from publisher.pipeline import run_ingest
+from publisher.pipeline import run_ingest, send_digest
 from publisher.store import Store, open_store, tables
 from subscribers import add_subscriber
 
@@ -80,7 +79,7 @@ def test_a_deferred_recipient_backs_off_from_a_minute_and_never_holds_back_or_me
     handler.answers["b@example.com"] = "452 4.2.2 <b@example.com>: Mailbox temporarily over quota"
     with relay(handler) as port:
         c = smtp(cfg, port)
-        first = send_issue(c, db, T0)
+        first = send_digest(c, db, T0)
         assert first.finished and (first.sent, first.deferred) == (2, 1) and first.exit_code == 3
         r = row(db, first.issue_id, "b@example.com")
         assert r.status == "deferred" and r.kind == "soft" and r.deferrals == 1
@@ -99,7 +98,7 @@ def test_a_deferred_recipient_backs_off_from_a_minute_and_never_holds_back_or_me
         db.upsert_publication(Publication("new-report", "https://www.example.org/new", "A new report", "Summary.", "report",
                                           T0 + timedelta(days=2), None, ("security-cooperation",)), T0 + timedelta(days=2))
         handler.answers.clear()  # b's mailbox has room again
-        second = send_issue(c, db, T0 + timedelta(days=2), due=datetime.now(timezone.utc))  # b's retry is not due yet
+        second = send_digest(c, db, T0 + timedelta(days=2), due=datetime.now(timezone.utc))  # b's retry is not due yet
         assert second.issue_id != first.issue_id and second.finished
         assert row(db, second.issue_id, "b@example.com").status == "sent"
         assert row(db, first.issue_id, "b@example.com").status == "deferred"  # not merged, not dropped
@@ -116,7 +115,7 @@ def test_after_give_up_after_a_deferred_recipient_is_undeliverable_not_bounced(c
     handler.answers["c@example.com"] = "451 4.4.1 <c@example.com>: host not reachable"
     with relay(handler) as port:
         c = smtp(cfg, port)
-        first = send_issue(c, db, T0)
+        first = send_digest(c, db, T0)
         assert first.deferred == 1
         six_days = datetime.now(timezone.utc) + timedelta(days=6)  # past the default give_up_after (5 days)
         retry_deferred(c, db, six_days, due=six_days)

@@ -11,9 +11,8 @@ from datetime import timedelta
 import pytest
 
 from publisher.config import Config
-from publisher.delivery import send_issue
 from publisher.models import SubscriberStatus
-from publisher.pipeline import run_ingest
+from publisher.pipeline import run_ingest, send_digest
 from publisher.store import Store, open_store
 from subscribers import add_subscriber, export_csv
 
@@ -49,7 +48,7 @@ def test_a_flaky_relay_still_gives_every_good_subscriber_exactly_one_copy(cfg: C
     with relay(handler) as port:
         runs = []
         for _ in range(4):  # "after at most a few runs" (each retries what the last left deferred)
-            outcome = send_issue(smtp(cfg, port), db, NOW)
+            outcome = send_digest(smtp(cfg, port), db, NOW)
             runs.append(outcome)
             if outcome.exit_code == 0:
                 break
@@ -69,7 +68,7 @@ def test_two_sends_at_once_send_each_message_once(cfg: Config, db: Store) -> Non
     with relay(handler) as port:
         c = smtp(cfg, port)
         outcomes = []
-        threads = [threading.Thread(target=lambda: outcomes.append(send_issue(c, open_store(c.store_url), NOW))) for _ in range(2)]
+        threads = [threading.Thread(target=lambda: outcomes.append(send_digest(c, open_store(c.store_url), NOW))) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
@@ -91,7 +90,7 @@ def test_unsubscribed_mid_send_is_skipped_and_a_late_joiner_waits(cfg: Config, d
                 db.set_subscriber_status(emails[-1], SubscriberStatus.UNSUBSCRIBED, NOW)
                 add_subscriber(db, "late@example.com", NOW + timedelta(hours=1), confirmed=True)
 
-        first = send_issue(c, db, NOW, progress=progress)
+        first = send_digest(c, db, NOW, progress=progress)
     assert first.finished
     assert handler.delivered[emails[-1]] == 0 and handler.delivered["late@example.com"] == 0
     assert all(handler.delivered[e] == 1 for e in emails[:-1])
@@ -120,7 +119,7 @@ def test_a_mail_api_backend_through_the_engine_honours_429_and_sends_each_once(c
     with recording_server(postmark) as (base, requests):
         c = replace(cfg, delivery=replace(cfg.delivery, backend="postmark", retry_base=0.01, api=replace(cfg.delivery.api, base_url=base)),
                     api_key=type(cfg.api_key)("server-token"))
-        outcome = send_issue(c, db, NOW)
+        outcome = send_digest(c, db, NOW)
     assert outcome.finished and outcome.sent == 30
     sent_to = [m["To"] for r in requests[1:] for m in json.loads(r["body"])]
     assert sorted(sent_to) == sorted(set(sent_to)) and set(emails) <= set(sent_to)

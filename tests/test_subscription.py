@@ -15,9 +15,8 @@ import requests
 from starlette.testclient import TestClient
 
 from publisher.config import Config
-from publisher.delivery import send_issue
 from publisher.models import SubscriberStatus
-from publisher.pipeline import run_ingest
+from publisher.pipeline import run_ingest, send_digest
 from publisher.store import Store, open_store
 from publisher.web import create_app
 from subscribers import add_subscriber, forget, import_csv, make_confirm_token, make_token
@@ -71,7 +70,7 @@ def test_double_opt_in_and_one_click_unsubscribe_over_real_http(cfg: Config, db:
         assert "You are subscribed" in http.post(base + path_of(link), data={"csrf": csrf_of(button.text)}, timeout=10).text
         assert db.subscriber("new.reader@example.com").status is SubscriberStatus.ACTIVE
 
-        send_issue(cfg, db, datetime.now(timezone.utc))  # after the confirmation: they joined before this issue
+        send_digest(cfg, db, datetime.now(timezone.utc))  # after the confirmation: they joined before this issue
         digest = next(m for m in outbox(cfg) if m["To"] == "new.reader@example.com" and "weekly" in m["Subject"])
         assert digest["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         one_click = re.search(r"<(https://[^>]+)>", digest["List-Unsubscribe"]).group(1)

@@ -23,6 +23,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from subscribers.links import links_for as subscriber_links
@@ -39,7 +40,7 @@ from .engine import Engine, Progress, SendOutcome, Settings, replay_journals
 from .message import compile_message, message_id
 
 log = logging.getLogger(__name__)
-__all__ = ["SendOutcome", "links_for", "recover", "retry_deferred", "send_issue", "send_test"]
+__all__ = ["SendOutcome", "archive", "compose", "deliver", "finish", "links_for", "merge", "recover", "retry_deferred", "send_test"]
 
 
 def links_for(cfg: Config, subscriber: Subscriber) -> dict[str, str]:
@@ -58,53 +59,54 @@ def recipient(cfg: Config, issue_id: str, sub: Subscriber, domain: str) -> Recip
     return Recipient(sub.id, sub.email, message_id(issue_id, sub.id, domain), links_for(cfg, sub), f"{issue_id}:{sub.id}")
 
 
-def send_issue(cfg: Config, store: Store, now: datetime, *, make_transport: Callable[[], Transport] | None = None,
-               workers: int | None = None, stop: threading.Event | None = None, progress: Progress | None = None,
-               due: datetime | None = None) -> SendOutcome:
-    """Send the due issue (resuming an interrupted one), then retry earlier issues' deferred recipients.
-
-    ``due``: take only deferred rows due by then (the service); None takes every deferred row at once (an
-    operator's `digest send`: "try again now"). The new issue goes first: stragglers never hold it back.
-    """
-    stop = stop or threading.Event()
-    outcome = _send_planned(cfg, store, now, make_transport=make_transport, workers=workers, stop=stop, progress=progress, due=due)
-    if not (outcome.stopped or outcome.fault):
-        retried = retry_deferred(cfg, store, now, due=due, make_transport=make_transport, stop=stop, skip=(outcome.issue_id,))
-        for name in ("sent", "deferred", "failed"):
-            setattr(outcome, name, getattr(outcome, name) + getattr(retried, name))
-        outcome.retried, outcome.fault, outcome.stopped = retried.sent, retried.fault, retried.stopped
-        outcome.failures += retried.failures[: 20 - len(outcome.failures)]
-        outcome.next_retry = retried.next_retry
-    return outcome
+def compose(cfg: Config, plan: PlannedIssue, rendered: dict[tuple[str, ...], RenderedIssue], now: datetime) -> _Variants:
+    """Stage "compose": each rendered variant compiled once, as MIME for SMTP and as parts for the APIs."""
+    return _Variants(cfg, plan, Renderer(cfg), rendered, now)
 
 
-def _send_planned(cfg: Config, store: Store, now: datetime, *, make_transport: Callable[[], Transport] | None,
-                  workers: int | None, stop: threading.Event, progress: Progress | None, due: datetime | None) -> SendOutcome:
-    recover(cfg, store, _now())
-    plan = plan_issue(cfg, store, now)
+def deliver(cfg: Config, store: Store, plan: PlannedIssue, variants: _Variants, now: datetime, *,
+            make_transport: Callable[[], Transport] | None = None, workers: int | None = None, stop: threading.Event | None = None,
+            progress: Progress | None = None, due: datetime | None = None) -> SendOutcome:
+    """Stage "deliver": the issue recorded as started, then every recipient who had joined by then walked, claimed,
+    sent and recorded by the engine. The outcome says whether everyone was tried (``finished``)."""
     outcome = SendOutcome(plan.id)
-    if plan.is_empty(cfg) and not cfg.digest.send_empty:
-        outcome.reason = "nothing new since the last issue"
-        return outcome
-    renderer = Renderer(cfg)
-    rendered = render_variants(cfg, plan, store.subscriber_topic_sets(), renderer)
-    variants = _Variants(cfg, plan, renderer, rendered, now)
     store.start_issue(plan.id, plan.cutoff, now, note=plan.note, publications=len(plan.publications))
     started = store.issue_started(plan.id)
-    outcome.archive = write_copy(cfg, rendered[()])  # the everything variant is always rendered
     outcome.total = store.count_recipients(started)
     if progress:
         progress("total", outcome.total)
     factory, default_workers = transport_factory(cfg)
-    engine = _engine(cfg, store, plan.id, variants, make_transport or factory, workers or default_workers, stop, outcome, progress, due)
+    engine = _engine(cfg, store, plan.id, variants, make_transport or factory, workers or default_workers, stop or threading.Event(),
+                     outcome, progress, due)
     engine.run(store.recipients(started, batch=cfg.delivery.batch_size))
-    if not outcome.stopped and not outcome.fault and store.unfinished_sends(plan.id, queued_only=True) == 0:
-        store.finish_issue(plan.id, now)  # every recipient tried: it has gone out; what is deferred is retried on its own
-        write_index(cfg, store)
-        outcome.finished = True
+    outcome.finished = not outcome.stopped and not outcome.fault and store.unfinished_sends(plan.id, queued_only=True) == 0
     outcome.next_retry = store.next_retry(plan.id)
     if cfg.delivery.backend == "outbox":
         outcome.outbox = cfg.path(cfg.delivery.outbox_dir)
+    return outcome
+
+
+def archive(cfg: Config, rendered: dict[tuple[str, ...], RenderedIssue]) -> Path:
+    """Stage "archive": the issue's web copy (the everything variant), written before the first message goes out,
+    since every message links to it (and a copy that cannot be written stops the send before anything is sent)."""
+    return write_copy(cfg, rendered[()])
+
+
+def finish(cfg: Config, store: Store, outcome: SendOutcome, now: datetime) -> None:
+    """Stage "finish": once everyone was tried the issue has gone out (what is deferred is retried on its own),
+    and the archive's index lists it."""
+    if outcome.finished:
+        store.finish_issue(outcome.issue_id, now)
+        write_index(cfg, store)
+
+
+def merge(outcome: SendOutcome, retried: SendOutcome) -> SendOutcome:
+    """The retries of earlier issues added to this issue's outcome (what a command prints and exits with)."""
+    for name in ("sent", "deferred", "failed"):
+        setattr(outcome, name, getattr(outcome, name) + getattr(retried, name))
+    outcome.retried, outcome.fault, outcome.stopped = retried.sent, retried.fault, retried.stopped
+    outcome.failures += retried.failures[: 20 - len(outcome.failures)]
+    outcome.next_retry = retried.next_retry
     return outcome
 
 
@@ -112,7 +114,7 @@ def retry_deferred(cfg: Config, store: Store, now: datetime, *, due: datetime | 
                    stop: threading.Event | None = None, skip: tuple[str, ...] = ()) -> SendOutcome:
     """Retry the deferred recipients of issues that have gone out (``due``: only those due by then; None: all),
     oldest issue first, after marking what is older than [delivery].give_up_after undeliverable. One outcome
-    summed over the issues; an issue still being walked is left to :func:`send_issue`."""
+    summed over the issues; an issue still being walked is left to the "deliver" stage."""
     recover(cfg, store, _now())
     give_up = timedelta(seconds=parse_duration(cfg.delivery.give_up_after))
     total = SendOutcome("retries")
