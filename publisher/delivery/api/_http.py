@@ -3,13 +3,21 @@
 Private to :mod:`publisher.delivery.api`: each provider's module (``postmark``, ``resend``, ``sendgrid``,
 ``mailgun``) keeps its wire format and its reading of the provider's answers; the machinery around them
 lives here once.
+
+Reconciliation (:func:`reconcile_each`) is the one place an adapter waits and asks again: after a crash,
+the recovery asks the provider, recipient by recipient, whether it accepted a batch whose answer was
+lost. It is bounded in time (:class:`Lookups`): what is not confirmed by then is sent again.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import re
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -31,6 +39,8 @@ _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 
 T = TypeVar("T")
 B = TypeVar("B", bound=Sequence[Recipient])
+
+log = logging.getLogger("publisher.delivery.api")
 
 
 # -- the adapter: key, base URL, timeout, session --------------------------------------------------------
@@ -76,6 +86,29 @@ class HttpAdapter:
             return unanswered(self._scrub(f"cannot reach {self.provider} at {self.base_url}: {type(exc).__name__}: {exc}"))
         try:
             return read(resp)
+        finally:
+            resp.close()
+
+    def _get_json(self, url: str, *, params: Sequence[tuple[str, str]] | None, timeout: float) -> Any:
+        """GET with ``timeout`` (connect, and between bytes): the decoded JSON of a 200 answer.
+
+        Anything else (no answer, another status, a body that is not JSON) raises :class:`LookupFailed`
+        with a message that says which, without the key. Redirects are not followed: the key goes to
+        ``base_url`` only.
+        """
+        try:
+            resp = self._session.get(url, params=params, timeout=timeout, allow_redirects=False)
+        except requests.Timeout:
+            raise LookupFailed(f"{self.provider} did not answer within {timeout:.3g} s") from None
+        except requests.RequestException as exc:
+            raise LookupFailed(self._scrub(f"cannot reach {self.provider} at {self.base_url}: {type(exc).__name__}: {exc}")) from None
+        try:
+            if resp.status_code != 200:
+                raise LookupFailed(self._scrub(f"{self.provider} answered {resp.status_code}{as_detail(excerpt(resp))}")[:MAX_ERROR])
+            data = json_body(resp)
+            if data is None:
+                raise LookupFailed(f"{self.provider} answered 200 with a body that is not JSON")
+            return data
         finally:
             resp.close()
 
@@ -257,3 +290,76 @@ def isolate(recipients: Sequence[Recipient], max_batch: int, send: Callable[[Seq
             mid = len(part) // 2
             stack += [part[mid:], part[:mid]]  # the first half is tried first
     return results
+
+
+# -- reconciliation after a crash (Postmark, Mailgun) ---------------------------------------------------
+
+
+class LookupFailed(Exception):
+    """The provider could not be asked (no answer, an error status, an unreadable body); the text has no key."""
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """How hard :func:`reconcile_each` tries before the rest is sent again.
+
+    ``budget``: seconds for the whole reconciliation; ``timeout``: seconds per request (capped by what is
+    left of the budget); ``lag_waits``: the providers' search lags a little behind sending, so recipients
+    not found are asked again after each of these waits (while the budget lasts); ``workers``: requests
+    at once (the session's pool holds 10 connections); ``max_errors``: failed requests after which the
+    provider is not asked any more (it is down, or the key cannot search).
+    """
+
+    budget: float = 30.0
+    timeout: float = 10.0
+    lag_waits: tuple[float, ...] = (1.0, 2.0)
+    workers: int = 8
+    max_errors: int = 3
+
+
+def reconcile_each(recipients: Sequence[Recipient], accepted: Callable[[Recipient, float], bool], *, provider: str,
+                   lookups: Lookups) -> list[Result]:
+    """``Result(sent)`` for each recipient ``accepted(recipient, timeout)`` confirms; nothing for the others.
+
+    A recipient is confirmed only by a positive answer: not found, an error, or the budget running out all
+    leave them unconfirmed, and the engine sends them again (a duplicate at worst, never a loss). Never
+    raises for the provider's errors: they are logged (without the key) and count as not found.
+    """
+    deadline = time.monotonic() + lookups.budget
+    todo = list({r.subscriber_id: r for r in recipients}.values())
+    confirmed: list[Recipient] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    gave_up = threading.Event()
+
+    def ask(r: Recipient) -> bool | None:
+        left = deadline - time.monotonic()
+        if gave_up.is_set() or left < 0.05:
+            return None
+        try:
+            return accepted(r, min(lookups.timeout, left))
+        except LookupFailed as exc:
+            with lock:
+                errors.append(str(exc))
+                if len(errors) >= lookups.max_errors:
+                    gave_up.set()
+            return None
+
+    for wait in (0.0, *lookups.lag_waits):
+        if not todo or gave_up.is_set():
+            break
+        if wait:
+            if deadline - time.monotonic() <= wait:
+                break
+            time.sleep(wait)
+        with ThreadPoolExecutor(max_workers=max(1, min(lookups.workers, len(todo))), thread_name_prefix="reconcile") as pool:
+            answers = list(pool.map(ask, todo))
+        confirmed += [r for r, yes in zip(todo, answers) if yes]
+        todo = [r for r, yes in zip(todo, answers) if not yes]
+    if errors:
+        log.warning("%s could not be asked about %d message(s) in flight when a run died (%d failed request(s), e.g. %s); "
+                    "those not confirmed are sent again", provider, len(todo), len(errors), errors[0])
+    elif todo and deadline - time.monotonic() < 0.05:
+        log.warning("%s: %d message(s) in flight when a run died were not confirmed within %g s; they are sent again",
+                    provider, len(todo), lookups.budget)
+    return [Result(r.subscriber_id, "sent") for r in confirmed]
