@@ -66,13 +66,14 @@ def test_wire_format_is_postmarks_batch_endpoint() -> None:
     messages = json.loads(req["body"])
     assert isinstance(messages, list) and len(messages) == 3
     for msg, r in zip(messages, RECIPIENTS):
-        assert set(msg) == {"From", "To", "Subject", "HtmlBody", "TextBody", "ReplyTo", "Headers", "MessageStream", "TrackOpens"}
+        assert set(msg) == {"From", "To", "Subject", "HtmlBody", "TextBody", "ReplyTo", "Headers", "MessageStream", "TrackOpens", "Metadata"}
         assert msg["From"] == "Example Research <news@example.org>"
         assert msg["To"] == r.email
         assert msg["Subject"] == "Research digest — 27 November 2026"
         assert msg["ReplyTo"] == "editor@example.org"
         assert msg["MessageStream"] == "broadcast"
         assert msg["TrackOpens"] is False
+        assert msg["Metadata"] == {"publisher-key": r.idempotency_key}  # found again after a crash (test_reconcile)
 
         i = r.subscriber_id
         assert_personalised(msg["HtmlBody"], msg["TextBody"], r, RECIPIENTS)

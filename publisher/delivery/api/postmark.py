@@ -5,10 +5,27 @@ JSON array of message objects; Postmark answers ``200`` with an array of results
 ``{"ErrorCode": 0, "Message": "OK", "MessageID": "...", "To": "..."}``, a non-zero ``ErrorCode`` being a
 per-message refusal. A refusal of the whole request comes as ``401`` (bad token), ``422`` with one
 ``{"ErrorCode", "Message"}`` object, ``429`` (rate limit) or ``5xx``.
+
+Reconciliation after a crash: every message carries ``"Metadata": {"publisher-key": <key>}``, the
+recipient's idempotency key (``<issue>:<subscriber>``), or ``sha256:<hex>`` of it past Postmark's limits
+(field names up to 20 characters, values up to 80, at most 10 fields: Postmark answers 422 "Invalid
+metadata content" otherwise; https://postmarkapp.com/support/article/1125-custom-metadata-faq).
+:meth:`PostmarkAdapter.reconcile` asks the outbound message search
+(https://postmarkapp.com/developer/api/messages-api, ``GET /messages/outbound`` with the required
+``count`` and ``offset``, ``recipient``, and ``metadata_publisher-key=<value>``, the FAQ's "search for
+messages using metadata": one metadata field per search; plus ``messagestream``, the stream we send on,
+which Postmark's own clients pass as the outbound filter ``messageStream``), with ``Accept:
+application/json`` and ``X-Postmark-Server-Token``. It answers ``{"TotalCount": n, "Messages": [...]}``,
+each message with its ``Recipients``, ``MessageStream``, ``Status`` and ``Metadata``. A message is taken
+as accepted only when a returned message has our metadata value and the recipient's address (a search
+that ignored the filter would otherwise confirm an older issue). The search lags a little behind sending:
+recipients not found are asked again after 1 s and 2 s (:class:`~._http.Lookups`), within 30 s in all;
+whoever is not confirmed is sent again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +34,19 @@ import requests
 
 from ..classify import classify_http, postmark_error
 from . import Prepared, Recipient, Result
-from ._http import MAX_ERROR, HttpAdapter, all_results, as_detail, excerpt, json_body, mailbox, retry_after
+from ._http import (
+    MAX_ERROR,
+    HttpAdapter,
+    LookupFailed,
+    Lookups,
+    all_results,
+    as_detail,
+    excerpt,
+    json_body,
+    mailbox,
+    reconcile_each,
+    retry_after,
+)
 
 # What an ErrorCode means (per message, or in a whole-request 422) is decided by
 # publisher.delivery.classify.postmark_error: 406 inactive recipient (bounced, complained, suppressed on
@@ -33,6 +62,16 @@ from ._http import MAX_ERROR, HttpAdapter, all_results, as_detail, excerpt, json
 # account pending, 413 account may not send), named as such in the error.
 ACCOUNT_CODES = frozenset({10, 400, 401, 405, 412, 413})
 
+METADATA_KEY = "publisher-key"  # Postmark: a field name of at most 20 characters
+METADATA_VALUE_MAX = 80  # Postmark: a field value of at most 80 characters
+
+
+def metadata_value(idempotency_key: str) -> str:
+    """The ``publisher-key`` metadata value for a recipient: the key itself, or its SHA-256 when too long."""
+    if len(idempotency_key) <= METADATA_VALUE_MAX:
+        return idempotency_key
+    return "sha256:" + hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+
 
 class PostmarkAdapter(HttpAdapter):
     name = "postmark"
@@ -46,11 +85,13 @@ class PostmarkAdapter(HttpAdapter):
         base_url: str = "https://api.postmarkapp.com",
         message_stream: str = "broadcast",
         timeout: float = 30.0,
+        lookups: Lookups = Lookups(),
     ) -> None:
         super().__init__(
             api_key, base_url=base_url, timeout=timeout, headers={"Content-Type": "application/json", "X-Postmark-Server-Token": api_key}
         )
         self.message_stream = message_stream
+        self.lookups = lookups
 
     def __repr__(self) -> str:
         return f"PostmarkAdapter(base_url={self.base_url!r}, message_stream={self.message_stream!r}, timeout={self.timeout!r})"
@@ -74,6 +115,7 @@ class PostmarkAdapter(HttpAdapter):
             msg["Headers"] = [{"Name": k, "Value": v} for k, v in prepared.headers(r).items()]
             msg["MessageStream"] = self.message_stream
             msg["TrackOpens"] = False
+            msg["Metadata"] = {METADATA_KEY: metadata_value(r.idempotency_key)}
             messages.append(msg)
         return messages
 
@@ -84,6 +126,29 @@ class PostmarkAdapter(HttpAdapter):
             raise ValueError(f"Postmark takes at most {self.max_batch} messages per batch, got {len(recipients)}")
         body = json.dumps(self.payload(prepared, recipients), ensure_ascii=False).encode("utf-8")
         return self._post_batch(f"{self.base_url}/email/batch", recipients, self._results, data=body)
+
+    # -- after a crash -------------------------------------------------------------------------------
+
+    def reconcile(self, issue_id: str, recipients: Sequence[Recipient]) -> list[Result]:
+        """``sent`` for each recipient Postmark's outbound search shows it accepted (see the module's docstring)."""
+        return reconcile_each(recipients, self._accepted, provider=self.provider, lookups=self.lookups)
+
+    def _accepted(self, r: Recipient, timeout: float) -> bool:
+        value = metadata_value(r.idempotency_key)
+        params = [("count", "50"), ("offset", "0"), ("recipient", r.email), ("messagestream", self.message_stream),
+                  (f"metadata_{METADATA_KEY}", value)]
+        data = self._get_json(f"{self.base_url}/messages/outbound", params=params, timeout=timeout)
+        messages = data.get("Messages") if isinstance(data, dict) else None
+        if not isinstance(messages, list):
+            raise LookupFailed("Postmark's outbound search answered without a Messages list")
+        email = r.email.casefold()
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("Metadata"), dict):
+                continue
+            addresses = [str(a).casefold() for a in m.get("Recipients") or [] if isinstance(a, str)]
+            if m["Metadata"].get(METADATA_KEY) == value and email in addresses:
+                return True
+        return False
 
     # -- the answer ----------------------------------------------------------------------------------
 
