@@ -72,7 +72,7 @@ def test_one_request_with_recipient_variables_gives_each_recipient_their_own_iss
     names = {k for k, _ in fields}
     assert names == {
         "from", "to", "subject", "text", "html", "recipient-variables", "h:Reply-To", "h:List-Id",
-        "h:List-Unsubscribe-Post", "h:List-Unsubscribe", "h:Message-ID", "v:subscriber_id", "v:issue_id",
+        "h:List-Unsubscribe-Post", "h:List-Unsubscribe", "h:Message-ID", "v:subscriber_id", "v:issue_id", "v:publisher-key",
     }  # fmt: skip
     assert one(fields, "from") == "Publisher Sample Institute <digest@example.org>"
     assert [v for k, v in fields if k == "to"] == [r.email for r in rs]
@@ -87,6 +87,7 @@ def test_one_request_with_recipient_variables_gives_each_recipient_their_own_iss
     assert one(fields, "h:Message-ID") == f"%recipient.{var('message_id')}%"
     assert one(fields, "v:subscriber_id") == f"%recipient.{var('subscriber_id')}%"
     assert one(fields, "v:issue_id") == "2026-W48"
+    assert one(fields, "v:publisher-key") == f"%recipient.{var('publisher_key')}%"  # found again after a crash (test_reconcile)
     text, html = one(fields, "text"), one(fields, "html")
     assert not any(marker in text + html for marker in p.slots.markers.values())
     assert f"%recipient.{var('unsubscribe_url')}%" in text and f"%recipient.{var('unsubscribe_url_html')}%" in html
@@ -98,6 +99,7 @@ def test_one_request_with_recipient_variables_gives_each_recipient_their_own_iss
         own = variables[r.email]
         assert own[var("unsubscribe_url")] == r.links["unsubscribe_url"]
         assert own[var("subscriber_id")] == str(r.subscriber_id)
+        assert own[var("publisher_key")] == r.idempotency_key
         # What this recipient receives, once Mailgun substituted: exactly their personalised issue and headers.
         assert (substitute(html, own), substitute(text, own)) == p.personalise(r)
         headers = {k[2:]: substitute(v, own) for k, v in fields if k.startswith("h:")}

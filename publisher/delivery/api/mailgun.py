@@ -42,6 +42,25 @@ refused with a message we do not recognise is deferred (``"sender"``), never fai
 
 Mailgun has no idempotency key: after a timeout it may have queued the batch, and a retry may deliver
 twice. Reporting it sent instead could silently drop the issue for up to 1000 subscribers.
+
+Reconciliation after a crash: every message carries the user variable ``v:publisher-key``, the
+recipient's idempotency key (``<issue>:<subscriber>``), set per recipient as
+``%recipient.pub<nonce>_publisher_key%`` (a recipient variable is filled "virtually anywhere in the
+message, including header fields and other parameters", as ``v:subscriber_id`` already relies on; if
+Mailgun ever left it unfilled, nobody would be confirmed and the batch would be sent again: a duplicate,
+never a loss). Mailgun keeps it with the message's events as ``user-variables``.
+:meth:`MailgunAdapter.reconcile` asks the Events API
+(https://documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/events/get-v3-domain_name-events):
+``GET /v3/{domain}/events?event=accepted&recipient=<address>&begin=<epoch>&ascending=yes&limit=300``
+(a time range needs ``begin`` and either ``end`` or a direction; ``limit`` is at most 300), and follows
+``paging.next`` (only on our base URL: the key goes nowhere else) until an empty page. The events API
+has no filter on user variables (the documented filter fields are event, list, attachment, from,
+message-id, subject, to, size, recipient, tags, severity; ``message-id`` is Mailgun's id, which the dead
+run never got), so the recipient's ``accepted`` events are read and one whose ``user-variables`` holds our
+key (or, for a message sent before the key existed, our ``issue_id`` and ``subscriber_id``) confirms it.
+The range starts 3 days back, the shortest retention the events API documents. Events can lag behind
+sending: recipients not found are asked again after 1 s and 2 s, within 30 s in all
+(:class:`~._http.Lookups`); whoever is not confirmed is sent again.
 """
 
 from __future__ import annotations
@@ -49,6 +68,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from collections.abc import Sequence
 from email.utils import formataddr
 from typing import Self
@@ -58,7 +78,21 @@ import requests
 
 from ..classify import classify_http
 from . import SLOT_NAMES, Prepared, Recipient, Result
-from ._http import MAX_ERROR, Answer, HttpAdapter, as_detail, check_key, excerpt, isolate, json_body, retry_after, split_headers
+from ._http import (
+    MAX_ERROR,
+    Answer,
+    HttpAdapter,
+    LookupFailed,
+    Lookups,
+    as_detail,
+    check_key,
+    excerpt,
+    isolate,
+    json_body,
+    reconcile_each,
+    retry_after,
+    split_headers,
+)
 
 _TO_PARAMETER = re.compile(r"(?<![\w:-])'?to'?\s+parameter", re.IGNORECASE)
 # Parameters of ours other than 'to': a 400 naming one of them is about the request, not an address.
@@ -76,6 +110,9 @@ MAILGUN_VARIABLES = frozenset({"unsubscribe_url", "tag_unsubscribe_url", "mailin
                                "recipient_email", "recipient_name", "recipient_fname", "recipient_lname"})
 _STYLE = re.compile(r"(<style\b.*?</style\s*>)", re.IGNORECASE | re.DOTALL)
 WORD_JOINER = "\u2060"
+KEY_VARIABLE = "publisher-key"  # the user variable (v:publisher-key) that finds a message again after a crash
+EVENTS_SINCE = 3 * 24 * 3600.0  # seconds back the events are read: the events API keeps them "at least 3 days"
+EVENTS_PAGES = 5  # pages of 300 events read per recipient at most
 
 
 def variable(prepared: Prepared, name: str) -> str:
@@ -112,12 +149,14 @@ class MailgunAdapter(HttpAdapter):
     provider = "Mailgun"
     max_batch = 1000
 
-    def __init__(self, api_key: str, *, domain: str, base_url: str = "https://api.mailgun.net", timeout: float = 30.0) -> None:
+    def __init__(self, api_key: str, *, domain: str, base_url: str = "https://api.mailgun.net", timeout: float = 30.0,
+                 lookups: Lookups = Lookups()) -> None:
         check_key(api_key, "Mailgun")
         if not domain or "/" in domain or "%" in domain:
             raise ValueError(f"not a Mailgun sending domain: {domain!r}")
         super().__init__(api_key, base_url=base_url, timeout=timeout)
         self.domain = domain
+        self.lookups = lookups
         self._session.auth = ("api", api_key)
 
     def __repr__(self) -> str:
@@ -155,6 +194,7 @@ class MailgunAdapter(HttpAdapter):
                 **{var(k + "_html"): html.escape(values[k]) for k in SLOT_NAMES},
                 **{var(name): own[name] for name in per_recipient},
                 var("subscriber_id"): str(r.subscriber_id),
+                var(KEY_VARIABLE): r.idempotency_key,
             }
         fields = [("from", formataddr((prepared.from_name, prepared.from_address)))]
         fields += [("to", r.email) for r in recipients]
@@ -166,6 +206,7 @@ class MailgunAdapter(HttpAdapter):
         fields += [(f"h:{name}", value) for name, value in shared.items()]
         fields += [(f"h:{name}", f"%recipient.{var(name)}%") for name in per_recipient]
         fields += [("v:subscriber_id", f"%recipient.{var('subscriber_id')}%"), ("v:issue_id", prepared.issue_id)]
+        fields.append((f"v:{KEY_VARIABLE}", f"%recipient.{var(KEY_VARIABLE)}%"))
         return fields
 
     def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:
@@ -179,6 +220,31 @@ class MailgunAdapter(HttpAdapter):
             read=self._answer,
             unanswered=lambda error: Answer("deferred", error[:MAX_ERROR]),
         )
+
+    # -- after a crash -------------------------------------------------------------------------------
+
+    def reconcile(self, issue_id: str, recipients: Sequence[Recipient]) -> list[Result]:
+        """``sent`` for each recipient whose ``accepted`` event carries our key (see the module's docstring)."""
+        begin = f"{time.time() - EVENTS_SINCE:.0f}"
+        return reconcile_each(recipients, lambda r, timeout: self._accepted(issue_id, r, begin, timeout),
+                              provider=self.provider, lookups=self.lookups)
+
+    def _accepted(self, issue_id: str, r: Recipient, begin: str, timeout: float) -> bool:
+        url: str | None = f"{self.base_url}/v3/{quote(self.domain, safe='')}/events"
+        params: list[tuple[str, str]] | None = [("event", "accepted"), ("recipient", r.email), ("begin", begin),
+                                                ("ascending", "yes"), ("limit", "300")]
+        for _ in range(EVENTS_PAGES):
+            assert url is not None
+            data = self._get_json(url, params=params, timeout=timeout)
+            items = data.get("items") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise LookupFailed("Mailgun's events answered without an items list")
+            if any(_confirms(item, issue_id, r) for item in items):
+                return True
+            url, params = _next_page(data, self.base_url + "/"), None
+            if not items or url is None:
+                return False
+        return False
 
     # -- the answer ----------------------------------------------------------------------------------
 
@@ -222,3 +288,24 @@ class MailgunAdapter(HttpAdapter):
         else:
             text = excerpt(resp)
         return self._scrub(text)
+
+
+def _confirms(event: object, issue_id: str, r: Recipient) -> bool:
+    """Whether an event is Mailgun accepting our message for ``r``: to their address, with their key."""
+    if not isinstance(event, dict) or event.get("event") != "accepted":
+        return False
+    if str(event.get("recipient", "")).casefold() != r.email.casefold():
+        return False
+    values = event.get("user-variables")
+    if not isinstance(values, dict):
+        return False
+    if KEY_VARIABLE in values:
+        return values[KEY_VARIABLE] == r.idempotency_key
+    return values.get("issue_id") == issue_id and str(values.get("subscriber_id")) == str(r.subscriber_id)
+
+
+def _next_page(data: dict[str, object], base: str) -> str | None:
+    """``paging.next``, when it is on our base URL (the key is sent with it)."""
+    paging = data.get("paging")
+    url = paging.get("next") if isinstance(paging, dict) else None
+    return url if isinstance(url, str) and url.startswith(base) else None
