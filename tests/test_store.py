@@ -190,6 +190,10 @@ def test_an_older_database_is_migrated_with_its_data(empty_db_url: str) -> None:
 
 
 def test_the_scheduler_lease_has_one_holder_until_it_expires(store: Store) -> None:
+    from publisher.store.operations import lease_liveness_id
+
+    # Each holder keeps its liveness lock while it lives, as `publisher run` does; b's and c's die with this test.
+    alive = [store.hold_run(lease_liveness_id(h)) for h in ("a", "b", "c")]
     later = NOW + timedelta(seconds=30)
     assert store.acquire_lease("scheduler", "a", NOW, later)
     assert not store.acquire_lease("scheduler", "b", NOW + timedelta(seconds=10), later)  # a holds it
@@ -198,6 +202,12 @@ def test_the_scheduler_lease_has_one_holder_until_it_expires(store: Store) -> No
     assert store.lease_holder("scheduler")[0] == "b"
     store.release_lease("scheduler", "b", later + timedelta(seconds=12))
     assert store.acquire_lease("scheduler", "c", later + timedelta(seconds=13), later + timedelta(seconds=40))
+    # A holder whose process is gone (its lock free) is taken over at once, long before its lease expires.
+    assert not store.acquire_lease("scheduler", "a", later + timedelta(seconds=14), later + timedelta(seconds=50))
+    alive[2].release()  # c dies
+    assert store.acquire_lease("scheduler", "a", later + timedelta(seconds=15), later + timedelta(seconds=50))
+    for lock in alive[:2]:
+        lock.release()
 
 
 def test_source_state_round_trip(store: Store) -> None:
