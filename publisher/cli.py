@@ -424,7 +424,8 @@ def digest_send(c: Context, dry_run: bool, test_to: str | None, progress: bool |
     _print_send(outcome)
     record_outcome(c.store, outcome)
     if outcome.stopped:
-        click.echo("stopped: the next `publisher digest send` resumes this issue", err=True)
+        click.echo("stopped: the next `publisher digest send` (or the service) resumes this issue", err=True)
+        sys.exit(128 + getattr(stop, "signum", signal.SIGTERM))  # 143 for SIGTERM, 130 for Ctrl-C: not done
     elif outcome.exit_code:
         sys.exit(outcome.exit_code)
 
@@ -436,6 +437,7 @@ def _stop_on_signals() -> Any:
 
     def handler(signum: int, _frame: Any) -> None:
         click.echo(f"\n{signal.Signals(signum).name}: finishing the messages in flight, then stopping", err=True)
+        stop.signum = signum  # type: ignore[attr-defined]
         stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -59,10 +59,28 @@ def ingest_job() -> None:
     store.set_setting("job.ingest.last_run", f"{now_utc().isoformat()} {len(report.new)} new, {len(report.errors)} skipped")
 
 
+class _Either:
+    """Set when any of its events is: the service stopping, or a new issue asking the retries to make way."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
+_make_way = threading.Event()  # set by the digest job: stragglers' retries pause (the message in flight completes)
+
+
 def digest_job() -> None:
     cfg, store = _context["cfg"], _context["store"]
-    with _sending:
-        outcome = send_digest(cfg, store, now_utc(), stop=_context.get("stop"), due=now_utc())
+    _make_way.set()  # a new issue is never held back by an older issue's stragglers
+    try:
+        with _sending:
+            _make_way.clear()
+            outcome = send_digest(cfg, store, now_utc(), stop=_context.get("stop"), due=now_utc())
+    finally:
+        _make_way.clear()
     _report(store, outcome)
 
 
@@ -79,8 +97,8 @@ def delivery_job() -> None:
         if store.open_issue():
             log.info("resuming the interrupted issue %s", store.open_issue()[0])  # type: ignore[index]
             _report(store, send_digest(cfg, store, now, stop=_context.get("stop"), due=now))
-        elif store.due_retries(now):
-            _report(store, retry_deferred(cfg, store, now, due=now, stop=_context.get("stop")))
+        elif store.due_retries(now) and not _make_way.is_set():
+            _report(store, retry_deferred(cfg, store, now, due=now, stop=_Either(_context.get("stop"), _make_way)))  # type: ignore[arg-type]
     finally:
         _sending.release()
 

@@ -61,3 +61,61 @@ def test_a_run_of_this_process_holds_until_released(store: Store) -> None:
     lock.release()
     assert not store.run_alive("run-b")
     assert not store.run_alive("never-existed")
+
+
+def test_a_lock_whose_postgresql_connection_was_dropped_is_known_lost(store: Store) -> None:
+    """The server drops the session holding a run's lock (a restart, idle_session_timeout, a proxy): the run must
+    learn it has lost the lock (and stop claiming), and letting go must not raise."""
+    if store.engine.dialect.name != "postgresql":
+        lock = store.hold_run("run-c")
+        assert lock.held()
+        lock.release()
+        return
+    from sqlalchemy import text
+
+    lock = store.hold_run("run-c")
+    assert lock.held() and store.run_alive("run-c")
+    with store.engine.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"))
+        conn.commit()
+    deadline = time.monotonic() + 5
+    while store.run_alive("run-c") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not store.run_alive("run-c")  # to everyone else it is dead now...
+    assert not lock.held()  # ...and the run knows it
+    lock.release()  # no exception, and no broken connection back in the pool
+    assert store.run_alive("run-c") is False
+
+
+def test_a_dead_runs_journal_is_replayed_once_before_its_rows_are_handed_back(store: Store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Outcomes a run wrote to its journal and never recorded are recorded once, however often the journal is replayed;
+    what it claimed with no outcome is handed back, due at once."""
+    from publisher.delivery.api import Result
+    from publisher.delivery.engine import _Journal, replay_journals
+    from publisher.models import SubscriberStatus
+
+    now = datetime.now(timezone.utc)
+    subs = [store.add_subscriber(f"r{i}@example.com", SubscriberStatus.ACTIVE, (), now)[0] for i in range(3)]
+    store.start_issue("2026-W49", now, now)
+    lock = store.hold_run("dead-run")
+    store.register_run("dead-run", "2026-W49", now, "child:2")
+    assert store.claim_batch("2026-W49", "dead-run", [(s.id, f"<{s.id}@x>") for s in subs], now, now) == {s.id for s in subs}
+    journal = _Journal(tmp_path, "dead-run", "2026-W49")
+    journal.write([Result(subs[0].id, "deferred", "451 4.7.1 greylisted", kind="soft")], 1)
+    journal.write([Result(subs[0].id, "sent")], 1)  # the last line is the outcome
+    journal.write([Result(subs[1].id, "failed", "552 5.2.2 mailbox full", kind="soft")], 1)
+    # subs[2]: claimed, and in flight when the run died: no line.
+    lock.release()  # the process died
+    dead = store.dead_runs()
+    assert dead == ["dead-run"]
+    written = (tmp_path / "dead-run.journal").read_bytes()
+    assert replay_journals(store, tmp_path, now, soft_bounce_limit=3) == 2
+    assert not (tmp_path / "dead-run.journal").exists()
+    (tmp_path / "dead-run.journal").write_bytes(written)  # as if a second process replayed it at the same time
+    replay_journals(store, tmp_path, now, soft_bounce_limit=3)  # reads it again, records nothing new
+    store.retire_runs(dead, now)
+    with store.engine.connect() as conn:
+        rows = {r.subscriber_id: r for r in conn.execute(tables.send_log.select())}
+        bounces = dict(conn.execute(tables.subscribers.select().with_only_columns(tables.subscribers.c.id, tables.subscribers.c.soft_bounces)).all())
+    assert rows[subs[0].id].status == "sent" and rows[subs[1].id].status == "failed" and bounces[subs[1].id] == 1
+    assert rows[subs[2].id].status == "deferred" and rows[subs[2].id].next_attempt_at <= datetime.now(timezone.utc)

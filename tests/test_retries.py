@@ -152,3 +152,36 @@ def test_soft_bounces_in_a_row_suppress_and_a_delivery_resets_the_count(store: S
     assert store.subscriber_by_id(sub.id).status is SubscriberStatus.BOUNCED  # type: ignore[union-attr]
     issue(7, "deferred", "sender", who=other.id)  # the relay refusing us: never the subscriber's fault
     assert store.subscriber_by_id(other.id).status is SubscriberStatus.ACTIVE and soft_bounces(other.id) == 0  # type: ignore[union-attr]
+
+
+def test_one_worker_that_dies_ends_the_send_in_seconds_and_never_hangs_the_others(cfg: Config, db: Store) -> None:
+    """Four workers; the second one's transport cannot be made (as with a disk that filled up): the send ends with that
+    fault within seconds (the other workers' end markers are theirs: nobody waits for ever), and the next send
+    delivers everyone once."""
+    import time
+
+    from publisher.delivery.backends import SmtpTransport
+
+    for i in range(300):
+        add_subscriber(db, f"many{i}@example.com", T0 - timedelta(days=1), confirmed=True)
+    handler = PerRecipient()
+    handler.delay = 0.002
+    made = []
+
+    def transport() -> SmtpTransport:
+        made.append(1)
+        if len(made) == 2:
+            raise OSError(28, "No space left on device", "/var/spool/publisher")
+        return SmtpTransport(c)
+
+    with relay(handler) as port:
+        c = smtp(cfg, port)
+        began = time.monotonic()
+        broken = send_digest(c, db, T0, make_transport=transport, workers=4)
+        took = time.monotonic() - began
+        assert broken.fault.startswith("No space left on device (/var/spool/publisher)") and took < 15, (took, broken.fault)
+        assert broken.exit_code == 4 and not broken.finished
+        again = send_digest(c, db, T0)
+    assert again.exit_code == 0, again.failures
+    everyone = [*(f"many{i}@example.com" for i in range(300)), "a@example.com", "b@example.com", "c@example.com"]
+    assert all(handler.delivered[e] == 1 for e in everyone), [e for e in everyone if handler.delivered[e] != 1][:5]

@@ -232,9 +232,20 @@ def classify_smtp(code: int, text: bytes | str, stage: Stage) -> tuple[Status, K
     return outcome(code, _recipient_kind(code, s, subject, detail, stage))
 
 
+# A refusal at RCPT or DATA that is about our envelope sender, not the recipient: Postfix's reject_unlisted_sender
+# (and reject_unknown_sender_domain) answer at RCPT, where smtpd_delay_reject puts every restriction, with
+# "550 5.1.0 <news@...>: Sender address rejected: User unknown in local recipient table". Checked before the
+# 5.1.x rule, or a relay that does not know our From would mark the whole list bounced.
+_ABOUT_OUR_SENDER = re.compile(r"sender address rejected|sender address .{0,40}(?:unknown|not|invalid|denied)|"
+                               r"(?:unknown|invalid|unverified|bad) sender|sender (?:domain )?(?:not|unknown|rejected|denied)|"
+                               r"from address .{0,30}(?:not|rejected)", re.IGNORECASE)
+
+
 def _recipient_kind(code: int, s: str, subject: int, detail: int, stage: Stage) -> Kind:
     """The kind of a refusal at RCPT or DATA (``subject``.``detail`` 0.0 when there is no enhanced code)."""
     permanent = code >= 500
+    if _ABOUT_OUR_SENDER.search(s):
+        return "sender"
     if subject == 1:
         if detail in (7, 8):
             return "sender"

@@ -13,9 +13,11 @@ import logging
 import os
 import queue
 import random
+import re
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -68,6 +70,10 @@ class Settings:
     journal_dir: Path = Path("var/journal")
     domain: str = "localhost"  # of the Message-IDs
 
+    def retry_in(self, deferrals: int) -> float:
+        """Seconds until a row deferred ``deferrals`` times is due again: retry_first doubling up to retry_max, +-10%."""
+        return min(self.retry_max, self.retry_first * 2 ** min(deferrals - 1, 30)) * (0.9 + 0.2 * random.random())
+
 
 class ThreadQueue:
     """The one-machine work queue: a bounded queue between the claimer and the worker threads."""
@@ -82,8 +88,11 @@ class ThreadQueue:
         except queue.Full:
             return False
 
-    def get(self) -> list[Subscriber] | None:
-        return self.q.get()
+    def get(self, timeout: float) -> list[Subscriber] | None:
+        try:
+            return self.q.get(timeout=timeout)
+        except queue.Empty:
+            return []
 
     def drain(self) -> None:
         while True:
@@ -96,12 +105,16 @@ class ThreadQueue:
 Reconcile = Callable[[str, list[Recipient]], list[Result]]  # (issue id, recipients) -> what the provider says it accepted
 
 
-def replay_journals(store: SendLog, folder: Path, now: datetime, reconcile: Reconcile | None = None) -> int:
-    """Record what the journals of dead runs say they sent (only rows those runs still held), then drop them.
+def replay_journals(store: SendLog, folder: Path, now: datetime, reconcile: Reconcile | None = None, *,
+                    retry_in: Callable[[int], float] | None = None, soft_bounce_limit: int = 0) -> int:
+    """Record what the journals of dead runs say they sent, then drop the journals.
 
-    An API request the dead run had sent without an answer (``inflight`` with no outcome after it) is unknown:
-    with ``reconcile`` the provider is asked which of its recipients it accepted (Postmark's outbound search,
-    Mailgun's events), and those are recorded as sent, so only the others are sent again.
+    Only rows those runs still hold, and only rows not recorded yet (a journal also holds what its run did record),
+    so a replay is idempotent: two processes replaying one journal at once record each outcome once. A subscriber's
+    last line is their outcome. An API request the dead run had sent without an answer (``inflight`` with no
+    outcome after it) is unknown: with ``reconcile`` the provider is asked which of its recipients it accepted
+    (Postmark's outbound search, Mailgun's events), and those are recorded as sent, so only the others go again.
+    Call it before the dead runs are retired (their rows must still be theirs).
     """
     if not folder.is_dir():
         return 0
@@ -110,9 +123,13 @@ def replay_journals(store: SendLog, folder: Path, now: datetime, reconcile: Reco
         run_id = path.stem
         if store.run_alive(run_id):
             continue
-        by_issue: dict[str, list[tuple[int, str, str, int, str]]] = {}
+        last: dict[str, dict[int, tuple[str, str, int, str]]] = {}
         unknown: dict[str, dict[int, Recipient]] = {}
-        with path.open("rb") as fh:
+        try:
+            fh = path.open("rb")
+        except FileNotFoundError:
+            continue  # its run finished (and removed it) a moment ago
+        with fh:
             for line in fh:
                 try:  # the last line of a killed run may be cut short: it is skipped, its message counts as in flight
                     entry = json.loads(line)
@@ -121,11 +138,13 @@ def replay_journals(store: SendLog, folder: Path, now: datetime, reconcile: Reco
                         unknown.setdefault(str(issue_id), {}).update(
                             (int(sid), Recipient(int(sid), str(email), str(mid), {}, str(key))) for sid, email, mid, key in batch)
                         continue
-                    issue_id, sid, status, error, attempts, kind = entry
+                    issue_id, sid, status, error, _attempt, kind = entry
                 except (ValueError, TypeError, IndexError):
                     continue
                 if status in ("sent", "failed", "deferred") and isinstance(sid, int):
-                    by_issue.setdefault(str(issue_id), []).append((sid, status, str(error), int(attempts), str(kind)))
+                    seen = last.setdefault(str(issue_id), {})
+                    tries = seen[sid][2] + 1 if sid in seen else 1
+                    seen[sid] = (status, str(error), tries, str(kind))
                     unknown.get(str(issue_id), {}).pop(sid, None)
         for issue_id, pending in unknown.items():
             if pending and reconcile is not None:
@@ -135,10 +154,11 @@ def replay_journals(store: SendLog, folder: Path, now: datetime, reconcile: Reco
                     log.warning("could not ask the provider about %d message(s) in flight when a run died (%s); they are sent again",
                                 len(pending), exc)
                     found = []
-                by_issue.setdefault(issue_id, []).extend((r.subscriber_id, "sent", "", 1, "") for r in found)
+                last.setdefault(issue_id, {}).update((r.subscriber_id, ("sent", "", 1, "")) for r in found)
                 log.info("%d of %d message(s) in flight when a run died were accepted by the provider", len(found), len(pending))
-        for issue_id, rows in by_issue.items():
-            store.record_sends(issue_id, rows, now, run_id=run_id)  # only rows that dead run still held
+        for issue_id, outcomes in last.items():
+            rows = [(sid, status, error, tries, kind) for sid, (status, error, tries, kind) in outcomes.items()]
+            store.record_sends(issue_id, rows, now, run_id=run_id, only_queued=True, retry_in=retry_in, soft_bounce_limit=soft_bounce_limit)
             replayed += len(rows)
         path.unlink(missing_ok=True)
     if replayed:
@@ -173,26 +193,51 @@ class _Journal:
 
 
 class _Breaker:
-    """Trips when the relay refuses the sender, not the recipients: most of the first results, or a long run of them."""
+    """Trips when the relay refuses the sender, not the recipients.
 
-    FIRST, SHARE, RUN = 20, 0.8, 50
+    - Refusals of us (kind "sender"): 5 that are at least 80% of the first 20 results, or later 50 in a row that
+      span at least 3 recipient domains (one company's server refusing its own people is not our relay).
+    - The same permanent refusal for most of the first 20 (with addresses taken out): a relay that calls every
+      address unknown is misconfigured (or refusing us in words we do not know), not holding a list of bad addresses.
+    """
+
+    FIRST, SHARE, RUN, DOMAINS = 20, 0.8, 50, 3
 
     def __init__(self) -> None:
-        self.seen = self.refused = self.in_a_row = 0
+        self.seen = self.refused = 0
+        self.row: list[str] = []  # domains of the current run of sender refusals
+        self.early: Counter[str] = Counter()  # the first results' refusals, addresses taken out
         self.lock = threading.Lock()
 
-    def note(self, results: list[Result]) -> str:
+    def note(self, results: list[Result], domains: list[str]) -> str:
         """The refusal that trips the breaker, or ""."""
         with self.lock:
-            for r in results:
+            for r, domain in zip(results, domains, strict=False):
                 self.seen += 1
-                sender = getattr(r, "kind", "") == "sender"
+                sender = r.kind == "sender"
                 self.refused += sender
-                self.in_a_row = self.in_a_row + 1 if sender else 0
-                early = self.seen <= self.FIRST and self.refused >= min(5, self.FIRST) and self.refused >= self.SHARE * self.seen
-                if sender and (early or self.in_a_row >= self.RUN):
+                self.row = [*self.row, domain][-self.RUN:] if sender else []
+                if self.seen <= self.FIRST and r.status == "failed":
+                    self.early[_ADDRESS.sub("<address>", r.error)] += 1
+                if sender and self.seen <= self.FIRST and self.refused >= 5 and self.refused >= self.SHARE * self.seen:
                     return r.error
+                if sender and len(self.row) >= self.RUN and len(set(self.row)) >= self.DOMAINS:
+                    return r.error
+                if self.seen == self.FIRST and self.early and self.early.most_common(1)[0][1] >= self.SHARE * self.FIRST:
+                    self.suspect = self.early.most_common(1)[0][0]
+                    return f"{self.suspect} (the same answer for nearly every recipient, so it is not about them)"
         return ""
+
+    suspect = ""  # a "hard" refusal found to be the relay's, not the recipients': recorded as deferred, nobody bounced
+
+    def spare(self, r: Result) -> Result:
+        """``r`` as it should be recorded: a failure with the suspect's words is the sender's problem."""
+        if self.suspect and r.status == "failed" and _ADDRESS.sub("<address>", r.error) == self.suspect:
+            return Result(r.subscriber_id, "deferred", r.error, r.retry_after, "sender")
+        return r
+
+
+_ADDRESS = re.compile(r"<[^<>]*>|[^\s<>]+@[^\s<>]+")
 
 
 class Engine:
@@ -210,8 +255,7 @@ class Engine:
         self.work: WorkQueue = work or ThreadQueue(2 * workers)
         self.run_id = uuid.uuid4().hex
         self.stale = timedelta(seconds=settings.stale_after)
-        first, most = settings.retry_first, settings.retry_max
-        self.retry_in = lambda n: min(most, first * 2 ** min(n - 1, 30)) * (0.9 + 0.2 * random.random())
+        self.retry_in = settings.retry_in
         self.lock = threading.Lock()
         self.halt = threading.Event()  # set on stop (a signal) or on a fault: every thread winds down
         self.breaker = _Breaker()
@@ -224,13 +268,19 @@ class Engine:
                 log.error("send of %s stopped: %s", self.issue_id, fault)
         self.halt.set()
 
+    def _pause(self, seconds: float) -> None:
+        """Wait, noticing a stop (a signal) within a fifth of a second."""
+        until = time.monotonic() + seconds
+        while not self.halted() and (left := until - time.monotonic()) > 0:
+            self.halt.wait(min(0.2, left))
+
     def halted(self) -> bool:
         if self.stop.is_set():
             self.halt.set()
         return self.halt.is_set()
 
     def run(self, batches: Iterable[list[Subscriber]]) -> None:
-        lock = self.store.hold_run(self.run_id)
+        lock = self.lock_handle = self.store.hold_run(self.run_id)
         self.store.register_run(self.run_id, self.issue_id, _now(), holder())
         journal = None
         beating = None
@@ -255,23 +305,27 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a database error, a full disk: the send stops and says why
             self.fail(_describe(exc))
         finally:
+            # One end-of-work marker per worker; a worker also ends by itself once the send is halted and the queue
+            # is empty, so a worker that died (and so never takes its marker) cannot keep the others waiting.
             told = 0
-            while told < len(threads) and any(t.is_alive() for t in threads):
-                if work.put(None, timeout=0.2):
+            while any(t.is_alive() for t in threads):
+                if told < len(threads) and work.put(None, timeout=0.1):
                     told += 1
-                elif self.halt.is_set():
-                    work.drain()  # claimed, never tried: left queued, free for the next run once this one finishes
-            for thread in threads:
-                thread.join()
+                    continue
+                if self.halted():
+                    work.drain()  # claimed, never tried: handed back (deferred, due at once) when the run finishes
+                for thread in threads:
+                    thread.join(0.05)
             done.set()
             if beating is not None:
                 beating.join()
-            try:
-                self.store.finish_run(self.run_id, _now())  # its queued rows are free for the next run at once
-            except Exception as exc:  # noqa: BLE001 - the lock below still dies with us
-                self.fail(_describe(exc))
+            if not self._unrecorded:  # else the next run replays the journal first, then retires this run
+                try:
+                    self.store.finish_run(self.run_id, _now())  # what it claimed and never tried is due again at once
+                except Exception as exc:  # noqa: BLE001 - the lock below still dies with us
+                    self.fail(_describe(exc))
             if journal is not None:
-                journal.close(keep=bool(self.outcome.fault) and self._unrecorded)
+                journal.close(keep=self._unrecorded)
             lock.release()
             self.outcome.stopped = self.stop.is_set()
 
@@ -287,6 +341,13 @@ class Engine:
                 log.warning("send run %s: heartbeat failed", self.run_id, exc_info=True)
 
     def _claim(self, batch: list[Subscriber]) -> list[Subscriber]:
+        if not self.lock_handle.held():
+            # PostgreSQL dropped the connection holding this run's lock (a restart, an idle timeout, a proxy): to
+            # everyone else this run is dead and its rows free. Claiming more would send them twice.
+            self.fail("lost the database connection that holds this send run's lock, so another run may take its rows over; "
+                      "stopped before claiming more. Check the database and any connection proxy (PgBouncer must not pool "
+                      "in transaction mode), then `publisher digest send`")
+            return []
         send_empty = self.settings.send_empty
         wanted = [s for s in batch if send_empty or not self.variants.get(s.topics)[1]]  # nothing in their topics: skip
         now = _now()
@@ -300,13 +361,16 @@ class Engine:
         transport = None
         try:
             transport = self.make_transport()
-            while (batch := work.get()) is not None:
+            while (batch := work.get(timeout=0.2)) is not None:
+                if not batch:  # nothing queued for a moment
+                    if self.halted():
+                        return  # nobody will queue more (and the end marker may have been drained)
+                    continue
                 if self.halted():
-                    continue  # claimed, never tried: left queued, free for the next run once this one finishes
+                    continue  # claimed, never tried: handed back (deferred, due at once) when the run finishes
                 self._deliver(transport, batch)
         except Exception as exc:  # noqa: BLE001 - the send stops within seconds, and says why
-            self.fail(_describe(exc))
-            work.drain()
+            self.fail(_describe(exc))  # never drains: the other workers' end markers stay theirs
         finally:
             if transport is not None:
                 try:
@@ -340,19 +404,20 @@ class Engine:
                     results += got
                     final.update((r.subscriber_id, r) for r in got)
                     self.journal.write(got, 1)
-                    tripped = self.breaker.note(got)
+                    tripped = self.breaker.note(got, [r.email.rpartition("@")[2].lower() for r in recipients])
                     if tripped:
                         self.fail(f"the relay refuses to send for us: {tripped}. Nobody was marked bounced. Fix the relay's settings or "
                                   "the credentials, then `publisher digest send` (or leave it to the service: it retries).")
                 pending = [by_id[r.subscriber_id] for r in results if r.status == "deferred" and getattr(r, "kind", "") != "sender"]
                 if not pending or self.halted() or attempt == self.settings.attempts:
                     break
-                self.halt.wait(_backoff(self.settings.retry_base, attempt, max((r.retry_after or 0) for r in results if r.status == "deferred")))
+                self._pause(_backoff(self.settings.retry_base, attempt, max((r.retry_after or 0) for r in results if r.status == "deferred")))
         finally:
             self._record(batch, final, attempts)
 
     def _record(self, batch: list[Subscriber], final: dict[int, Result], attempts: dict[int, int]) -> None:
-        records = [(s.id, r.status, r.error, attempts[s.id], getattr(r, "kind", "")) for s in batch if (r := final.get(s.id))]
+        spared = {sid: self.breaker.spare(r) for sid, r in final.items()}
+        records = [(s.id, r.status, r.error, attempts[s.id], r.kind) for s in batch if (r := spared.get(s.id))]
         try:
             self.store.record_sends(self.issue_id, records, _now(), run_id=self.run_id, retry_in=self.retry_in,
                                     soft_bounce_limit=self.settings.soft_bounce_limit)

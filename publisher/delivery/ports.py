@@ -19,6 +19,8 @@ from .api import Recipient, Result
 
 
 class RunLock(Protocol):
+    def held(self) -> bool: ...
+
     def release(self) -> None: ...
 
 
@@ -53,7 +55,9 @@ class WorkQueue(Protocol):
         """False when the queue stayed full for ``timeout`` seconds (the caller checks whether to go on)."""
         ...
 
-    def get(self) -> list[Subscriber] | None: ...
+    def get(self, timeout: float) -> list[Subscriber] | None:
+        """The next batch; None: no more work; []: nothing for ``timeout`` seconds (the worker checks whether to go on)."""
+        ...
 
     def drain(self) -> None:
         """Drop what is queued (claimed rows stay claimed by the run, free for the next one once it finishes)."""

@@ -147,8 +147,12 @@ def retry_deferred(cfg: Config, store: Store, now: datetime, *, due: datetime | 
 def recover(cfg: Config, store: Store, now: datetime) -> int:
     """Runs whose process is gone are marked finished, and what their journals say they sent is recorded.
     Returns how many outcomes were replayed. Cheap when nothing died: a lock test per unfinished run."""
-    store.reap_runs(now)
-    return replay_journals(store, cfg.path(cfg.delivery.journal_dir), now, reconcile=_reconciler(cfg))
+    dead = store.dead_runs()  # nothing changed yet: their rows stay theirs until their journals are replayed
+    settings = settings_of(cfg)
+    replayed = replay_journals(store, settings.journal_dir, now, reconcile=_reconciler(cfg), retry_in=settings.retry_in,
+                               soft_bounce_limit=settings.soft_bounce_limit)
+    store.retire_runs(dead, now)  # what they held and nobody knows the outcome of: deferred, due at once
+    return replayed
 
 
 def _reconciler(cfg: Config) -> Callable[[str, list[Recipient]], list[Result]] | None:

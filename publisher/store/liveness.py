@@ -22,6 +22,8 @@ from ..errors import StoreError
 
 
 class RunLock(Protocol):
+    def held(self) -> bool: ...
+
     def release(self) -> None: ...
 
 
@@ -37,15 +39,31 @@ class _PgLock:
         self.conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
         self.conn.commit()  # a session lock outlives the transaction; the connection is kept out of the pool
 
+    def held(self) -> bool:
+        """Whether this session still holds the lock: False once the server dropped the connection (restart, idle
+        timeout, a proxy), after which anyone may take the run for dead."""
+        try:
+            got = self.conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                         "AND pid = pg_backend_pid()")).scalar_one()
+            self.conn.commit()
+            return got > 0
+        except Exception:  # noqa: BLE001 - a dead connection: the lock is gone with it
+            return False
+
     def release(self) -> None:
         try:
             self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
             self.conn.commit()
+        except Exception:  # noqa: BLE001 - the connection is gone, and the lock with it
+            self.conn.invalidate()  # never back into the pool, in whatever state it is
         finally:
             self.conn.close()
 
 
 class _FileLock:
+    def held(self) -> bool:
+        return True  # the kernel keeps it for as long as this process keeps the descriptor
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -59,17 +77,20 @@ class _FileLock:
 
 
 class _MemoryLock:
-    held: set[str] = set()
+    locks: set[str] = set()
     guard = threading.Lock()
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         with self.guard:
-            self.held.add(run_id)
+            self.locks.add(run_id)
+
+    def held(self) -> bool:
+        return True
 
     def release(self) -> None:
         with self.guard:
-            self.held.discard(self.run_id)
+            self.locks.discard(self.run_id)
 
 
 class Liveness:
@@ -105,7 +126,7 @@ class Liveness:
             return not got
         if self.folder is None:
             with _MemoryLock.guard:
-                return run_id in _MemoryLock.held
+                return run_id in _MemoryLock.locks
         path = self.folder / f"{run_id}.lock"
         try:
             fd = os.open(path, os.O_RDWR)

@@ -45,15 +45,29 @@ class SendLogMixin:
             live = self._live = Liveness(self.engine)  # type: ignore[attr-defined]
         return live
 
-    def reap_runs(self, now: datetime) -> list[str]:
-        """Mark every unfinished run whose lock is free as finished (its process is gone); returns their ids."""
+    def dead_runs(self) -> list[str]:
+        """Unfinished runs whose lock is free: their process is gone. Nothing is changed (see :meth:`retire_runs`)."""
         runs = t.send_runs
         with self._tx() as conn:
             open_runs = list(conn.execute(select(runs.c.id).where(runs.c.finished_at.is_(None), runs.c.holder.is_not(None))).scalars())
-        dead = [run_id for run_id in open_runs if not self.run_alive(run_id)]
-        if dead:
-            with self._tx() as conn:
-                conn.execute(update(runs).where(runs.c.id.in_(dead), runs.c.finished_at.is_(None)).values(finished_at=now))
+        return [run_id for run_id in open_runs if not self.run_alive(run_id)]
+
+    def retire_runs(self, run_ids: Sequence[str], now: datetime) -> None:
+        """Mark these runs finished and hand what they still held back: their queued rows become deferred and due
+        at once (retried by whoever sends next, on an issue being walked or on one that has gone out alike)."""
+        if not run_ids:
+            return
+        runs, sl = t.send_runs, t.send_log
+        with self._tx() as conn:
+            conn.execute(update(sl).where(sl.c.claimed_by.in_(list(run_ids)), sl.c.status == "queued")
+                         .values(status="deferred", next_attempt_at=now, updated_at=now))
+            conn.execute(update(runs).where(runs.c.id.in_(list(run_ids)), runs.c.finished_at.is_(None)).values(finished_at=now))
+
+    def reap_runs(self, now: datetime) -> list[str]:
+        """Retire every run whose process is gone; returns their ids. (Replay their journals first: see
+        ``delivery.engine.replay_journals``, which needs their rows still held by them.)"""
+        dead = self.dead_runs()
+        self.retire_runs(dead, now)
         return dead
 
     def live_runs(self) -> list[tuple[str, str, str, datetime]]:
@@ -68,8 +82,11 @@ class SendLogMixin:
             conn.execute(update(t.send_runs).where(t.send_runs.c.id == run_id).values(heartbeat_at=now))
 
     def finish_run(self, run_id: str, now: datetime) -> None:
+        """The run is done: rows it claimed and never tried (it was stopped, or a fault ended it) become deferred and
+        due at once, so the next send or the service's next look takes them, on any issue."""
+        self.retire_runs([run_id], now)
         with self._tx() as conn:
-            conn.execute(update(t.send_runs).where(t.send_runs.c.id == run_id).values(finished_at=now, heartbeat_at=now))
+            conn.execute(update(t.send_runs).where(t.send_runs.c.id == run_id).values(heartbeat_at=now))
 
     def recipients(self, issue_created_at: datetime, batch: int = 1000) -> Iterator[list[Subscriber]]:
         """Active subscribers who had joined when the issue started, in batches by id (constant memory)."""
@@ -149,7 +166,7 @@ class SendLogMixin:
                 retry = and_(retry, or_(sl.c.next_attempt_at.is_(None), sl.c.next_attempt_at <= due))
             conn.execute(
                 update(sl)
-                .where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(list(active)), sl.c.claimed_by != run_id,
+                .where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(list(active)), or_(sl.c.claimed_by.is_(None), sl.c.claimed_by != run_id),
                        or_(retry, and_(sl.c.status == "queued", or_(sl.c.claimed_by.is_(None), sl.c.claimed_by.in_(dead)))))
                 .values(status="queued", claimed_by=run_id, updated_at=now)
             )
@@ -158,11 +175,11 @@ class SendLogMixin:
             return set(got)
 
     def record_sends(self, issue_id: str, results: Iterable[tuple[Any, ...]], now: datetime, *, run_id: str | None = None,
-                     retry_in: Callable[[int], float] | None = None, soft_bounce_limit: int = 0) -> None:
+                     retry_in: Callable[[int], float] | None = None, soft_bounce_limit: int = 0, only_queued: bool = False) -> None:
         """(subscriber id, status, error, attempts[, kind]) in one transaction.
 
         ``run_id``: only rows this run holds are written (a dead run's journal never overwrites a later run's
-        outcome). A deferred row is due again ``retry_in(deferrals)`` seconds from now. A hard failure marks
+        outcome); ``only_queued``: only rows not recorded yet (a journal replayed holds outcomes already recorded). A deferred row is due again ``retry_in(deferrals)`` seconds from now. A hard failure marks
         the address bounced; a soft one (mailbox full) counts towards ``soft_bounce_limit`` (0: never
         suppressed); a delivery resets that count. The sender's own faults (kind "sender") never touch
         the subscriber.
@@ -174,6 +191,8 @@ class SendLogMixin:
         where = [sl.c.issue_id == bindparam("b_issue"), sl.c.subscriber_id == bindparam("b_sid")]
         if run_id is not None:
             where.append(sl.c.claimed_by == run_id)
+        if only_queued:
+            where.append(sl.c.status == "queued")
         stmt = (update(sl).where(*where)
                 .values(status=bindparam("b_status"), error=bindparam("b_error"), updated_at=now, kind=bindparam("b_kind"),
                         next_attempt_at=bindparam("b_next"), deferrals=sl.c.deferrals + bindparam("b_deferred"),
@@ -190,7 +209,8 @@ class SendLogMixin:
                 return now + timedelta(seconds=delay(seen.get(sid, 0) + 1)) if status == "deferred" else None
 
             if run_id is not None:  # only what this run still holds
-                held = select(sl.c.subscriber_id).where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_([r[0] for r in rows]), sl.c.claimed_by == run_id)
+                held = select(sl.c.subscriber_id).where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_([r[0] for r in rows]), sl.c.claimed_by == run_id,
+                                                        *([sl.c.status == "queued"] if only_queued else []))
                 mine = set(conn.execute(held).scalars())
                 rows = [r for r in rows if r[0] in mine]
                 if not rows:
