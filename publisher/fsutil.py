@@ -147,6 +147,11 @@ def read_inside(root: Path, path: Path, limit: int) -> bytes:
     The size is checked with stat before anything is read, and the read itself stops at ``limit`` + 1 bytes
     (a file that grows after the check is refused too). Opened non-blocking, so a FIFO cannot hang us.
     """
+    return read_inside_stat(root, path, limit)[0]
+
+
+def read_inside_stat(root: Path, path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """:func:`read_inside`, with the stat of the file that was read (taken from the open file, before reading)."""
     try:
         real = path.resolve(strict=True)
     except (OSError, RuntimeError) as exc:
@@ -164,7 +169,7 @@ def read_inside(root: Path, path: Path, limit: int) -> bytes:
         check_size(path, info.st_size, limit)
         data = fh.read(limit + 1)
     check_size(path, len(data), limit)
-    return data
+    return data, info
 
 
 def check_size(path: Path, size: int, limit: int) -> None:
