@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -206,6 +207,29 @@ source_state = Table(
     Column("last_success_at", UTCDateTime),
     Column("last_error_at", UTCDateTime),
     Column("last_error", Text),
+)
+
+# Each content file a files source last read: its stat (to skip reading it while that stays the same), the hash
+# of its bytes (to skip parsing it when only its stat moved: a touch, a checkout), what it gave the store and
+# what that depended on. Only files that were ingested have a row; a file that failed is read again next time.
+content_files = Table(
+    "content_files",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    Column("path", Text, primary_key=True),  # relative to the source's folder, with "/"
+    Column("kind", String(20), nullable=False),  # publication / topic
+    Column("item_id", String(200), nullable=False),  # the publication's id or the topic's slug
+    Column("item_hash", String(64), nullable=False),  # what the store held for it then (publications.content_hash)
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("ctime_ns", BigInteger, nullable=False),
+    Column("file_id", String(60), nullable=False),  # "device:inode", as text: an inode may not fit a signed BIGINT
+    Column("read_ns", BigInteger, nullable=False),  # when it was read: a stat within 2 s of that is not trusted
+    Column("file_hash", String(64), nullable=False),  # sha256 of the bytes read
+    Column("settings", String(64), nullable=False),  # fingerprint of what parsing depends on (base URL, time zone...)
+    Column("image_src", Text),  # a local image it names, and where that was found ("" when missing)
+    Column("image_rel", Text),
+    Column("warnings", JSON(none_as_null=True)),  # what reading it warned about: repeated on each ingest that skips it
 )
 
 # Sign-ups from the web form, queued so the page answers at once, the same for every address; a background
