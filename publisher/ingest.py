@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from .config import Config
 from .errors import SourceError
 from .fsutil import is_slug, slug_problem
-from .sources import Source
+from .sources import FileState, Source, SourceResult
 from .sources.files import FilesSource
 from .sources.remote import FeedSource, Fetcher, PageSource
 from .store import Store
+from .store.contentfiles import topic_hash
+from .store.db import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ class IngestReport:
     sources_ok: set[str] = field(default_factory=set)  # sources that answered (a bad item in one is still an error)
     not_modified: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Files sources: of the unchanged, how many were not even read (their stat said so) and how many were read
+    # but not parsed (their bytes were the same); and the files gone since the last ingest.
+    files_not_read: int = 0
+    files_not_parsed: int = 0
+    files_gone: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -106,6 +113,8 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
     report = IngestReport()
     seen_ids: dict[str, str] = {}
     for source in sources:
+        if isinstance(source, FilesSource):
+            source.known = store.content_files(source.name)
         try:
             result = source.fetch()
         except SourceError as exc:  # the whole source failed: report it, go on with the others
@@ -118,7 +127,7 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
             continue
         report.errors.extend(result.errors)
         report.warnings.extend(result.warnings)
-        if result.publications or result.topics or getattr(result, "not_modified", False) or not result.errors:
+        if result.publications or result.topics or result.unchanged or getattr(result, "not_modified", False) or not result.errors:
             report.sources_ok.add(source.name)
         if getattr(result, "not_modified", False):
             report.not_modified.append(source.name)
@@ -126,12 +135,24 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
             log.error("skipped: %s", err)
         for warning in result.warnings:
             log.warning("%s", warning)
+        kept: list[FileState] = []  # files whose items the store took (or still holds): recorded for the next ingest
+        # Unchanged files first: what the store already holds from a file keeps its id against a new file giving it too.
+        for state in result.unchanged:
+            if state.kind == "publication":
+                if state.item_id in seen_ids:
+                    _skip(report, SourceError(source.name, state.item_id, f"duplicate id, also given by {seen_ids[state.item_id]}; "
+                                                                          "the first one is kept"))
+                    continue
+                seen_ids[state.item_id] = f"source {source.name!r}"
+                report.unchanged += 1
+            kept.append(state)
         for topic in result.topics:
             if not is_slug(topic.slug):
                 _skip(report, SourceError(source.name, f"topic {topic.name!r}", f"slug {slug_problem(topic.slug)}"))
                 continue
             if store.upsert_topic(topic):
                 report.topics_changed.append(topic.slug)
+            _keep(kept, result, topic, topic_hash(topic))
         for pub in result.publications:
             bad_topic = next((t for t in pub.topics if not is_slug(t)), None)
             if bad_topic is not None:
@@ -150,7 +171,30 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
                 report.updated.append(pub.id)
             else:
                 report.unchanged += 1
+            _keep(kept, result, pub, content_hash(pub))
+        if isinstance(source, FilesSource):
+            _record_files(store, source, result, kept, report)
     return report
+
+
+def _keep(kept: list[FileState], result: SourceResult, item: object, item_hash: str) -> None:
+    state = result.file_states.get(id(item))
+    if state is not None:
+        kept.append(replace(state, item_hash=item_hash))
+
+
+def _record_files(store: Store, source: FilesSource, result: SourceResult, kept: list[FileState], report: IngestReport) -> None:
+    """Save the states of the files ingested, forget the others (failed, duplicates, gone): one batch, only what moved."""
+    known = source.known or {}
+    changed = [s for s in kept if known.get(s.path) is not s]
+    forget = set(known) - {s.path for s in kept}
+    store.save_content_files(source.name, changed, forget)
+    report.files_not_read += result.not_read
+    report.files_not_parsed += len(result.unchanged) - result.not_read
+    report.files_gone.extend(result.gone)
+    if result.gone:
+        log.info("%s: %d file(s) gone since the last ingest (their publications stay in the store): %s", source.name,
+                 len(result.gone), ", ".join(result.gone[:5]) + (", ..." if len(result.gone) > 5 else ""))
 
 
 def _skip(report: IngestReport, err: SourceError) -> None:

@@ -10,25 +10,30 @@ file names under public/. Each refusal is one skipped item; the rest of the fold
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from pathlib import Path
+from time import time_ns
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+import markdown_it
 import yaml
 from markdown_it import MarkdownIt
 
+from .. import __version__
 from ..config import IngestConfig
 from ..errors import ContentFileError
 from ..feeds import IMAGE_SUFFIXES
-from ..fsutil import PathRefused, is_slug, read_inside, slug_problem, suggest_slug, walk_inside
+from ..fsutil import PathRefused, is_slug, read_inside, read_inside_stat, slug_problem, suggest_slug, walk_inside
 from ..models import Image, Publication, Topic
-from . import SourceResult
+from . import FileState, SourceResult
 
 _md = MarkdownIt("commonmark", {"html": False, "typographer": False}).enable("table")
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -39,6 +44,12 @@ PUBLICATION_KEYS = {
 IMAGE_KEYS = {"src", "alt", "caption", "credit"}
 TYPE_MAX = 100  # publications.content_type is VARCHAR(100)
 DEFAULT_MAX_FILE_SIZE = IngestConfig.max_file_size
+# Bump when reading a file gives something else for the same bytes: every file is parsed again once.
+PARSER_VERSION = 1
+# A stat is trusted to mean "not changed" only for a file whose mtime and ctime were this much older than the
+# moment it was read: a write in the same clock tick as the read leaves the same stat (git's "racy clean" case);
+# 2 s covers the coarsest timestamps (FAT, some network file systems).
+RACY_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,10 @@ class FilesSource:
         self.base_url = base_url.rstrip("/")
         self.tz = ZoneInfo(timezone)
         self.max_file_size = max_file_size
+        # How each file was last ingested (path -> state), set by ingest from the store: a file whose stat, or else
+        # whose bytes, are the same is not parsed again. None: every file is read and parsed.
+        self.known: dict[str, FileState] | None = None
+        self._root: Path | None = None
 
     def __repr__(self) -> str:
         return f"FilesSource({self.name!r}, {str(self.folder)!r})"
@@ -68,19 +83,73 @@ class FilesSource:
         walk = walk_inside(self.folder, _is_content_file)
         result.errors.extend(ContentFileError(self.name, r.path, None, r.reason) for r in walk.refused)
         result.warnings.extend(walk.notes)
+        known = self.known or {}
+        settings = self.settings()
+        images: dict[str, tuple[str | None, str]] = {}  # src -> _local_image(src), once per ingest
+        seen: set[str] = set()
+        prefix = os.path.join(str(self.folder), "")
         for path in walk.files:
-            rel = path.relative_to(self.folder)
+            name = str(path)  # the key by string slicing: Path.relative_to costs as much as the stat, 20,000 times
+            key = name[len(prefix):] if name.startswith(prefix) else path.relative_to(self.folder).as_posix()
+            if os.sep != "/":
+                key = key.replace(os.sep, "/")
+            seen.add(key)
+            old = known.get(key)
+            usable = old is not None and old.item_hash != "" and old.settings == settings
             try:
-                fm = parse_front_matter(self.name, path, root=self.folder, max_size=self.max_file_size)
-                if rel.parts[0] == "topics":
-                    result.topics.append(self._topic(path, fm))
+                if usable and old is not None:
+                    try:
+                        st = os.stat(name)  # follows a symlink inside the folder, as reading does
+                    except OSError:
+                        pass  # reading it says why
+                    else:
+                        if _same_stat(old, st) and not _racy(old) and self._same_image(old, images):
+                            result.unchanged.append(old)
+                            result.warnings.extend(old.warnings)
+                            result.not_read += 1
+                            continue
+                read_ns = time_ns()
+                data, st = _read(self.name, path, self.folder, self.max_file_size)
+                rel = path.relative_to(self.folder)
+                file_hash = hashlib.sha256(data).hexdigest()
+                state = FileState(path=key, kind="topic" if rel.parts[0] == "topics" else "publication", item_id="", item_hash="",
+                                  size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, file_id=f"{st.st_dev}:{st.st_ino}",
+                                  read_ns=read_ns, file_hash=file_hash, settings=settings)
+                if usable and old is not None and old.file_hash == file_hash and old.kind == state.kind and self._same_image(old, images):
+                    # Touched, checked out again, or read too soon after a write: the same bytes give the same item.
+                    result.unchanged.append(_replace(old, state))
+                    result.warnings.extend(old.warnings)
+                    continue
+                fm = _front_matter(self.name, path, data)
+                if state.kind == "topic":
+                    topic = self._topic(path, fm)
+                    result.topics.append(topic)
+                    result.file_states[id(topic)] = replace(state, item_id=topic.slug)
                 else:
-                    pub, warnings = self._publication(path, rel, fm)
+                    pub, warnings, image = self._publication(path, rel, fm)
                     result.publications.append(pub)
                     result.warnings.extend(warnings)
+                    result.file_states[id(pub)] = replace(state, item_id=pub.id, warnings=tuple(warnings),
+                                                          image_src=image[0] if image else None, image_rel=image[1] if image else None)
             except ContentFileError as exc:
                 result.errors.append(exc)
+        result.gone = sorted(set(known) - seen)
         return result
+
+    def settings(self) -> str:
+        """A fingerprint of everything but the bytes that reading a file depends on: a change parses every file again."""
+        parts = [PARSER_VERSION, __version__, markdown_it.__version__, yaml.__version__, self.base_url, str(self.tz),
+                 self.max_file_size, str(self.folder.absolute()), sorted(IMAGE_SUFFIXES)]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    def _same_image(self, old: FileState, images: dict[str, tuple[str | None, str]]) -> bool:
+        """Whether the local image a file names is still found where it was (and not refused now)."""
+        if old.image_src is None:
+            return True
+        if old.image_src not in images:
+            images[old.image_src] = self._local_image(old.image_src)
+        rel, problem = images[old.image_src]
+        return not problem and (rel or "") == old.image_rel
 
     def _topic(self, path: Path, fm: FrontMatter) -> Topic:
         slug = _get(self.name, path, fm, "slug", str, default=path.stem)
@@ -93,7 +162,8 @@ class FilesSource:
         name = _get(self.name, path, fm, "name", str)
         return Topic(slug=slug, name=name, description=fm.body.strip())
 
-    def _publication(self, path: Path, rel: Path, fm: FrontMatter) -> tuple[Publication, list[str]]:
+    def _publication(self, path: Path, rel: Path, fm: FrontMatter) -> tuple[Publication, list[str], tuple[str, str] | None]:
+        """The publication, its warnings, and the local image it names: (src, where it was found or "")."""
         def get(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
             return _get(self.name, path, fm, key, kind, default)
 
@@ -129,7 +199,7 @@ class FilesSource:
         url = get("url", str, f"{self.base_url}/publications/{quote(path.stem)}/")  # a file name may hold spaces, quotes...
         if not re.match(r"^https?://", url):
             raise _error(self.name, path, fm, "url", f"url must be absolute (https://...), got {url!r}")
-        image, image_warnings = self._image(path, fm)
+        image, image_warnings, local = self._image(path, fm)
         warnings.extend(image_warnings)
         pub = Publication(
             id=pub_id, url=url, title=title, summary=get("summary", str, "").strip(),
@@ -138,23 +208,25 @@ class FilesSource:
             featured=get("featured", bool, False) or rank is not None, featured_rank=rank,
             body_html=_md.render(fm.body).strip(), source=self.name,
         )
-        return pub, warnings
+        return pub, warnings, local
 
-    def _image(self, path: Path, fm: FrontMatter) -> tuple[Image | None, list[str]]:
+    def _image(self, path: Path, fm: FrontMatter) -> tuple[Image | None, list[str], tuple[str, str] | None]:
         raw = _get(self.name, path, fm, "image", dict, None)
         if raw is None:
-            return None, []
+            return None, [], None
         unknown = sorted(set(raw) - IMAGE_KEYS)
         if unknown or not isinstance(raw.get("src"), str) or not all(isinstance(v, str) for v in raw.values()):
             raise _error(self.name, path, fm, "image", f"image needs src (and optional alt, caption, credit), all strings; got keys {sorted(raw)}")
         src = raw["src"]
         warnings = []
+        local = None
         if re.match(r"^https?://", src):
             url = src
         else:
             rel, problem = self._local_image(src)
             if problem:
                 raise _error(self.name, path, fm, "image", problem)
+            local = (src, rel or "")
             if rel is None:
                 warnings.append(f"{path}: image {src!r} not found in {self.folder}")
                 rel = os.path.normpath(src)
@@ -165,14 +237,16 @@ class FilesSource:
         alt = raw.get("alt", "").strip()
         if not alt:
             warnings.append(f"{path}: image has no alt text; the caption or title stands in")
-        return Image(url=url, alt=alt, caption=raw.get("caption", "").strip(), credit=raw.get("credit", "").strip()), warnings
+        return Image(url=url, alt=alt, caption=raw.get("caption", "").strip(), credit=raw.get("credit", "").strip()), warnings, local
 
     def _local_image(self, src: str) -> tuple[str | None, str]:
         """(the image's path relative to the folder, or None when it is missing; why it is refused, or "")."""
         lexical = os.path.normpath(src)
         if Path(src).is_absolute() or lexical == ".." or lexical.startswith("../") or "\x00" in src:
             return None, f"image src {src!r} points outside the content folder; give a path inside it, like 'images/photo.png'"
-        root = self.folder.resolve()
+        if self._root is None:
+            self._root = self.folder.resolve()
+        root = self._root
         try:
             real = (self.folder / lexical).resolve()
         except (OSError, RuntimeError):  # a symlink loop (RuntimeError on Python 3.11)
@@ -218,11 +292,39 @@ def _first_symlink(folder: Path, rel: str) -> Path | None:
 def parse_front_matter(source: str, path: Path, *, root: Path | None = None, max_size: int = DEFAULT_MAX_FILE_SIZE) -> FrontMatter:
     """Read and split one content file; ``root`` (default: its folder) is where it must stay, ``max_size`` its cap in bytes."""
     try:
-        text = read_inside(root or path.parent, path, max_size).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ContentFileError(source, path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        data = read_inside(root or path.parent, path, max_size)
     except PathRefused as exc:
         raise ContentFileError(source, path, None, exc.reason) from None
+    return _front_matter(source, path, data)
+
+
+def _read(source: str, path: Path, root: Path, max_size: int) -> tuple[bytes, os.stat_result]:
+    try:
+        return read_inside_stat(root, path, max_size)
+    except PathRefused as exc:
+        raise ContentFileError(source, path, None, exc.reason) from None
+
+
+def _same_stat(old: FileState, st: os.stat_result) -> bool:
+    return (old.size, old.mtime_ns, old.ctime_ns, old.file_id) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, f"{st.st_dev}:{st.st_ino}")
+
+
+def _racy(old: FileState) -> bool:
+    """Changed, or not, within the clock tick it was read in: its stat cannot tell, so its bytes are compared."""
+    return max(old.mtime_ns, old.ctime_ns) >= old.read_ns - RACY_NS
+
+
+def _replace(old: FileState, new: FileState) -> FileState:
+    """``old`` (what the file gave) with ``new``'s stat and time of reading."""
+    return replace(old, size=new.size, mtime_ns=new.mtime_ns, ctime_ns=new.ctime_ns, file_id=new.file_id, read_ns=new.read_ns)
+
+
+def _front_matter(source: str, path: Path, data: bytes) -> FrontMatter:
+    """Split the bytes of one content file into its front matter and body."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContentFileError(source, path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     text = text.lstrip("\ufeff")
     lines = text.splitlines()
     fence = lines[0].strip() if lines else ""
