@@ -111,14 +111,16 @@ def _walk_dir(folder: Path, base: Path, wanted: Callable[[str], bool], walk: Wal
     except OSError as exc:
         walk.refused.append(PathRefused(folder, f"cannot list the folder: {exc.strerror}"))
         return
+    # A Path only for what is followed or kept (a folder may hold 10,000 images nobody asked for), made without
+    # parsing again a name that scandir gave as one component (pathlib's own way in glob; plain "/" elsewhere).
+    child = getattr(folder, "_make_child_relpath", folder.__truediv__)
     for entry in entries:
-        path = folder / entry.name
         if entry.is_symlink():
-            _walk_symlink(path, base, wanted, walk)
+            _walk_symlink(child(entry.name), base, wanted, walk)
         elif entry.is_dir(follow_symlinks=False):
-            _walk_dir(path, base, wanted, walk)
+            _walk_dir(child(entry.name), base, wanted, walk)
         elif wanted(entry.name):
-            walk.files.append(path)
+            walk.files.append(child(entry.name))
 
 
 def _walk_symlink(path: Path, base: Path, wanted: Callable[[str], bool], walk: Walk) -> None:

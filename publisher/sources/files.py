@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time
@@ -71,6 +72,7 @@ class FilesSource:
         # whose bytes, are the same is not parsed again. None: every file is read and parsed.
         self.known: dict[str, FileState] | None = None
         self._root: Path | None = None
+        self._plain_dirs: dict[str, bool] = {}  # folder under ours (relative) -> a real folder, no symlink on the way
 
     def __repr__(self) -> str:
         return f"FilesSource({self.name!r}, {str(self.folder)!r})"
@@ -85,6 +87,7 @@ class FilesSource:
         result.warnings.extend(walk.notes)
         known = self.known or {}
         settings = self.settings()
+        self._root, self._plain_dirs = None, {}  # what the folder looks like now, not at a previous fetch
         images: dict[str, tuple[str | None, str]] = {}  # src -> _local_image(src), once per ingest
         seen: set[str] = set()
         prefix = os.path.join(str(self.folder), "")
@@ -147,7 +150,7 @@ class FilesSource:
         if old.image_src is None:
             return True
         if old.image_src not in images:
-            images[old.image_src] = self._local_image(old.image_src)
+            images[old.image_src] = self._plain_image(old.image_src) or self._local_image(old.image_src)
         rel, problem = images[old.image_src]
         return not problem and (rel or "") == old.image_rel
 
@@ -239,6 +242,25 @@ class FilesSource:
             warnings.append(f"{path}: image has no alt text; the caption or title stands in")
         return Image(url=url, alt=alt, caption=raw.get("caption", "").strip(), credit=raw.get("credit", "").strip()), warnings, local
 
+    def _plain_image(self, src: str) -> tuple[str, str] | None:
+        """What :meth:`_local_image` answers for an image that is a plain file under the folder, no symlink on the way
+        and within the size limit, at the cost of a stat or two; None for anything else (then ask _local_image)."""
+        lexical = os.path.normpath(src)  # strings, not Paths: this runs for every unchanged file with an image
+        if os.path.isabs(src) or os.path.splitdrive(src)[0] or lexical == ".." or lexical.startswith("../") or "\x00" in src:
+            return None
+        parent = os.path.dirname(lexical)
+        if parent not in self._plain_dirs:
+            self._plain_dirs[parent] = _plain_dir(self.folder, parent)
+        if not self._plain_dirs[parent]:
+            return None
+        try:
+            st = os.lstat(os.path.join(self.folder, lexical))
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > self.max_file_size:
+            return None
+        return lexical.replace(os.sep, "/"), ""
+
     def _local_image(self, src: str) -> tuple[str | None, str]:
         """(the image's path relative to the folder, or None when it is missing; why it is refused, or "")."""
         lexical = os.path.normpath(src)
@@ -273,6 +295,19 @@ class FilesSource:
         if not isinstance(value, datetime):
             value = datetime.combine(value, time(0, 0))
         return value.replace(tzinfo=self.tz) if value.tzinfo is None else value
+
+
+def _plain_dir(folder: Path, rel: str) -> bool:
+    """Whether ``folder / rel`` is a folder reached without following any symlink."""
+    path = str(folder)
+    for part in Path(rel).parts:
+        path = os.path.join(path, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def _is_content_file(name: str) -> bool:
