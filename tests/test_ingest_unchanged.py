@@ -9,6 +9,7 @@ report as parsing it would: the same count, the same warnings, the same refusals
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -179,22 +180,49 @@ def test_a_publication_changed_or_deleted_in_the_store_is_read_from_its_file_aga
     assert [x.title for x in store.publications(ids=["publications/a"])] == ["Alpha"]
 
 
+@pytest.mark.parametrize("what", ["image", "its folder"])
 def test_an_image_made_a_symlink_out_of_the_folder_refuses_its_unchanged_publication(folder: Path, store: Store, trust_stats: None,
-                                                                                      tmp_path: Path) -> None:
-    (folder / "images").mkdir()
-    (folder / "images" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    write(folder, "publications/a.md", pub_text("Alpha", extra='[image]\nsrc = "images/a.png"\nalt = "A photo"\n'))
+                                                                                      tmp_path: Path, what: str) -> None:
+    (folder / "images" / "2024").mkdir(parents=True)
+    (folder / "images" / "2024" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    write(folder, "publications/a.md", pub_text("Alpha", extra='[image]\nsrc = "images/2024/a.png"\nalt = "A photo"\n'))
     first = run(folder, store)
     assert first.errors == [] and len(first.new) == 3
-    secret = tmp_path / "secret.png"
-    secret.write_bytes(b"not for publishing")
-    (folder / "images" / "a.png").unlink()
-    (folder / "images" / "a.png").symlink_to(secret)
+    assert [p.image.url for p in store.publications(ids=["publications/a"]) if p.image] == [f"{BASE}/media/images/2024/a.png"]
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "a.png").write_bytes(b"not for publishing")
+    if what == "image":
+        (folder / "images" / "2024" / "a.png").unlink()
+        (folder / "images" / "2024" / "a.png").symlink_to(secrets / "a.png")
+    else:
+        shutil.rmtree(folder / "images" / "2024")
+        (folder / "images" / "2024").symlink_to(secrets, target_is_directory=True)
 
     report = run(folder, store, 1)  # a.md itself did not change
-    [err] = report.errors
-    assert isinstance(err, ContentFileError) and err.path.endswith("a.md") and "outside" in err.reason
+    errors = [e for e in report.errors if isinstance(e, ContentFileError) and e.path.endswith("a.md")]
+    assert len(errors) == 1 and "outside" in errors[0].reason
     assert report.unchanged == 2
+
+
+def test_an_image_gone_or_too_big_is_seen_by_its_unchanged_publication(folder: Path, store: Store, trust_stats: None) -> None:
+    (folder / "images").mkdir()
+    image = folder / "images" / "a.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    write(folder, "publications/a.md", pub_text("Alpha", extra='[image]\nsrc = "images/a.png"\nalt = "A photo"\n'))
+
+    def small(hours: int) -> IngestReport:  # files of up to 200 bytes, on every ingest here
+        return ingest([FilesSource("content", folder, BASE, "UTC", max_file_size=200)], store, NOW + timedelta(hours=hours))
+
+    assert small(0).errors == []
+    image.write_bytes(b"x" * 300)
+    report = small(1)  # a.md did not change; its image did
+    [err] = report.errors
+    assert isinstance(err, ContentFileError) and err.path.endswith("a.md") and "image 'images/a.png' is 300 bytes, over the limit" in err.reason
+    image.unlink()
+    report = small(2)
+    assert report.errors == [] and any("a.md: image 'images/a.png' not found" in w for w in report.warnings)
+    assert small(3).warnings == report.warnings  # and said again, the file unchanged since
 
 
 def test_a_recorded_file_made_a_symlink_out_of_the_folder_is_refused(folder: Path, store: Store, trust_stats: None, tmp_path: Path) -> None:
