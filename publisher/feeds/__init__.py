@@ -8,7 +8,6 @@ keeps rendered entries between builds (a long-running `publisher run` rebuilds o
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import uuid
@@ -138,6 +137,7 @@ class FeedBuilder:
         self._pubs: dict[str, tuple[str, Publication]] = {}  # id → (content hash, publication), loaded before
         self._fresh: list[tuple[str, str, str, bytes]] = []  # rendered in this build, to keep in the store
         self._feed_entries: dict[tuple[Any, ...], Any] = {}  # FeedEntry objects of the build under way
+        self._fingerprints: dict[str, tuple[Publication, dict[str, str], str]] = {}  # id → (publication, names, fingerprint)
 
     def build(self, store: Store, specs: list[FeedSpec] | None = None, topics: list[Topic] | None = None) -> list[Path]:
         """Write these feeds (default: all of them); returns the files whose bytes changed."""
@@ -147,8 +147,12 @@ class FeedBuilder:
 
     def write(self, listings: list[tuple[FeedSpec, list[Publication]]], store: Store | None = None) -> list[Path]:
         """Render and write the listed feeds. With ``store``, rendered entries are kept there for the next process."""
+        held = {p.id: p for _, pubs in listings for p in pubs}
+        # Every entry of the build fits in the cache: one evicted halfway is rendered again (a third format at 500 topics
+        # is 60,000 entries). What it holds is what the feeds hold, feeds × item_limit, however big the archive.
+        self.cache.maxsize = max(self.cache.maxsize, len(held) * len(self.cfg.feeds.formats))
         if store is not None:
-            self._load_fragments(store, {p.id: p for _, pubs in listings for p in pubs})
+            self._load_fragments(store, held)
         out = self.cfg.path(self.cfg.feeds.output_dir)
         changed = []
         try:
@@ -166,24 +170,41 @@ class FeedBuilder:
         finally:
             self._feed_entries.clear()
             self._fresh.clear()
+            self._fingerprints.clear()
         return changed
 
     def _load_fragments(self, store: Store, pubs: dict[str, Publication]) -> None:
         """Fill the in-memory cache from the store, for entries whose fingerprint still matches."""
-        wanted = [(pid, fmt) for pid, pub in pubs.items() for fmt in self.cfg.feeds.formats if self.cache.peek(self._key(pub, fmt)) is None]
+        formats = self.cfg.feeds.formats
+        wanted = [(pid, fmt) for pid, pub in pubs.items() for fmt in formats if self.cache.peek(self._key(pub, fmt)) is None]
         for (pid, fmt), (fingerprint, data) in store.feed_fragments(wanted).items():
             pub = pubs[pid]
             if fingerprint == self._fingerprint(pub):
-                self.cache.put(self._key(pub, fmt), data)
+                self.cache.put((pid, fmt, fingerprint), data)
 
-    def _key(self, pub: Publication, fmt: str) -> tuple[Any, ...]:
-        names = tuple((slug, self.topic_names.get(slug, slug)) for slug in pub.topics)
-        return (pub, fmt, names)  # a renamed topic is a different entry
+    def _key(self, pub: Publication, fmt: str) -> tuple[str, str, str]:
+        """Strings only: a key is hashed at every lookup, and hashing a Publication hashes all of its fields."""
+        return (pub.id, fmt, self._fingerprint(pub))  # a renamed topic is a different entry
 
     def _fingerprint(self, pub: Publication) -> str:
-        names = [(slug, self.topic_names.get(slug, slug)) for slug in pub.topics]
-        text = json.dumps([content_hash(pub), pub.source, names, self.cfg.site.base_url, RENDERER_VERSION])
-        return hashlib.sha256(text.encode()).hexdigest()
+        """Everything an entry is made from: the publication's content, its topics' names, the site, this code.
+
+        Once per publication and build. A publication the listings loaded is known by its row's stored content
+        hash (no need to hash it again); any other by the hash of its fields.
+        """
+        known = self._fingerprints.get(pub.id)
+        if known is not None and known[0] is pub and known[1] is self.topic_names:  # topic_names is replaced, never edited
+            return known[2]
+        held = self._pubs.get(pub.id)
+        digest = held[0] if held is not None and held[1] is pub else content_hash(pub)
+        names = tuple((slug, self.topic_names.get(slug, slug)) for slug in pub.topics)
+        first_seen = pub.first_seen_at.isoformat() if pub.first_seen_at else None  # the date of an undated one
+        text = repr((digest, pub.source, first_seen, names, self.cfg.site.base_url, RENDERER_VERSION))  # repr: unambiguous
+        fingerprint = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        if len(self._fingerprints) > 4 * self.cache.maxsize:  # render() called outside a build, again and again
+            self._fingerprints.clear()
+        self._fingerprints[pub.id] = (pub, self.topic_names, fingerprint)
+        return fingerprint
 
     def remember(self, pubs: Iterable[Publication]) -> list[Publication]:
         """Publications the caller has just loaded: the next listing need not load them again."""
@@ -195,12 +216,11 @@ class FeedBuilder:
     def listings(self, store: Store, specs: list[FeedSpec]) -> list[tuple[FeedSpec, list[Publication]]]:
         """Each feed's publications; a publication in several feeds is loaded once."""
         limit = self.cfg.feeds.item_limit
-        groups = [store.newest(topic=s.topic, content_type=s.content_type, limit=limit) for s in specs]
+        groups = store.newest_of([(s.topic, s.content_type) for s in specs], limit=limit)
         wanted = {pid: digest for group in groups for pid, digest in group}
         missing = [pid for pid, digest in wanted.items() if self._pubs.get(pid, (None,))[0] != digest]
-        if missing:
-            for pub in store.publications(ids=missing):
-                self._pubs[pub.id] = (wanted[pub.id], pub)
+        if missing:  # each with its row's own hash: the row may have changed since the listing was read
+            self._pubs.update(store.publications_by_id(missing))
         if len(self._pubs) > 4 * len(wanted) + 1000:  # keep what the feeds hold now, drop the rest
             self._pubs = {pid: self._pubs[pid] for pid in wanted if pid in self._pubs}
         return [(spec, [self._pubs[pid][1] for pid, _ in group if pid in self._pubs]) for spec, group in zip(specs, groups)]
@@ -231,18 +251,18 @@ class FeedBuilder:
         key = self._key(pub, fmt)
         cached = self.cache.get(key)
         if cached is None:
-            names = dict(key[2])
+            names = {slug: self.topic_names.get(slug, slug) for slug in pub.topics}
             eid = self._ids.get(pub.id) or self._ids.setdefault(pub.id, entry_id(self.cfg.site.base_url, pub))
             if fmt == "json":
                 cached = serialise_item(json_item(pub, eid, names)).encode("utf-8")
             else:
                 # One FeedEntry serves RSS and Atom within a build: sanitising and feedgen's checks run once.
-                fe = self._feed_entries.get(key[::2])
+                fe = self._feed_entries.get(key[::2])  # (id, fingerprint): the same entry in either format
                 if fe is None:
                     fe = self._feed_entries[key[::2]] = _entry(pub, eid, self.schemes, names)
                 cached = render_entry(fe, fmt)
             self.cache.put(key, cached)
-            self._fresh.append((pub.id, fmt, self._fingerprint(pub), cached))
+            self._fresh.append((pub.id, fmt, key[2], cached))
         return cached
 
 
