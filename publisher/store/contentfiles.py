@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from ..models import Topic
 from ..sources import FileState
 from . import tables as t
 
+log = logging.getLogger(__name__)
 _CHUNK = 500
 _FIELDS = [f.name for f in fields(FileState)]  # the columns, in the order FileState takes them
 
@@ -58,8 +61,16 @@ class ContentFilesMixin:
         paths = sorted(set(remove) | {row["path"] for row in rows})
         if not paths:
             return
-        with self._tx() as conn:
-            for start in range(0, len(paths), _CHUNK):
-                conn.execute(delete(c).where(c.c.source == source, c.c.path.in_(paths[start:start + _CHUNK])))
-            for start in range(0, len(rows), _CHUNK):
-                conn.execute(insert(c), rows[start:start + _CHUNK])
+        for attempt in (1, 2):
+            try:
+                with self._tx() as conn:
+                    for start in range(0, len(paths), _CHUNK):
+                        conn.execute(delete(c).where(c.c.source == source, c.c.path.in_(paths[start:start + _CHUNK])))
+                    for start in range(0, len(rows), _CHUNK):
+                        conn.execute(insert(c), rows[start:start + _CHUNK])
+                return
+            except IntegrityError:  # another ingest recorded the same files meanwhile (PostgreSQL): once more, on what it left
+                if attempt == 2:
+                    # Only a shortcut is lost: the files not recorded are read again next time.
+                    log.warning("could not record the content files of %r (another ingest ran at the same time); "
+                                "they are read again next time", source)
