@@ -257,3 +257,13 @@ def test_migration_0011_builds_the_schema_the_code_declares(store: Store) -> Non
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), t.metadata)
     assert [d for d in diff if "content_files" in str(d)] == []
+
+
+def test_recording_the_files_never_fails_the_ingest(folder: Path, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """The records are a shortcut: when they cannot be written (here: one path twice, as two ingests at once could
+    leave it on PostgreSQL), the ingest goes on and those files are read again next time."""
+    run(folder, store)
+    state = store.content_files("content")["publications/a.md"]
+    store.save_content_files("content", [state, state])
+    assert "read again next time" in caplog.text
+    assert store.content_files("content")["publications/a.md"] == state  # the failed write left the old record
