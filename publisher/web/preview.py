@@ -33,13 +33,12 @@ from subscribers import InvalidAddress, normalise_email
 from ..config import Config, load_config
 from ..delivery.message import compile_message
 from ..delivery.send import links_for, send_test
-from ..digest import plan_issue
-from ..digest.issue import MAX_HTML_BYTES, render_fitting
-from ..digest.render import RenderedIssue, Renderer
+from ..digest.issue import MAX_HTML_BYTES
+from ..digest.render import RenderedIssue
 from ..errors import PublisherError, TemplateError
 from ..feeds import FeedBuilder, FeedSpec
 from ..models import Publication, Subscriber, SubscriberStatus
-from ..pipeline import run_ingest
+from ..pipeline import next_issue, run_ingest
 from ..store import Store
 from .security import HardenedStarlette, PreviewGuard, SecurityHeaders, preview_policy
 
@@ -91,8 +90,8 @@ def create_preview_app(cfg: Config, store: Store, *, watch: bool = True) -> Star
                              undefined=jinja2.StrictUndefined)
 
     def render(topics: tuple[str, ...]) -> RenderedIssue:
-        plan = plan_issue(state.cfg, state.store, datetime.now(timezone.utc))
-        return render_fitting(state.cfg, plan, topics, Renderer(state.cfg))
+        _, variants = next_issue(state.cfg, state.store, datetime.now(timezone.utc), [topics])  # the pipeline's plan → render
+        return variants[topics]
 
     async def index(request: Request) -> Response:
         q = request.query_params
