@@ -34,9 +34,10 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from .servers import http_server
 
 Answer = tuple[int, dict[str, str], bytes] | None  # None: never answered
 JSON = {"Content-Type": "application/json"}
@@ -55,7 +56,6 @@ class Emulator:
         self.lag = lag
         self.search_down = ""  # "", "503" or "hang"
         self.lock = threading.Lock()
-        self.release = threading.Event()  # set when the server stops: every request held ends
         self.sends = 0  # send requests received
         self.answered = 0  # send requests answered
         self.searches = 0
@@ -285,38 +285,8 @@ def _fill(value: str, variables: dict[str, Any]) -> str:
 def serve(emulator: Emulator) -> Iterator[str]:
     """The emulator behind a real HTTP server on a free port of 127.0.0.1; yields its base URL."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def answer(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        return emulator(method, path, headers, body, f"http://{headers.get('Host')}")
 
-        def _handle(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            answer = emulator(self.command, self.path, dict(self.headers), body, f"http://{self.headers.get('Host')}")
-            if answer is None:  # accepted, never answered: held until the server stops
-                emulator.release.wait()
-                self.close_connection = True
-                return
-            status, headers, payload = answer
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            try:
-                self.wfile.write(payload)
-            except OSError:
-                pass  # the client gave up waiting
-
-        do_GET = do_POST = _handle
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        emulator.release.set()
-        server.shutdown()
-        server.server_close()
+    with http_server(answer) as base:
+        yield base

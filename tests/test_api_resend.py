@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -32,7 +31,7 @@ from .api_support import (
     make_prepared,
     send_through,
 )
-from .servers import recording_server
+from .servers import http_server, recording_server
 
 KEY = "re_Secr3tKey_9f8e7d6c5b4a"
 
@@ -305,32 +304,8 @@ class ResendEmulator:
 @contextmanager
 def resend_server(emulator: ResendEmulator) -> Iterator[str]:
     """The emulator behind a real HTTP server on a free port (the recording server does not pass headers on)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            status, headers, payload = emulator(self.command, self.path, body, dict(self.headers))
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            try:
-                self.wfile.write(payload)
-            except OSError:
-                pass  # the client gave up waiting
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(lambda method, path, headers, body: emulator(method, path, body, headers)) as base:
+        yield base
 
 
 def test_a_batch_resent_after_a_crash_is_deduplicated_by_its_idempotency_key() -> None:
