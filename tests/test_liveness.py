@@ -38,13 +38,14 @@ def test_a_run_is_alive_while_its_process_lives_and_dead_the_moment_it_is_killed
     proc = holder_process(store, "run-a")
     try:
         assert store.run_alive("run-a")
-        assert store.reap_runs(datetime.now(timezone.utc)) == []  # a live run is never reaped
+        assert store.dead_runs() == []  # a live run is never taken for dead
         assert store.run_alive("run-a")  # testing it did not take its lock away
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         began = time.monotonic()
         assert not store.run_alive("run-a")
-        assert store.reap_runs(datetime.now(timezone.utc)) == ["run-a"]
+        assert store.dead_runs() == ["run-a"]
+        store.retire_runs(["run-a"], datetime.now(timezone.utc))
         assert time.monotonic() - began < 2  # no heartbeat to go stale
         with store.engine.connect() as conn:
             finished = conn.execute(tables.send_runs.select().where(tables.send_runs.c.id == "run-a")).one().finished_at
@@ -101,9 +102,9 @@ def test_a_dead_runs_journal_is_replayed_once_before_its_rows_are_handed_back(st
     store.register_run("dead-run", "2026-W49", now, "child:2")
     assert store.claim_batch("2026-W49", "dead-run", [(s.id, f"<{s.id}@x>") for s in subs], now, now) == {s.id for s in subs}
     journal = _Journal(tmp_path, "dead-run", "2026-W49")
-    journal.write([Result(subs[0].id, "deferred", "451 4.7.1 greylisted", kind="soft")], 1)
-    journal.write([Result(subs[0].id, "sent")], 1)  # the last line is the outcome
-    journal.write([Result(subs[1].id, "failed", "552 5.2.2 mailbox full", kind="soft")], 1)
+    journal.write([Result(subs[0].id, "deferred", "451 4.7.1 greylisted", kind="soft")])
+    journal.write([Result(subs[0].id, "sent")])  # the last line is the outcome
+    journal.write([Result(subs[1].id, "failed", "552 5.2.2 mailbox full", kind="soft")])
     # subs[2]: claimed, and in flight when the run died: no line.
     lock.release()  # the process died
     dead = store.dead_runs()

@@ -46,7 +46,6 @@ class SendOutcome:
     outbox: Path | None = None
     failures: list[str] = field(default_factory=list)
     fault: str = ""  # what stopped the send and needs a human (or a fix of the machine); "" when nothing did
-    retried: int = 0  # earlier issues' deferred recipients delivered by this run's retries
     next_retry: datetime | None = None  # when the service next retries what is still deferred
 
     @property
@@ -138,7 +137,7 @@ def replay_journals(store: SendLog, folder: Path, now: datetime, reconcile: Reco
                         unknown.setdefault(str(issue_id), {}).update(
                             (int(sid), Recipient(int(sid), str(email), str(mid), {}, str(key))) for sid, email, mid, key in batch)
                         continue
-                    issue_id, sid, status, error, _attempt, kind = entry
+                    issue_id, sid, status, error, kind = entry
                 except (ValueError, TypeError, IndexError):
                     continue
                 if status in ("sent", "failed", "deferred") and isinstance(sid, int):
@@ -182,8 +181,9 @@ class _Journal:
         batch = [[r.subscriber_id, r.email, r.message_id, r.idempotency_key] for r in recipients]
         os.write(self.fd, (json.dumps(["inflight", self.issue_id, batch]) + "\n").encode("utf-8"))
 
-    def write(self, results: list[Result], attempt: int) -> None:
-        lines = "".join(json.dumps([self.issue_id, r.subscriber_id, r.status, r.error, attempt, getattr(r, "kind", "")]) + "\n" for r in results)
+    def write(self, results: list[Result]) -> None:
+        """One line per outcome, [issue, subscriber, status, error, kind]: one try each (replay counts the lines)."""
+        lines = "".join(json.dumps([self.issue_id, r.subscriber_id, r.status, r.error, r.kind]) + "\n" for r in results)
         os.write(self.fd, lines.encode("utf-8"))
 
     def close(self, *, keep: bool) -> None:
@@ -403,12 +403,12 @@ class Engine:
                         attempts[s.id] += 1
                     results += got
                     final.update((r.subscriber_id, r) for r in got)
-                    self.journal.write(got, 1)
+                    self.journal.write(got)
                     tripped = self.breaker.note(got, [r.email.rpartition("@")[2].lower() for r in recipients])
                     if tripped:
                         self.fail(f"the relay refuses to send for us: {tripped}. Nobody was marked bounced. Fix the relay's settings or "
                                   "the credentials, then `publisher digest send` (or leave it to the service: it retries).")
-                pending = [by_id[r.subscriber_id] for r in results if r.status == "deferred" and getattr(r, "kind", "") != "sender"]
+                pending = [by_id[r.subscriber_id] for r in results if r.status == "deferred" and r.kind != "sender"]
                 if not pending or self.halted() or attempt == self.settings.attempts:
                     break
                 self._pause(_backoff(self.settings.retry_base, attempt, max((r.retry_after or 0) for r in results if r.status == "deferred")))

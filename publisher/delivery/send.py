@@ -104,7 +104,7 @@ def merge(outcome: SendOutcome, retried: SendOutcome) -> SendOutcome:
     """The retries of earlier issues added to this issue's outcome (what a command prints and exits with)."""
     for name in ("sent", "deferred", "failed"):
         setattr(outcome, name, getattr(outcome, name) + getattr(retried, name))
-    outcome.retried, outcome.fault, outcome.stopped = retried.sent, retried.fault, retried.stopped
+    outcome.fault, outcome.stopped = retried.fault, retried.stopped
     outcome.failures += retried.failures[: 20 - len(outcome.failures)]
     outcome.next_retry = retried.next_retry
     return outcome
@@ -139,7 +139,6 @@ def retry_deferred(cfg: Config, store: Store, now: datetime, *, due: datetime | 
             setattr(total, name, getattr(total, name) + getattr(outcome, name))
         total.failures += outcome.failures[: 20 - len(total.failures)]
         total.fault, total.stopped = outcome.fault, outcome.stopped
-    total.retried = total.sent
     total.next_retry = store.next_retry()
     return total
 

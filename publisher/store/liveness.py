@@ -14,7 +14,7 @@ import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import Engine, text
 
@@ -140,12 +140,3 @@ class Liveness:
             os.close(fd)  # (closing also lets go of the lock if this test took it)
         path.unlink(missing_ok=True)  # a dead run's leftover
         return False
-
-
-def holder() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-__all__: list[Any] = ["Liveness", "RunLock", "holder"]

@@ -63,13 +63,6 @@ class SendLogMixin:
                          .values(status="deferred", next_attempt_at=now, updated_at=now))
             conn.execute(update(runs).where(runs.c.id.in_(list(run_ids)), runs.c.finished_at.is_(None)).values(finished_at=now))
 
-    def reap_runs(self, now: datetime) -> list[str]:
-        """Retire every run whose process is gone; returns their ids. (Replay their journals first: see
-        ``delivery.engine.replay_journals``, which needs their rows still held by them.)"""
-        dead = self.dead_runs()
-        self.retire_runs(dead, now)
-        return dead
-
     def live_runs(self) -> list[tuple[str, str, str, datetime]]:
         """(run id, issue id, holder, started) of the runs whose process is alive, for `publisher status`."""
         runs = t.send_runs
@@ -146,7 +139,7 @@ class SendLogMixin:
         """Claim these (subscriber id, message id) for this run; returns the ids it got.
 
         New rows are inserted; deferred rows (with ``due``, only those due by then), and queued rows of a
-        run that finished or died (see :meth:`reap_runs`), are taken over; sent, failed and undeliverable rows,
+        run that finished or died (see :meth:`retire_runs`), are taken over; sent, failed and undeliverable rows,
         and rows another live run holds, are left alone. Subscribers who are no longer active (unsubscribed
         mid-send) are not claimed. ``stale_before`` only judges runs of versions without a lock (no holder).
         """
