@@ -147,6 +147,31 @@ def run(c: Context, once: bool, force_digest: bool) -> None:
             sys.exit(report.digest.exit_code)
 
 
+@main.command()
+@click.option("--name", help="This worker's name in logs and `publisher status` (default: publisher-<id>@<host>).")
+@pass_ctx
+def worker(c: Context, name: str | None) -> None:
+    """A send worker: with [delivery].engine = "celery", sends the digest with the others (any number, any machine).
+
+    It takes tasks from the broker ([delivery].broker_url, or PUBLISHER_BROKER_URL when it needs a password), claims
+    their recipients in the send log (PostgreSQL) and sends them. SIGTERM or Ctrl-C stops it within seconds; what it
+    had claimed and not sent goes to another worker. Killed outright, its rows are taken over within seconds too.
+
+    \b
+    Example:
+      PUBLISHER_DELIVERY__ENGINE=celery publisher worker
+    """
+    from .delivery.fleet import run_worker
+    from .errors import ConfigError
+
+    if c.cfg.delivery.engine != "celery":
+        raise ConfigError('a worker sends only with [delivery].engine = "celery" (now "threads": `publisher run` sends by itself). '
+                          "Set it in config.toml or as PUBLISHER_DELIVERY__ENGINE=celery, for the workers and `publisher run` alike.",
+                          key="delivery.engine")
+    logging.getLogger().setLevel(logging.INFO)
+    run_worker(c.cfg, c.store, name=name)
+
+
 def _print_ingest(report: Any) -> None:
     click.echo(f"ingest: {len(report.new)} new, {len(report.updated)} updated, {report.unchanged} unchanged, {len(report.errors)} skipped")
     for err in report.errors:
@@ -258,6 +283,11 @@ def _print_delivery_status(c: Context, now: Any) -> None:
         click.echo(f"last issue: {last[0]}, sent {last[2].isoformat(timespec='seconds')}: {parts}{retry}")
     for run_id, issue_id, holder, started in c.store.live_runs():
         click.echo(f"  sending now: {issue_id} by {holder} since {started.isoformat(timespec='seconds')}")
+    workers = c.store.live_workers(now)
+    if c.cfg.delivery.engine == "celery" or workers:
+        click.echo(f"workers: {len(workers)} alive" + ("" if workers else " (start `publisher worker` on each sending machine)"))
+        for worker_id, holder, started, sent, rate in workers:
+            click.echo(f"  {worker_id} on {holder} since {started.isoformat(timespec='seconds')}: {sent} sent, {rate:.1f}/s over the last minute")
     fault = c.store.setting(FAULT_SETTING)
     if fault:
         stamp, _, rest = fault.partition(" ")

@@ -128,6 +128,7 @@ class ApiConfig:
     timeout: float = 30.0
     domain: str = ""
     message_stream: str = "broadcast"
+    rate_limit: float = 0.0  # messages a second across every worker (the provider's sending limit); 0 = unlimited
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,10 @@ class DeliveryConfig:
     give_up_after: str = "5d"  # still deferred this long after the issue started: undeliverable (Postfix's queue lifetime)
     dkim_selector: str = ""
     dkim_domain: str = ""
+    engine: str = "threads"  # "threads": this process sends; "celery": `publisher worker` processes send (PostgreSQL only)
+    broker_url: str = "amqp://guest@127.0.0.1:5672//"  # celery: RabbitMQ (amqp://) or Redis (redis://); a password only in PUBLISHER_BROKER_URL
+    task_queue: str = "publisher"  # celery: the broker queue (two lists sharing one broker each need their own)
+    task_size: int = 2000  # celery: recipients per task (a hint "these ids of issue X"); a worker claims them batch_size at a time
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
 
@@ -208,6 +213,12 @@ class Config:
     api_key: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)
     dkim_key_path: str = field(default="", compare=False, repr=False)
     old_secret_keys: tuple[Secret, ...] = field(default=(), compare=False, repr=False)
+    broker_secret: Secret = field(default_factory=lambda: Secret(""), compare=False, repr=False)  # PUBLISHER_BROKER_URL
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker: PUBLISHER_BROKER_URL (it may hold a password), else [delivery].broker_url."""
+        return self.broker_secret.get() or self.delivery.broker_url
 
     @property
     def verification_keys(self) -> list[str]:
@@ -231,7 +242,7 @@ class Config:
 
 # Keys that are never read from the file, only from these environment variables.
 SECRET_ENV = {"secret_key": "PUBLISHER_SECRET_KEY", "smtp_password": "PUBLISHER_SMTP_PASSWORD", "api_key": "PUBLISHER_API_KEY"}
-_NOT_FROM_FILE = {"root", "file", "dkim_key_path", "old_secret_keys", *SECRET_ENV}
+_NOT_FROM_FILE = {"root", "file", "dkim_key_path", "old_secret_keys", "broker_secret", *SECRET_ENV}
 
 
 def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -259,7 +270,8 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     values = _build(Config, data, "", file)
     root = file.parent if file else Path.cwd()
     cfg = dataclasses.replace(values, root=root, file=file, smtp_password=Secret(env.get(SECRET_ENV["smtp_password"], "")),
-                              api_key=Secret(env.get(SECRET_ENV["api_key"], "")), dkim_key_path=env.get("PUBLISHER_DKIM_KEY_PATH", ""))
+                              api_key=Secret(env.get(SECRET_ENV["api_key"], "")), dkim_key_path=env.get("PUBLISHER_DKIM_KEY_PATH", ""),
+                              broker_secret=Secret(env.get("PUBLISHER_BROKER_URL", "")))
     from .config_checks import validate  # here: it needs this module's types and parse_duration
 
     validate(cfg)

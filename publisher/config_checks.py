@@ -15,6 +15,7 @@ from .errors import ConfigError
 _CHOICES = {
     "delivery.backend": ("outbox", "smtp", "postmark", "sendgrid", "mailgun", "resend"),
     "delivery.smtp.security": ("starttls", "tls", "none"),
+    "delivery.engine": ("threads", "celery"),
 }
 
 
@@ -69,10 +70,13 @@ def validate(cfg: Config) -> None:
         if value < low:
             raise ConfigError(f"expected at least {low}, got {value}.", file=f, key=key)
     _validate_smtp_auth(cfg.delivery.smtp, f)
-    if cfg.delivery.smtp.rate_limit < 0 or cfg.delivery.retry_base < 0:
-        raise ConfigError("expected zero or more.", file=f, key="delivery.smtp.rate_limit" if cfg.delivery.smtp.rate_limit < 0 else "delivery.retry_base")
+    for key, value in (("delivery.smtp.rate_limit", cfg.delivery.smtp.rate_limit), ("delivery.api.rate_limit", cfg.delivery.api.rate_limit),
+                       ("delivery.retry_base", cfg.delivery.retry_base)):
+        if value < 0:
+            raise ConfigError("expected zero or more.", file=f, key=key)
     if cfg.delivery.backend in ("postmark", "sendgrid", "mailgun", "resend") and not cfg.api_key:
         raise ConfigError(f"backend {cfg.delivery.backend!r} needs an API key: set PUBLISHER_API_KEY in the environment.", file=f, key="delivery.backend")
+    _validate_engine(cfg, f)
     if cfg.delivery.backend == "mailgun" and not cfg.delivery.api.domain:
         raise ConfigError("Mailgun needs the sending domain, e.g. 'mg.example.org'.", file=f, key="delivery.api.domain")
     from apscheduler.triggers.cron import CronTrigger
@@ -93,6 +97,33 @@ def _validate_topics(name: str, src: SourceConfig, file: Path | None) -> None:
     bad = next((t for t in src.topics if not is_slug(t)), None)
     if bad is not None:
         raise ConfigError(f"topic {slug_problem(bad)}.", file=file, key=f"sources.{name}.topics")
+
+
+def _validate_engine(cfg: Config, f: Path | None) -> None:
+    """Celery workers on many machines share one send log: that needs PostgreSQL, and a broker URL without a password
+    in the file (a password goes in PUBLISHER_BROKER_URL)."""
+    from urllib.parse import urlsplit
+
+    if cfg.delivery.task_size < 1:
+        raise ConfigError(f"expected at least 1, got {cfg.delivery.task_size}.", file=f, key="delivery.task_size")
+    try:
+        parts = urlsplit(cfg.delivery.broker_url)
+        password = parts.password
+    except ValueError:
+        raise ConfigError("is not a URL; expected e.g. 'amqp://guest@rabbitmq:5672//' or 'redis://redis:6379/0'.", file=f,
+                          key="delivery.broker_url") from None
+    if password:
+        raise ConfigError("holds a password, and secrets are never read from the file: put the whole URL in the environment "
+                          "as PUBLISHER_BROKER_URL and leave this key without the password.", file=f, key="delivery.broker_url")
+    if cfg.delivery.engine != "celery":
+        return
+    scheme = urlsplit(cfg.broker_url).scheme
+    if scheme not in ("amqp", "amqps", "pyamqp", "redis", "rediss"):
+        raise ConfigError(f"expected a RabbitMQ (amqp://) or Redis (redis://) URL, got the scheme {scheme!r}.", file=f, key="delivery.broker_url")
+    if not cfg.store_url.startswith("postgresql"):
+        raise ConfigError("engine 'celery' sends from workers on several machines, which share one send log: that needs PostgreSQL "
+                          "([store].url = 'postgresql+psycopg://user@host/db'). SQLite is one machine's file: keep engine = 'threads' "
+                          "with it.", file=f, key="delivery.engine")
 
 
 def _validate_smtp_auth(smtp: SmtpConfig, f: Path | None) -> None:

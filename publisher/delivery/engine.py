@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..models import Subscriber
 from .api import Recipient, Result
-from .ports import Mailer, SendLog, Variants, WorkQueue
+from .ports import Mailer, RateLimiter, SendLog, Variants, WorkQueue
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int], None]  # ("total", n) once, then (status, count) as results are recorded
@@ -246,7 +246,7 @@ class Engine:
     def __init__(self, settings: Settings, log_: SendLog, issue_id: str, variants: Variants, recipient: Callable[[Subscriber], Recipient],
                  message_id: Callable[[int], str], make_mailer: Callable[[], Mailer], workers: int, stop: threading.Event,
                  outcome: SendOutcome, progress: Progress | None = None, *, due: datetime | None = None,
-                 work: WorkQueue | None = None) -> None:
+                 work: WorkQueue | None = None, limiter: RateLimiter | None = None) -> None:
         self.settings, self.store, self.issue_id, self.variants = settings, log_, issue_id, variants
         self.recipient, self.message_id = recipient, message_id
         self.make_transport, self.workers, self.stop, self.outcome = make_mailer, workers, stop, outcome
@@ -259,7 +259,7 @@ class Engine:
         self.lock = threading.Lock()
         self.halt = threading.Event()  # set on stop (a signal) or on a fault: every thread winds down
         self.breaker = _Breaker()
-        self.limiter = _RateLimiter(settings.rate_limit)
+        self.limiter: RateLimiter = limiter or _RateLimiter(settings.rate_limit)
 
     def fail(self, fault: str) -> None:
         with self.lock:

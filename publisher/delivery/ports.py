@@ -5,11 +5,13 @@
 - :class:`Mailer`: where messages go, one per worker (SMTP, the local outbox, a mail API: ``backends``);
 - :class:`WorkQueue`: how claimed batches reach the workers (threads in one process today: ``ThreadQueue``;
   the next step puts workers on other machines behind the same seam);
-- :class:`Variants`: the issue's compiled variants by topic set.
+- :class:`Variants`: the issue's compiled variants by topic set;
+- :class:`RateLimiter`: when the next message may go (this process's own, or one rate for the fleet).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -67,4 +69,10 @@ class WorkQueue(Protocol):
 class Variants(Protocol):
     def get(self, topics: tuple[str, ...]) -> tuple[Any, bool]:
         """(the variant for this topic selection, whether it is empty)."""
+        ...
+
+
+class RateLimiter(Protocol):
+    def wait(self, stop: threading.Event) -> None:
+        """Return when the next message may go (or at once when ``stop`` is set)."""
         ...

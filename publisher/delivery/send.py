@@ -75,10 +75,16 @@ def deliver(cfg: Config, store: Store, plan: PlannedIssue, variants: _Variants, 
     outcome.total = store.count_recipients(started)
     if progress:
         progress("total", outcome.total)
-    factory, default_workers = transport_factory(cfg)
-    engine = _engine(cfg, store, plan.id, variants, make_transport or factory, workers or default_workers, stop or threading.Event(),
-                     outcome, progress, due)
-    engine.run(store.recipients(started, batch=cfg.delivery.batch_size))
+    if cfg.delivery.engine == "celery" and make_transport is None:  # the `publisher worker` processes send it
+        from . import fleet
+
+        fleet.deliver(cfg, store, plan.id, variants, store.recipients(started, batch=cfg.delivery.task_size), outcome,
+                      stop or threading.Event(), progress, due, recover=lambda: recover(cfg, store, _now()))
+    else:
+        factory, default_workers = transport_factory(cfg)
+        engine = _engine(cfg, store, plan.id, variants, make_transport or factory, workers or default_workers, stop or threading.Event(),
+                         outcome, progress, due)
+        engine.run(store.recipients(started, batch=cfg.delivery.batch_size))
     outcome.finished = not outcome.stopped and not outcome.fault and store.unfinished_sends(plan.id, queued_only=True) == 0
     outcome.next_retry = store.next_retry(plan.id)
     if cfg.delivery.backend == "outbox":
@@ -133,8 +139,13 @@ def retry_deferred(cfg: Config, store: Store, now: datetime, *, due: datetime | 
         variants = _Variants(cfg, plan, renderer, {}, now)
         outcome = SendOutcome(issue_id)
         log.info("retrying the deferred recipients of %s", issue_id)
-        engine = _engine(cfg, store, issue_id, variants, make_transport or factory, workers, stop, outcome, None, due)
-        engine.run(store.deferred_recipients(issue_id, due, batch=cfg.delivery.batch_size))
+        if cfg.delivery.engine == "celery" and make_transport is None:
+            from . import fleet
+
+            fleet.deliver(cfg, store, issue_id, variants, None, outcome, stop, None, due, recover=lambda: recover(cfg, store, _now()))
+        else:
+            engine = _engine(cfg, store, issue_id, variants, make_transport or factory, workers, stop, outcome, None, due)
+            engine.run(store.deferred_recipients(issue_id, due, batch=cfg.delivery.batch_size))
         for name in ("sent", "deferred", "failed", "skipped"):
             setattr(total, name, getattr(total, name) + getattr(outcome, name))
         total.failures += outcome.failures[: 20 - len(total.failures)]
@@ -196,9 +207,15 @@ def _now() -> datetime:
 def settings_of(cfg: Config) -> Settings:
     d = cfg.delivery
     return Settings(attempts=d.attempts, retry_base=d.retry_base, retry_first=parse_duration(d.retry_first), retry_max=parse_duration(d.retry_max),
-                    stale_after=parse_duration(d.stale_after), rate_limit=d.smtp.rate_limit if d.backend == "smtp" else 0.0,
+                    stale_after=parse_duration(d.stale_after), rate_limit=_rate_limit(cfg),
                     send_empty=cfg.digest.send_empty, soft_bounce_limit=cfg.subscribers.soft_bounce_limit,
                     journal_dir=cfg.path(d.journal_dir), domain=cfg.digest.from_address.rpartition("@")[2] or "localhost")
+
+
+def _rate_limit(cfg: Config) -> float:
+    """Messages a second for the whole send (every worker): the relay's or the provider's limit; 0: none."""
+    d = cfg.delivery
+    return d.smtp.rate_limit if d.backend == "smtp" else 0.0 if d.backend == "outbox" else d.api.rate_limit
 
 
 def _engine(cfg: Config, store: Store, issue_id: str, variants: _Variants, make_transport: Callable[[], Transport], workers: int,

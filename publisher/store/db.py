@@ -24,6 +24,7 @@ from ..models import Image, Publication, Subscriber, SubscriberStatus, Topic
 from . import tables as t
 from .audience import AudienceMixin
 from .contentfiles import ContentFilesMixin
+from .fleet import FleetMixin
 from .operations import OperationsMixin
 from .sendlog import SendLogMixin
 from .signups import SignupMixin
@@ -117,7 +118,7 @@ def content_hash(pub: Publication) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin, ContentFilesMixin):
+class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin, ContentFilesMixin, FleetMixin):
     closed = False  # set by close(): background threads (the sign-up sender) stop using a closed store
 
     def __init__(self, engine: Engine) -> None:

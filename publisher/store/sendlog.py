@@ -157,12 +157,15 @@ class SendLogMixin:
             retry = sl.c.status == "deferred"
             if due is not None:
                 retry = and_(retry, or_(sl.c.next_attempt_at.is_(None), sl.c.next_attempt_at <= due))
-            conn.execute(
-                update(sl)
-                .where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(list(active)), or_(sl.c.claimed_by.is_(None), sl.c.claimed_by != run_id),
-                       or_(retry, and_(sl.c.status == "queued", or_(sl.c.claimed_by.is_(None), sl.c.claimed_by.in_(dead)))))
-                .values(status="queued", claimed_by=run_id, updated_at=now)
-            )
+            claimable = [sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(list(active)),
+                         or_(sl.c.claimed_by.is_(None), sl.c.claimed_by != run_id),
+                         or_(retry, and_(sl.c.status == "queued", or_(sl.c.claimed_by.is_(None), sl.c.claimed_by.in_(dead))))]
+            if conn.dialect.name == "postgresql":
+                # Rows another claimer has locked right now are skipped, not waited for: two workers given the same
+                # hint split it instead of queueing behind each other (and neither gets a row twice).
+                locked = select(sl.c.subscriber_id).where(*claimable).with_for_update(skip_locked=True)
+                claimable = [sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(locked)]
+            conn.execute(update(sl).where(*claimable).values(status="queued", claimed_by=run_id, updated_at=now))
             got = conn.execute(select(sl.c.subscriber_id).where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(ids),
                                                                  sl.c.status == "queued", sl.c.claimed_by == run_id)).scalars()
             return set(got)

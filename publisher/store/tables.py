@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 
 
@@ -109,6 +111,8 @@ subscribers = Table(
     # Soft bounces (mailbox full, or still deferred when the retries gave up) across issues: at
     # [subscribers].soft_bounce_limit the address is suppressed as bounced. A delivered issue resets it.
     Column("soft_bounces", Integer, nullable=False, server_default="0"),
+    # The few who are not active, for "is this row's subscriber still active" without reading every subscriber.
+    Index("ix_subscribers_inactive", "id", postgresql_where=text("status <> 'active'"), sqlite_where=text("status <> 'active'")),
 )
 
 subscriber_topics = Table(
@@ -262,4 +266,37 @@ rate_slots = Table(
     Column("key", String(100), primary_key=True),
     Column("slot", Integer, primary_key=True),
     Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
+# The fleet (engine = "celery"): each issue's variants, compiled once by the coordinator and read by every worker;
+# the workers alive (each holds a lock that dies with it, as a send run does); and one shared rate for all of them.
+issue_variants = Table(
+    "issue_variants",
+    metadata,
+    Column("issue_id", String(100), primary_key=True),
+    Column("topics", String(2000), primary_key=True),  # the topic selection, slugs joined by "," ("" = everything)
+    Column("is_empty", Boolean, nullable=False),
+    Column("payload", LargeBinary, nullable=False),  # JSON: the compiled MIME chunks and the API parts (no code, no pickle)
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),  # host:pid
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("stopped_at", UTCDateTime),
+    Column("sent", BigInteger, nullable=False, server_default="0"),  # messages it delivered since it started
+    Column("rate", Float, nullable=False, server_default="0"),  # messages a second over its last minute
+)
+
+# A generic cell rate algorithm: `tat` is the database-clock time (epoch seconds) at which the next message may go.
+# Taking n slots is one row lock and one UPDATE, so every worker draws from the same rate.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("tat", Float, nullable=False),
 )
