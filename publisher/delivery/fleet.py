@@ -242,8 +242,7 @@ def deliver(cfg: Config, store: Any, issue_id: str, variants: Any, batches: Iter
         d = Dispatch(cfg, store, issue_id, outcome, stop, progress, recover=recover)
         if batches is not None:
             d.walk(batches, variants, due)
-            d.hint_pending(None, _now())  # rows left from an earlier interrupted dispatch, handed back
-            d.watch(None)
+            d.watch(None)  # its first look also hints rows an earlier, interrupted dispatch handed back
         else:
             store_variants(store, issue_id, variants.by_topics, set())
             retry = (due or _now() + timedelta(days=3650), _now())

@@ -16,6 +16,7 @@ from sqlalchemy import and_, delete, exists, func, insert, or_, select, text, up
 
 from ..models import Subscriber, SubscriberStatus
 from . import tables as t
+from .sendlog import _row_status
 
 
 def _still_active() -> Any:
@@ -124,7 +125,7 @@ class FleetMixin:
         last = lo - 1
         while True:
             q = (select(s).join(sl, and_(sl.c.subscriber_id == s.c.id, sl.c.issue_id == issue_id))
-                 .where(s.c.id > last, s.c.id <= hi, s.c.status == SubscriberStatus.ACTIVE.value, sl.c.status.in_(("queued", "deferred")))
+                 .where(s.c.id > last, s.c.id <= hi, s.c.status == SubscriberStatus.ACTIVE.value, _row_status().in_(("queued", "deferred")))
                  .order_by(s.c.id).limit(batch))
             got = self._subscribers(q)  # type: ignore[attr-defined]
             if not got:
