@@ -78,6 +78,30 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def group_cpu(name: str) -> float:
+    """CPU seconds so far of every process whose command line holds ``name`` (PostgreSQL's backends, RabbitMQ)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if name in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    total += cpu_seconds(int(entry.name))
+            except OSError:
+                continue
+    return total
+
+
+CPU: dict[str, float] = {}  # the last run's CPU seconds by part, for the table
+
+
 def start(setup: Setup, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log = (setup.root / f"{args[0]}-{time.monotonic_ns()}.log").open("wb")
     return subprocess.Popen([PUBLISHER, *args], cwd=setup.root, env=env or setup.env, stdout=log, stderr=subprocess.STDOUT)
@@ -111,14 +135,21 @@ def throughput(tmp: Path, port: int, n: int, workers: int) -> tuple[float, int, 
         procs = [start(setup, "worker", "--name", f"w{i}") for i in range(workers)]
         if workers:
             wait_workers(setup, workers)
+        before = {"postgres": group_cpu("postgres"), "rabbitmq": group_cpu("beam.smp"), "smtp-sink": group_cpu("smtp-sink"),
+                  "workers": sum(cpu_seconds(p.pid) for p in procs)}
         t0 = time.perf_counter()
         coordinator = start(setup, "digest", "send", "--no-progress", env=env)
-        coordinator_rss = 0
+        coordinator_rss, coordinator_cpu = 0, 0.0
         while coordinator.poll() is None:
             coordinator_rss = max(coordinator_rss, peak_rss(coordinator.pid))
+            coordinator_cpu = max(coordinator_cpu, cpu_seconds(coordinator.pid))
             time.sleep(0.05)
         took = time.perf_counter() - t0
         worker_rss = [peak_rss(p.pid) for p in procs]
+        after = {"postgres": group_cpu("postgres"), "rabbitmq": group_cpu("beam.smp"), "smtp-sink": group_cpu("smtp-sink"),
+                 "workers": sum(cpu_seconds(p.pid) for p in procs)}
+        CPU.clear()
+        CPU.update({k: after[k] - before[k] for k in after} | {"coordinator": coordinator_cpu, "wall": took})
         stop(procs)
         rows, sent = setup.sent()
         if coordinator.returncode != 0 or sent != n:
@@ -157,14 +188,22 @@ def memory_at(tmp: Path, port: int, n: int, sent_target: int) -> tuple[int, int,
 def report_throughput(tmp: Path, port: int, n: int) -> None:
     print(f"fleet benchmark: {n:,} subscribers, sample digest, smtp-sink on loopback, 2 SMTP connections per sender, {os.cpu_count()} cores")
     rows = [("threads (one process, baseline)", *throughput(tmp, port, n, 0))]
+    cpu = [dict(CPU)]
     for w in (1, 2):
         rows.append((f"celery, {w} worker{'s' if w > 1 else ''}", *throughput(tmp, port, n, w)))
+        cpu.append(dict(CPU))
     base, one = rows[0][1], rows[1][1]
     print(f"{'engine':34} {'seconds':>8} {'msg/s':>8} {'vs threads':>10} {'vs 1 worker':>11} {'coord MiB':>9} {'worker MiB':>10}")
     for name, took, c_rss, w_rss in rows:
         print(f"{name:34} {took:8.1f} {n / took:8.0f} {base / took:10.2f} {one / took:11.2f} {c_rss / 1024:9.0f} "
               f"{'/'.join(f'{r / 1024:.0f}' for r in w_rss) or '-':>10}")
     print(f"two workers / one worker: {one / rows[2][1]:.2f} (target >= 1.5)")
+    print("CPU seconds per part over each send (what bounds it: cores busy = total / wall; this machine has "
+          f"{os.cpu_count()}):")
+    parts = ("coordinator", "workers", "postgres", "rabbitmq", "smtp-sink")
+    print(f"{'engine':34} " + " ".join(f"{p:>11}" for p in parts) + f" {'cores busy':>10}")
+    for (name, *_), c in zip(rows, cpu, strict=True):
+        print(f"{name:34} " + " ".join(f"{c[p]:11.1f}" for p in parts) + f" {sum(c[p] for p in parts) / c['wall']:10.2f}")
 
 
 def main() -> None:

@@ -236,3 +236,24 @@ def test_variants_round_trip_through_the_store_format(cfg) -> None:  # type: ign
         assert again.prepared == original.prepared
     finally:
         store.close()
+
+
+def test_redis_works_as_the_broker_too(project: Path, postgres_url: str) -> None:
+    """The same send with Redis (redis://) in place of RabbitMQ: one worker, everyone once."""
+    redis_url = os.environ.get("PUBLISHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
+    except OSError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"no Redis at 127.0.0.1:6379 ({exc})")
+        pytest.skip(f"no Redis at 127.0.0.1:6379 ({exc})")
+    env = env_for(PUBLISHER_STORE__URL=postgres_url, PUBLISHER_DELIVERY__ENGINE="celery", PUBLISHER_BROKER_URL=redis_url,
+                  PUBLISHER_DELIVERY__TASK_QUEUE=f"publisher-test-{uuid.uuid4().hex[:8]}", PUBLISHER_DIGEST__MAX_ITEMS="1")
+    handler = FaultyRelay()
+    with relay(handler) as port:
+        smtp_project(project, port)
+        emails = subscribe(project, 500, env)
+        with workers(project, env, n=1):
+            sent = publisher(project, "digest", "send", "--no-progress", env=env, timeout=120)
+    assert sent.returncode == 0, sent.stdout + sent.stderr + worker_log(project)[-2000:]
+    assert sorted(handler.delivered) == sorted(emails) and set(handler.delivered.values()) == {1}
