@@ -164,6 +164,7 @@ def worker(c: Context, name: str | None) -> None:
     from .delivery.fleet import run_worker
     from .errors import ConfigError
 
+    c.store  # a damaged or foreign store is reported before anything else, as by every command
     if c.cfg.delivery.engine != "celery":
         raise ConfigError('a worker sends only with [delivery].engine = "celery" (now "threads": `publisher run` sends by itself). '
                           "Set it in config.toml or as PUBLISHER_DELIVERY__ENGINE=celery, for the workers and `publisher run` alike.",
