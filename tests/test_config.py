@@ -25,7 +25,7 @@ ENV = {"PUBLISHER_SECRET_KEY": KEY}  # an explicit env always carries a key, or 
 def leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """('feeds.item_limit', 50), ... for every settable field of a config object (secrets and root excluded)."""
     for f in dataclasses.fields(obj):
-        if f.name in ("root", "file", "secret_key", "smtp_password", "api_key", "dkim_key_path", "old_secret_keys"):
+        if f.name in ("root", "file", "secret_key", "smtp_password", "api_key", "dkim_key_path", "old_secret_keys", "broker_secret"):
             continue
         value, dotted = getattr(obj, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
