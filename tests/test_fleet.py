@@ -136,41 +136,35 @@ def test_a_worker_killed_mid_send_loses_nothing_and_duplicates_at_most_its_messa
           f"{done_after:.1f} s later, {dups} duplicate(s)")
 
 
-def test_the_same_task_delivered_twice_sends_nothing_twice(project: Path, fleet_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every hint of the issue is sent to the broker twice, and once more after the issue went out: each subscriber
-    gets one message. (The coordinator here is this process, through the same functions `digest send` runs.)"""
+def test_the_same_task_delivered_twice_sends_nothing_twice(project: Path, fleet_env: dict[str, str]) -> None:
+    """While `publisher digest send` runs, copies of a task covering every subscriber reach the broker again and again
+    (as a broker's redelivery or a second coordinator would send them), and more after the issue went out: each
+    subscriber gets one message."""
     from publisher.delivery import fleet
-    from publisher.pipeline import now_utc, open_project_store, send_digest
 
     handler = FaultyRelay()
     with relay(handler) as port:
         smtp_project(project, port)
         emails = subscribe(project, 2_000, fleet_env)
-        for name, value in fleet_env.items():
-            monkeypatch.setenv(name, value)
-        cfg = load_config(project / "config.toml")
-        store = open_project_store(cfg)
-        sent_hints: list[dict[str, object]] = []
-        original = fleet.Dispatch.hint
-
-        def twice(self: fleet.Dispatch, lo: int, hi: int, due: object) -> None:
-            original(self, lo, hi, due)  # type: ignore[arg-type]
-            original(self, lo, hi, due)  # type: ignore[arg-type]
-            sent_hints.append({"lo": lo, "hi": hi, "issue": self.issue_id, "dispatch": self.id})
-
-        monkeypatch.setattr(fleet.Dispatch, "hint", twice)
-        try:
-            with workers(project, fleet_env):
-                outcome = send_digest(cfg, store, now_utc())
-                assert outcome.sent == 2_000 and outcome.finished, outcome
-                app = fleet.make_app(cfg.broker_url, cfg.delivery.task_queue)
-                for hint in sent_hints:  # late duplicates, after the issue has gone out
-                    app.send_task(fleet.TASK, args=[{"v": 1, "due": None, **hint}], queue=cfg.delivery.task_queue)
-                # Every copy of every hint was taken (twice during the send, once after): the log has each one's outcome.
-                assert wait_for(lambda: worker_log(project).count("succeeded in") >= 3 * len(sent_hints), 60), worker_log(project)[-2000:]
-        finally:
-            store.close()
-    assert len(sent_hints) >= 1
+        plan = publisher(project, "digest", "send", "--dry-run", env=fleet_env).stdout
+        issue_id = plan.split()[1].rstrip(":")
+        queue = fleet_env["PUBLISHER_DELIVERY__TASK_QUEUE"]
+        app = fleet.make_app(BROKER, queue)
+        copy = {"v": 1, "issue": issue_id, "lo": 1, "hi": 10**9, "due": None, "dispatch": "a-copy"}
+        copies = 0
+        with workers(project, fleet_env):
+            coordinator = start(project, "digest", "send", "--no-progress", env=fleet_env)
+            while coordinator.poll() is None:
+                app.send_task(fleet.TASK, args=[copy], queue=queue)
+                copies += 1
+                time.sleep(0.1)
+            for _ in range(3):  # late copies, after the issue has gone out
+                app.send_task(fleet.TASK, args=[copy], queue=queue)
+            copies += 3
+            # Every copy was taken (with the coordinator's own task): the log has each one's outcome.
+            assert wait_for(lambda: worker_log(project).count("succeeded in") >= copies + 1, 60), worker_log(project)[-2000:]
+        assert coordinator.returncode == 0, output(project, coordinator)
+    assert copies >= 4
     assert sorted(handler.delivered) == sorted(emails) and set(handler.delivered.values()) == {1}
 
 

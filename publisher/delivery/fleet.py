@@ -27,9 +27,12 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from kombu.exceptions import OperationalError
+
 from ..config import Config
 from ..digest.render import Slots
 from ..models import Subscriber
+from ..store.db import _safe_url
 from .api import Prepared
 from .backends import Variant, transport_factory
 from .engine import SendOutcome, holder
@@ -143,7 +146,7 @@ class Dispatch:
         self.id = uuid.uuid4().hex
         self.size = cfg.delivery.task_size
         self.hinted: dict[tuple[int, int], float] = {}
-        self.before = store.send_counts_of(issue_id)
+        self.before = store.send_counts(issue_id)
         self.seen = dict(self.before)
         self.domain = cfg.digest.from_address.rpartition("@")[2] or "localhost"
 
@@ -211,14 +214,14 @@ class Dispatch:
         self.store.set_setting(f"fleet.fault:{self.id}", None)
         if not self.outcome.fault and not self.stop.is_set():
             self.store.drop_unclaimable(self.issue_id)
-        counts = self.store.send_counts_of(self.issue_id)
+        counts = self.store.send_counts(self.issue_id)
         for name in ("sent", "failed"):
             setattr(self.outcome, name, counts.get(name, 0) - self.before.get(name, 0))
         self.outcome.deferred = counts.get("deferred", 0) if retry is None else max(0, counts.get("deferred", 0) - self.before.get("deferred", 0))
         self.outcome.stopped = self.stop.is_set()
 
     def _count(self) -> None:
-        counts = self.store.send_counts_of(self.issue_id)
+        counts = self.store.send_counts(self.issue_id)
         for status in ("sent", "deferred", "failed"):
             n = counts.get(status, 0) - self.seen.get(status, 0)
             if n > 0:
@@ -248,21 +251,9 @@ def deliver(cfg: Config, store: Any, issue_id: str, variants: Any, batches: Iter
             retry = (due or _now() + timedelta(days=3650), _now())
             d.hint_pending(retry, due)
             d.watch(retry)
-    except Exception as exc:  # noqa: BLE001 - the broker is down or refuses us: the send stops and says why
-        from kombu.exceptions import OperationalError
-
-        if not isinstance(exc, OperationalError | ConnectionError | OSError):
-            raise
+    except (OperationalError, OSError) as exc:  # the broker is down or refuses us: the send stops and says why
         outcome.fault = (f"cannot reach the task broker at {_safe_url(cfg.broker_url)}: {exc}. Start RabbitMQ (or Redis), or fix "
                          "[delivery].broker_url / PUBLISHER_BROKER_URL; nothing was lost, the service tries again")
-
-
-def _safe_url(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
 
 # -- the worker --------------------------------------------------------------------------------------------------
@@ -279,6 +270,7 @@ class Worker:
         self.lock = threading.Lock()
         self.variants: dict[str, StoredVariants] = {}
         self.halted: set[str] = set()
+        self.limiter: FleetLimiter | None = None
 
     def start(self) -> None:
         from .send import recover
@@ -320,8 +312,6 @@ class Worker:
 
     def run_hint(self, hint: Any) -> str:
         """One task: send what is still claimable in the hinted range. Returns a word for the log."""
-        from .send import settings_of
-
         try:
             issue_id, lo, hi = str(hint["issue"]), int(hint["lo"]), int(hint["hi"])
             dispatch = str(hint["dispatch"])
@@ -337,17 +327,14 @@ class Worker:
         variants = self.variants.get(issue_id)
         if variants is None:
             self.variants = {issue_id: (variants := StoredVariants(self.cfg, self.store, issue_id))}  # one issue's at a time
-        from .engine import Engine
+        from .send import _engine, settings_of
 
         outcome = SendOutcome(issue_id)
-        settings = settings_of(self.cfg)
+        if self.limiter is None and (rate := settings_of(self.cfg).rate_limit) > 0:
+            self.limiter = FleetLimiter(self.store, rate)  # one per worker: slots drawn and not used yet carry over to the next task
         factory, workers = transport_factory(self.cfg)
-        from .send import recipient
-
-        limiter = FleetLimiter(self.store, settings.rate_limit) if settings.rate_limit > 0 else None
-        engine = Engine(settings, self.store, issue_id, variants, lambda sub: recipient(self.cfg, issue_id, sub, settings.domain),
-                        lambda sid: message_id(issue_id, sid, settings.domain), factory, workers, self.stop, outcome, self._count,
-                        due=due, limiter=limiter)
+        engine = _engine(self.cfg, self.store, issue_id, variants, factory, workers, self.stop, outcome, self._count, due,
+                         limiter=self.limiter)
         engine.run(self.store.range_recipients(issue_id, lo, hi, self.cfg.delivery.batch_size))
         self.store.worker_beat(self.id, _now(), self.sent, self.rate())
         if outcome.fault:
@@ -356,7 +343,7 @@ class Worker:
         return f"{outcome.sent} sent, {outcome.deferred} deferred, {outcome.failed} failed, {outcome.skipped} not mine"
 
 
-def run_worker(cfg: Config, store: Any, *, name: str | None = None, concurrency: int = 1) -> None:
+def run_worker(cfg: Config, store: Any, *, name: str | None = None) -> None:
     """Run a Celery worker for the send tasks until it is stopped (SIGTERM or SIGINT: the task at hand stops within
     seconds; what it claimed and did not try is handed back for another worker)."""
     from celery import signals

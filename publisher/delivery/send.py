@@ -38,6 +38,7 @@ from .api import Prepared, Recipient, Result
 from .backends import Transport, Variant, transport_factory
 from .engine import Engine, Progress, SendOutcome, Settings, replay_journals
 from .message import compile_message, message_id
+from .ports import RateLimiter
 
 log = logging.getLogger(__name__)
 __all__ = ["SendOutcome", "archive", "compose", "deliver", "finish", "links_for", "merge", "recover", "retry_deferred", "send_test"]
@@ -219,10 +220,12 @@ def _rate_limit(cfg: Config) -> float:
 
 
 def _engine(cfg: Config, store: Store, issue_id: str, variants: _Variants, make_transport: Callable[[], Transport], workers: int,
-            stop: threading.Event, outcome: SendOutcome, progress: Progress | None, due: datetime | None) -> Engine:
+            stop: threading.Event, outcome: SendOutcome, progress: Progress | None, due: datetime | None, *,
+            limiter: RateLimiter | None = None) -> Engine:
     settings = settings_of(cfg)
     return Engine(settings, store, issue_id, variants, lambda sub: recipient(cfg, issue_id, sub, settings.domain),
-                  lambda sid: message_id(issue_id, sid, settings.domain), make_transport, workers, stop, outcome, progress, due=due)
+                  lambda sid: message_id(issue_id, sid, settings.domain), make_transport, workers, stop, outcome, progress, due=due,
+                  limiter=limiter)
 
 
 class _Variants:

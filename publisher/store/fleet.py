@@ -16,7 +16,7 @@ from sqlalchemy import and_, delete, exists, func, insert, or_, select, text, up
 
 from ..models import Subscriber, SubscriberStatus
 from . import tables as t
-from .sendlog import _row_status
+from .sendlog import _insert_ignore, _row_status
 
 
 def _still_active() -> Any:
@@ -35,8 +35,6 @@ class FleetMixin:
 
     def save_variants(self, issue_id: str, entries: Sequence[tuple[tuple[str, ...], bool, bytes]], now: datetime) -> None:
         """(topics, is_empty, payload) of the issue; a variant already stored is kept (every worker reads that one)."""
-        from .sendlog import _insert_ignore
-
         if not entries:
             return
         with self._tx() as conn:
@@ -57,8 +55,6 @@ class FleetMixin:
 
     def queue_rows(self, issue_id: str, rows: Sequence[tuple[int, str]], now: datetime) -> None:
         """(subscriber id, message id) queued and unclaimed: the first worker whose hint covers them claims them."""
-        from .sendlog import _insert_ignore
-
         if rows:
             with self._tx() as conn:
                 conn.execute(_insert_ignore(conn, t.send_log), [
@@ -111,11 +107,6 @@ class FleetMixin:
         with self._tx() as conn:
             return conn.execute(delete(sl).where(sl.c.issue_id == issue_id, sl.c.status == "queued", sl.c.claimed_by.is_(None),
                                                  ~_still_active())).rowcount or 0
-
-    def send_counts_of(self, issue_id: str) -> dict[str, int]:
-        sl = t.send_log
-        with self._tx() as conn:
-            return dict(conn.execute(select(sl.c.status, func.count()).where(sl.c.issue_id == issue_id).group_by(sl.c.status)).all())
 
     # -- the worker's side ------------------------------------------------------------------------
 
@@ -175,8 +166,6 @@ class FleetMixin:
             pg = conn.dialect.name == "postgresql"
             clock = "extract(epoch from clock_timestamp())" if pg else "(julianday('now') - 2440587.5) * 86400.0"
             now = float(conn.execute(text(f"SELECT {clock}")).scalar_one())
-            from .sendlog import _insert_ignore
-
             conn.execute(_insert_ignore(conn, b), [{"name": name, "tat": 0.0}])
             q = select(b.c.tat).where(b.c.name == name)
             tat = float(conn.execute(q.with_for_update() if pg else q).scalar_one())
