@@ -251,3 +251,25 @@ def test_redis_works_as_the_broker_too(project: Path, postgres_url: str) -> None
             sent = publisher(project, "digest", "send", "--no-progress", env=env, timeout=120)
     assert sent.returncode == 0, sent.stdout + sent.stderr + worker_log(project)[-2000:]
     assert sorted(handler.delivered) == sorted(emails) and set(handler.delivered.values()) == {1}
+
+
+def test_pending_rows_are_hinted_in_ranges_of_at_most_task_size_and_the_gone_are_left_out(store) -> None:  # type: ignore[no-untyped-def]
+    """The coordinator's hints: consecutive pending rows, ``size`` at a time; a subscriber who left is not waited for."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import text
+
+    now = datetime.now(timezone.utc)
+    with store.engine.begin() as conn:
+        for i in range(1, 12):
+            conn.execute(text("INSERT INTO subscribers (email, status, created_at, updated_at) VALUES (:e, 'active', :n, :n)"),
+                         {"e": f"a{i}@example.com", "n": now})
+    store.start_issue("I", now, now, note="", publications=0)
+    store.queue_rows("I", [(i, f"<m{i}@example.com>") for i in (1, 2, 3, 5, 7, 8, 9, 10, 11)], now)
+    assert store.pending_ranges("I", None, 4) == [(1, 5), (7, 10), (11, 11)]
+    assert store.pending_ranges("I", None, 4, handed_back_only=True) == []  # all wait behind their hints
+    assert store.pending_count("I") == 9
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE subscribers SET status = 'unsubscribed' WHERE id = 11"))
+    assert store.pending_count("I") == 8 and store.pending_ranges("I", None, 4) == [(1, 5), (7, 10)]
+    assert store.drop_unclaimable("I") == 1
