@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg  # noqa: E402
-from send import PUBLISHER, free_port, project, start_sink  # noqa: E402
+from send import PUBLISHER, SOURCE, free_port, project, start_sink  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 BROKER = os.environ.get("PUBLISHER_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -99,7 +99,7 @@ def group_cpu(name: str) -> float:
     return total
 
 
-CPU: dict[str, float] = {}  # the last run's CPU seconds by part, for the table
+CPU: dict[str, float] = {}  # the last run's CPU seconds by part (and its message size), for the table
 
 
 def start(setup: Setup, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -135,6 +135,8 @@ def throughput(tmp: Path, port: int, n: int, workers: int) -> tuple[float, int, 
         procs = [start(setup, "worker", "--name", f"w{i}") for i in range(workers)]
         if workers:
             wait_workers(setup, workers)
+        size = len(subprocess.run([PUBLISHER, "digest", "preview", "--eml"], cwd=setup.root, env=setup.env,
+                                  capture_output=True, check=True).stdout)  # the issue about to go out, for smtp-source
         before = {"postgres": group_cpu("postgres"), "rabbitmq": group_cpu("beam.smp"), "smtp-sink": group_cpu("smtp-sink"),
                   "workers": sum(cpu_seconds(p.pid) for p in procs)}
         t0 = time.perf_counter()
@@ -150,6 +152,7 @@ def throughput(tmp: Path, port: int, n: int, workers: int) -> tuple[float, int, 
                  "workers": sum(cpu_seconds(p.pid) for p in procs)}
         CPU.clear()
         CPU.update({k: after[k] - before[k] for k in after} | {"coordinator": coordinator_cpu, "wall": took})
+        CPU["message_bytes"] = size
         stop(procs)
         rows, sent = setup.sent()
         if coordinator.returncode != 0 or sent != n:
@@ -198,6 +201,14 @@ def report_throughput(tmp: Path, port: int, n: int) -> None:
         print(f"{name:34} {took:8.1f} {n / took:8.0f} {base / took:10.2f} {one / took:11.2f} {c_rss / 1024:9.0f} "
               f"{'/'.join(f'{r / 1024:.0f}' for r in w_rss) or '-':>10}")
     print(f"two workers / one worker: {one / rows[2][1]:.2f} (target >= 1.5)")
+    # The sink's own ceiling: Postfix's C load generator with as many sessions as one worker (2) and two workers (4) open.
+    size = CPU["message_bytes"]
+    for sessions in (2, 4):
+        t0 = time.perf_counter()
+        subprocess.run([SOURCE, "-s", str(sessions), "-m", str(n), "-l", str(int(size)), "-f", "digest@example.org", "-t", "reader@example.com",
+                        f"127.0.0.1:{port}"], check=True, capture_output=True)
+        print(f"smtp-source, {sessions} sessions, {n:,} messages of {size:,.0f} bytes: {n / (time.perf_counter() - t0):.0f} msg/s "
+              "(the sink's ceiling on this machine)")
     print("CPU seconds per part over each send (what bounds it: cores busy = total / wall; this machine has "
           f"{os.cpu_count()}):")
     parts = ("coordinator", "workers", "postgres", "rabbitmq", "smtp-sink")
