@@ -269,3 +269,63 @@ def test_pending_rows_are_hinted_in_ranges_of_at_most_task_size_and_the_gone_are
         conn.execute(text("UPDATE subscribers SET status = 'unsubscribed' WHERE id = 11"))
     assert store.pending_count("I") == 8 and store.pending_ranges("I", None, 4) == [(1, 5), (7, 10)]
     assert store.drop_unclaimable("I") == 1
+
+
+# -- a worker dying on another machine ---------------------------------------------------------------------------
+
+def _other_machine() -> str | None:
+    """Why a second "machine" cannot be made here (a UTS namespace of its own: another host name), or None."""
+    try:
+        proc = subprocess.run(["unshare", "--uts", "sh", "-c", "hostname machine-b && hostname"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run unshare: {exc}"
+    if proc.returncode != 0 or proc.stdout.strip() != "machine-b":
+        return f"cannot give a process a host name of its own (unshare --uts needs root): {proc.stderr.strip()}"
+    return None
+
+
+def start_on(machine: Path, name: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`publisher worker` on another machine: its own host name (so its runs are that host's) and its own folder (so
+    its journals are on its own disk, out of the coordinator's reach), the same database and broker."""
+    from .test_delivery_faults import PUBLISHER
+
+    with (machine / "worker.log").open("a", encoding="utf-8") as log:
+        return subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname machine-b && exec "$@"', "sh", *PUBLISHER, "worker", "--name", name],
+                                cwd=machine, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_worker_killed_on_another_machine_has_its_journal_replayed_there_before_its_rows_go_to_others(
+        project: Path, fleet_env: dict[str, str], tmp_path: Path) -> None:
+    """The coordinator cannot read another machine's journal: what that worker sent and had not recorded yet would be
+    sent again if its rows were handed back at once. They wait for that machine's own worker to replay it."""
+    missing = _other_machine()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    import shutil
+
+    handler = FaultyRelay()
+    with relay(handler) as port:
+        smtp_project(project, port)
+        emails = subscribe(project, 20_000, fleet_env)
+        machine = tmp_path / "machine-b"
+        shutil.copytree(project, machine, ignore=shutil.ignore_patterns("*.log", "outbox", "journal*", "site", "public"))
+        doomed, sibling = start_on(machine, "b1", fleet_env), start_on(machine, "b2", fleet_env)
+        try:
+            assert wait_for(lambda: "workers: 2 alive" in publisher(project, "status", env=fleet_env).stdout, 60), \
+                (machine / "worker.log").read_text(encoding="utf-8")[-3000:]
+            coordinator = start(project, "digest", "send", "--no-progress", env=fleet_env)
+            assert wait_for(lambda: len(handler.delivered) > 5_000, 300, coordinator), output(project, coordinator)
+            kill9(doomed)
+            at_kill = len(handler.delivered)
+            assert coordinator.wait(timeout=600) == 0, output(project, coordinator) + (machine / "worker.log").read_text(encoding="utf-8")[-3000:]
+        finally:
+            for p in (doomed, sibling):
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    p.wait(timeout=30)
+    assert set(handler.delivered) == set(emails), f"{len(set(emails) - set(handler.delivered))} never delivered"
+    dups = duplicates(handler, emails)
+    assert dups <= CONNECTIONS, f"{dups} duplicates; a worker has at most {CONNECTIONS} messages in flight"
+    print(f"killed a worker on machine-b at {at_kill} delivered: {dups} duplicate(s)")

@@ -6,9 +6,11 @@ The holder is a real child process; it is killed with a real SIGKILL. No heartbe
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime, timezone
 
 from publisher.store import Store, tables
@@ -124,3 +126,37 @@ def test_a_dead_runs_journal_is_replayed_once_before_its_rows_are_handed_back(st
         bounces = dict(conn.execute(tables.subscribers.select().with_only_columns(tables.subscribers.c.id, tables.subscribers.c.soft_bounces)).all())
     assert rows[subs[0].id].status == "sent" and rows[subs[1].id].status == "failed" and bounces[subs[1].id] == 1
     assert rows[subs[2].id].status == "deferred" and rows[subs[2].id].next_attempt_at <= datetime.now(timezone.utc)
+
+
+def test_another_machines_dead_run_keeps_its_rows_until_a_worker_there_could_replay_its_journal(store: Store, cfg) -> None:  # type: ignore[no-untyped-def]
+    """Its journal is on that machine's disk: handed back at once, what it sent and had not recorded would go twice.
+    With no worker alive on that machine, its rows are handed back when the default grace runs out, not before."""
+    from publisher.delivery.send import HANDOVER_GRACE, recover
+    from publisher.models import SubscriberStatus
+
+    now = datetime.now(timezone.utc)
+    subs = [store.add_subscriber(f"r{i}@example.com", SubscriberStatus.ACTIVE, (), now)[0] for i in range(3)]
+    store.start_issue("2026-W49", now, now)
+    far, near = f"far-{uuid.uuid4().hex}", f"near-{uuid.uuid4().hex}"  # run ids are unique, as the send engine makes them
+    for run_id, host in ((far, "machine-z:4242"), (near, f"{socket.gethostname()}:4242")):
+        lock = store.hold_run(run_id)
+        store.register_run(run_id, "2026-W49", now, host)
+        lock.release()  # both processes died
+    store.claim_batch("2026-W49", far, [(s.id, f"<{s.id}@x>") for s in subs[:2]], now, now)
+    store.claim_batch("2026-W49", near, [(subs[2].id, f"<{subs[2].id}@x>")], now, now)
+
+    def held_by() -> dict[int, str | None]:
+        with store.engine.connect() as conn:
+            return {r.subscriber_id: (r.status, r.claimed_by) for r in conn.execute(tables.send_log.select())}
+
+    began = time.monotonic()
+    recover(cfg, store, datetime.now(timezone.utc))
+    assert held_by()[subs[2].id][0] == "deferred"  # this machine's: its journal was just replayed, its rows go back at once
+    while time.monotonic() - began < HANDOVER_GRACE - 1:
+        assert all(held_by()[s.id] == ("queued", far) for s in subs[:2]), "another machine's rows went back before its grace"
+        recover(cfg, store, datetime.now(timezone.utc))
+        time.sleep(1)
+    while time.monotonic() - began < HANDOVER_GRACE + 3 and held_by()[subs[0].id][0] == "queued":
+        recover(cfg, store, datetime.now(timezone.utc))
+        time.sleep(0.5)
+    assert all(held_by()[s.id][0] == "deferred" for s in subs[:2]), "another machine's rows were never handed back"

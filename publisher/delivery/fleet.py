@@ -8,8 +8,10 @@
   does. A hint delivered twice, late or never harms nothing: the second finds nothing to claim, and the
   coordinator hints again what nobody took.
 - Liveness is the same as a send run's: each task's run holds a PostgreSQL session lock that dies with its
-  process. The coordinator looks every second: a dead worker's run is recovered (its journal replayed when it is
-  on this machine, its rows handed back), and the rows are hinted again for another worker at once.
+  process. Every process looks every second: a dead run of its own machine is recovered (its journal, on that
+  machine's disk, replayed; its rows handed back) and the coordinator hints the rows again for another worker. A
+  dead run of another machine waits for a worker there to replay its journal (send.HANDOVER_GRACE): handed back
+  unread, what it had sent and not recorded would go twice.
 - Celery redelivers a task whose worker died (``acks_late``), and a broker may deliver one twice: tasks are short
   (one range) and the send log decides, so that is harmless by design.
 """
@@ -304,11 +306,22 @@ class Worker:
             return sum(n for _, n in self.recent) / span
 
     def _beat(self) -> None:
-        while not self.stop.wait(5.0):
+        """Every second, the runs of this machine that died (a sibling worker killed): their journals replayed,
+        since only a process on this machine can read them; every five, the heartbeat `status` shows."""
+        from .send import recover
+
+        beats = 0
+        while not self.stop.wait(LOOK_EVERY):
             try:
-                self.store.worker_beat(self.id, _now(), self.sent, self.rate())
-            except Exception:  # noqa: BLE001 - a missed beat only makes `status` older
-                log.warning("worker heartbeat failed", exc_info=True)
+                recover(self.cfg, self.store, _now())
+            except Exception:  # noqa: BLE001 - tried again in a second; the coordinator's grace runs out otherwise
+                log.warning("recovering a dead send run failed", exc_info=True)
+            beats += 1
+            if beats % 5 == 0:
+                try:
+                    self.store.worker_beat(self.id, _now(), self.sent, self.rate())
+                except Exception:  # noqa: BLE001 - a missed beat only makes `status` older
+                    log.warning("worker heartbeat failed", exc_info=True)
 
     def run_hint(self, hint: Any) -> str:
         """One task: send what is still claimable in the hinted range. Returns a word for the log."""

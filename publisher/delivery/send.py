@@ -162,8 +162,48 @@ def recover(cfg: Config, store: Store, now: datetime) -> int:
     settings = settings_of(cfg)
     replayed = replay_journals(store, settings.journal_dir, now, reconcile=_reconciler(cfg), retry_in=settings.retry_in,
                                soft_bounce_limit=settings.soft_bounce_limit)
-    store.retire_runs(dead, now)  # what they held and nobody knows the outcome of: deferred, due at once
+    store.retire_runs(_ready_to_retire(store, dead), now)  # what they held and nobody knows the outcome of: deferred, due at once
     return replayed
+
+
+# A dead run of another machine keeps its rows a while: its journal (what it sent and had not recorded yet) is on that
+# machine's disk, and a worker there replays it (a sibling within a second, a restarted one as it starts). Handed
+# back at once, those messages would be sent twice. Only when no worker there does so in time are they sent again.
+HANDOVER_GRACE = 20.0  # seconds, when no worker is alive on that machine (systemd restarts one in 5: deploy/)
+HANDOVER_MAX = 120.0  # seconds, when one is alive there but has not replayed it (stuck, or its journal_dir differs)
+_dead_since: dict[str, float] = {}
+
+
+def _ready_to_retire(store: Store, dead: list[str]) -> list[str]:
+    """The dead runs that can be retired now: this machine's (their journals were just replayed), and another
+    machine's once a worker there has had its chance to replay theirs (see HANDOVER_GRACE)."""
+    import socket
+    import time
+
+    for gone in set(_dead_since) - set(dead):
+        del _dead_since[gone]
+    if not dead:
+        return []
+    here, clock = socket.gethostname(), time.monotonic()
+    holders = store.run_holders(dead)
+    ready, waiting = [], []
+    for run_id in dead:
+        host = holders.get(run_id, "").rpartition(":")[0]
+        (ready if not host or host == here else waiting).append(run_id)
+    if waiting:
+        hosts_alive = {h.rpartition(":")[0] for _, h, *_ in store.live_workers(datetime.now(timezone.utc))}
+        for run_id in waiting:
+            host = holders[run_id].rpartition(":")[0]
+            if run_id not in _dead_since:
+                _dead_since[run_id] = clock
+                log.info("a send run on %s (%s) died; its rows wait up to %.0f s for a worker on %s to replay its journal",
+                         host, run_id, HANDOVER_MAX if host in hosts_alive else HANDOVER_GRACE, host)
+            waited = clock - _dead_since[run_id]
+            if waited >= (HANDOVER_MAX if host in hosts_alive else HANDOVER_GRACE):
+                log.warning("the journal of a dead send run on %s (%s) was not replayed within %.0f s; its unrecorded "
+                            "messages are sent again (at most its in-flight batches)", host, run_id, waited)
+                ready.append(run_id)
+    return ready
 
 
 def _reconciler(cfg: Config) -> Callable[[str, list[Recipient]], list[Result]] | None:

@@ -52,6 +52,14 @@ class SendLogMixin:
             open_runs = list(conn.execute(select(runs.c.id).where(runs.c.finished_at.is_(None), runs.c.holder.is_not(None))).scalars())
         return [run_id for run_id in open_runs if not self.run_alive(run_id)]
 
+    def run_holders(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """run id -> "host:pid" of the process that ran it."""
+        if not run_ids:
+            return {}
+        runs = t.send_runs
+        with self._tx() as conn:
+            return {r.id: r.holder or "" for r in conn.execute(select(runs.c.id, runs.c.holder).where(runs.c.id.in_(list(run_ids))))}
+
     def retire_runs(self, run_ids: Sequence[str], now: datetime) -> None:
         """Mark these runs finished and hand what they still held back: their queued rows become deferred and due
         at once (retried by whoever sends next, on an issue being walked or on one that has gone out alike)."""
