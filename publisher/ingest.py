@@ -2,6 +2,9 @@
 
 One broken source or item is reported and skipped; the rest goes on. Slugs are checked here once more,
 whatever the source: a slug becomes a file name under public/, so a bad one never reaches the store.
+
+What went wrong is in the report, and only there: whoever ran the ingest says it once (the CLI on stderr, the
+service in its log). Logging it here as well printed every error twice.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class IngestReport:
     new: list[str] = field(default_factory=list)
+    # The new publications as people know them: (title, the file or source it came from), newest first (an undated one
+    # counts as published now), so that the head of a long list is what just came out.
+    new_titles: list[tuple[str, str]] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: int = 0
     topics_changed: list[str] = field(default_factory=list)
@@ -112,17 +118,21 @@ def _load_state(store: Store, name: str) -> dict:
 def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
     report = IngestReport()
     seen_ids: dict[str, str] = {}
+    new: list[tuple[datetime, str, str]] = []  # (published, title, where) of each new publication
+    # The topics a publication may name besides its own folder's: the store's (any source's, earlier ingests'), the
+    # remote sources' configured ones, and those this ingest stores. Read once per ingest, not per file.
+    known_topics = {t.slug for t in store.topics()} | {t for s in sources if not isinstance(s, FilesSource) for t in getattr(s, "topics", ())}
     for source in sources:
         if isinstance(source, FilesSource):
             source.known = store.content_files(source.name)
+            source.known_topics = known_topics
         try:
             result = source.fetch()
         except SourceError as exc:  # the whole source failed: report it, go on with the others
             report.errors.append(exc)
-            log.error("%s", exc)
             continue
         except Exception as exc:  # a bug in a source must not stop the others either
-            log.exception("source %r failed", source.name)
+            log.info("source %r failed; the traceback, for a bug report:", source.name, exc_info=True)
             report.errors.append(SourceError(source.name, "(whole source)", f"unexpected {type(exc).__name__}: {exc}"))
             continue
         report.errors.extend(result.errors)
@@ -131,10 +141,8 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
             report.sources_ok.add(source.name)
         if getattr(result, "not_modified", False):
             report.not_modified.append(source.name)
-        for err in result.errors:
-            log.error("skipped: %s", err)
-        for warning in result.warnings:
-            log.warning("%s", warning)
+        for warning in result.warnings:  # for the service's log (its ingest job logs the errors); the CLI prints them
+            log.info("warning: %s", warning)
         kept: list[FileState] = []  # files whose items the store took (or still holds): recorded for the next ingest
         # Unchanged files first: what the store already holds from a file keeps its id against a new file giving it too.
         for state in result.unchanged:
@@ -152,6 +160,7 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
                 continue
             if store.upsert_topic(topic):
                 report.topics_changed.append(topic.slug)
+            known_topics.add(topic.slug)
             _keep(kept, result, topic, topic_hash(topic))
         for pub in result.publications:
             bad_topic = next((t for t in pub.topics if not is_slug(t)), None)
@@ -159,14 +168,14 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
                 _skip(report, SourceError(source.name, pub.id, f"topic {slug_problem(bad_topic)}"))
                 continue
             if pub.id in seen_ids:
-                err = SourceError(source.name, pub.id, f"duplicate id, also given by {seen_ids[pub.id]}; the first one is kept")
-                report.errors.append(err)
-                log.error("skipped: %s", err)
+                _skip(report, SourceError(source.name, pub.id, f"duplicate id, also given by {seen_ids[pub.id]}; the first one is kept"))
                 continue
             seen_ids[pub.id] = f"source {source.name!r}"
             outcome = store.upsert_publication(pub, now)
             if outcome == "new":
                 report.new.append(pub.id)
+                state = result.file_states.get(id(pub))
+                new.append((pub.published_at or now, pub.title, state.path if state is not None else f"source {source.name!r}"))
             elif outcome == "updated":
                 report.updated.append(pub.id)
             else:
@@ -174,6 +183,8 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
             _keep(kept, result, pub, content_hash(pub))
         if isinstance(source, FilesSource):
             _record_files(store, source, result, kept, report)
+    new.sort(key=lambda n: n[0], reverse=True)  # stable: the same instant keeps the order of ingest
+    report.new_titles = [(title, where) for _, title, where in new]
     return report
 
 
@@ -199,4 +210,3 @@ def _record_files(store: Store, source: FilesSource, result: SourceResult, kept:
 
 def _skip(report: IngestReport, err: SourceError) -> None:
     report.errors.append(err)
-    log.error("skipped: %s", err)

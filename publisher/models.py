@@ -6,7 +6,9 @@ is a bug, so constructors check.
 
 from __future__ import annotations
 
+import difflib
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +31,21 @@ class Topic:
     slug: str
     name: str
     description: str = ""
+
+
+def suggest_topic(slug: str, known: Iterable[str], *, topics_dir: str = "content/topics/") -> str:
+    """The fix to write after "unknown topic 'x';": `` did you mean 'y'?`` with the closest known slug; else the known
+    slugs (the first 10) and how to add one; else how to add the first. ``topics_dir`` is where topic files go, as the
+    reader knows it."""
+    slugs = sorted(set(known))
+    close = difflib.get_close_matches(slug, slugs, n=1)
+    if close:
+        return f" did you mean {close[0]!r}?"
+    add = f"create {topics_dir}{slug}.md (with a name) to add it"
+    if not slugs:
+        return f" there are no topics yet; {add}"
+    shown = ", ".join(slugs[:10]) + (f" and {len(slugs) - 10} more" if len(slugs) > 10 else "")
+    return f" known topics: {shown}; or {add}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,8 @@ def test_force_digest_needs_once(cli) -> None:
 def test_ingest_prints_what_is_new(cli) -> None:
     result = cli("ingest")
     assert result.exit_code == 0
-    assert "22 new" in result.output and "new: publications/2024-02-26-yes-to-striking-iranian-backed-militants" in result.output
+    assert "22 new" in result.output
+    assert '''new: "Japan's Alliance with the U.S. Has Just Gone Global" (publications/2024-04-16-japans-alliance-with-the-us-has-gone-global.md)''' in result.output
     assert "0 new, 0 updated, 22 unchanged" in cli("ingest").output
 
 

@@ -39,7 +39,7 @@ def test_a_remote_feed_is_ingested_then_polled_conditionally_and_reported_health
     with recording_server(feed_server) as (base, requests):
         runner = with_partner(f"{base}/feed.atom", allow_private=True)
         first = runner.invoke(main, ["ingest"], catch_exceptions=False)
-        assert "23 new" in first.output and "new: partner:urn:partner:1" in first.output
+        assert "23 new" in first.output and 'new: "Partner brief on alliances" (source \'partner\')' in first.output
         second = runner.invoke(main, ["ingest"], catch_exceptions=False)
         assert "0 new" in second.output
         assert requests[1]["headers"].get("If-None-Match") == '"v1"'  # the stored ETag went back

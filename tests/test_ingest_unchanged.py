@@ -46,7 +46,7 @@ def folder(tmp_path: Path) -> Path:
     content = tmp_path / "content"
     write(content, "topics/defense.md", '+++\nname = "Defense"\n+++\nAbout defense.\n')
     write(content, "publications/a.md", pub_text("Alpha"))
-    write(content, "publications/b.md", pub_text("Beta").replace("date = 2024-03-01\n", ""))  # warned about: no date
+    write(content, "publications/b.md", pub_text("Beta", extra='[image]\nsrc = "https://www.example.org/b.png"\n'))  # warned about: no alt
     write(content, "publications/c.md", pub_text("Gamma"))
     return content
 
@@ -90,7 +90,7 @@ def test_unchanged_files_are_neither_read_nor_parsed_and_report_the_same(folder:
     assert parsed == []
     assert (second.new, second.updated, second.unchanged, second.topics_changed, second.errors) == ([], [], 3, [], [])
     assert (second.files_not_read, second.files_not_parsed) == (4, 0)
-    assert second.warnings == first.warnings and any("b.md: no date" in w for w in second.warnings)  # still said every time
+    assert second.warnings == first.warnings and any("b.md: image has no alt text" in w for w in second.warnings)  # still said every time
     assert "content" in second.sources_ok
 
 

@@ -136,12 +136,12 @@ def test_a_day_only_date_is_midnight_in_the_site_timezone(tmp_path: Path) -> Non
     assert pub.published_at == datetime(2024, 3, 1, tzinfo=ZoneInfo("America/New_York"))
 
 
-def test_a_missing_date_is_a_warning_and_first_seen_stands_in(tmp_path: Path) -> None:
+def test_a_missing_date_is_refused(tmp_path: Path) -> None:  # content/README.md: date is required
     write(tmp_path, "a.md", '+++\ntitle = "Undated"\ncontent_type = "Report"\n+++\n')
     result = FilesSource("content", tmp_path, BASE, "UTC").fetch()
-    [pub] = result.publications
-    assert pub.published_at is None and not result.errors
-    assert any("no date" in w for w in result.warnings)
+    [err] = result.errors
+    assert result.publications == [] and (err.line, err.location) == (1, "a.md:1")
+    assert err.reason.startswith("missing required key 'date'; add date = ")
 
 
 # -- front matter formats --------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_a_bad_file_is_reported_and_its_neighbour_still_read(tmp_path: Path, tex
     assert err.path == str(bad)
     assert err.line == line
     assert reason in err.reason
-    assert str(err).startswith(f"source 'content': {bad}:{line}: " if line else f"source 'content': {bad}: ")
+    assert str(err).startswith(f"source 'content': b-bad.md:{line}: " if line else "source 'content': b-bad.md: ")  # named from the folder
     assert [p.title for p in result.publications] == ["Good"]
 
 

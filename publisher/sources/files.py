@@ -1,15 +1,19 @@
 """The content/ folder: one Markdown file per publication, with TOML (+++) or YAML (---) front matter.
 
 Files under ``topics/`` describe topics (``slug``, ``name``; the body is the description).
-Every other ``*.md`` file is a publication. See content/README.md for the keys.
+Every other ``*.md`` file is a publication. See content/README.md for the keys. A publication must have a date,
+and each of its topics must be known (a file under ``topics/``, or a topic the store already holds): an unknown one
+is most often a typo, and is reported with the closest known slug.
 
 The folder is treated as hostile: a symlink out of it is refused (files and images alike), a file over
 ``[ingest].max_file_size`` is refused before it is read, and every slug is checked, since slugs become
-file names under public/. Each refusal is one skipped item; the rest of the folder goes on.
+file names under public/. Each refusal is one skipped item; the rest of the folder goes on. Errors and warnings
+name a file from the folder (``publications/x.md:4``), as editors know it; ``ContentFileError.path`` is the full path.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -33,7 +37,7 @@ from ..config import IngestConfig
 from ..errors import ContentFileError
 from ..feeds import IMAGE_SUFFIXES
 from ..fsutil import PathRefused, is_slug, read_inside, read_inside_stat, slug_problem, suggest_slug, walk_inside
-from ..models import Image, Publication, Topic
+from ..models import Image, Publication, Topic, suggest_topic
 from . import FileState, SourceResult
 
 _md = MarkdownIt("commonmark", {"html": False, "typographer": False}).enable("table")
@@ -46,7 +50,8 @@ IMAGE_KEYS = {"src", "alt", "caption", "credit"}
 TYPE_MAX = 100  # publications.content_type is VARCHAR(100)
 DEFAULT_MAX_FILE_SIZE = IngestConfig.max_file_size
 # Bump when reading a file gives something else for the same bytes: every file is parsed again once.
-PARSER_VERSION = 1
+# 2: a missing date and an unknown topic are refused; messages name files from the folder.
+PARSER_VERSION = 2
 # A stat is trusted to mean "not changed" only for a file whose mtime and ctime were this much older than the
 # moment it was read: a write in the same clock tick as the read leaves the same stat (git's "racy clean" case);
 # 2 s covers the coarsest timestamps (FAT, some network file systems).
@@ -59,6 +64,21 @@ class FrontMatter:
     body: str
     lines: list[str]  # the front-matter lines, for pointing at a key
     first_line: int  # file line number of the first front-matter line
+    fence: str = "+++"  # "+++" (TOML) or "---" (YAML): how a fix is spelt (date = ... or date: ...)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, whose impossible dates (2024-02-30) are errors with their line like any other: its own
+    raise a bare ValueError, with no position."""
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is not a date ({exc})", node.start_mark) from None
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:timestamp", _YamlLoader.construct_yaml_timestamp)
 
 
 class FilesSource:
@@ -71,6 +91,10 @@ class FilesSource:
         # How each file was last ingested (path -> state), set by ingest from the store: a file whose stat, or else
         # whose bytes, are the same is not parsed again. None: every file is read and parsed.
         self.known: dict[str, FileState] | None = None
+        # The topic slugs known besides this folder's topics/ (the store's, set by ingest once per ingest): a publication
+        # naming a topic that is neither is refused. None: topics are not checked (no store to ask).
+        self.known_topics: set[str] | None = None
+        self._topics_now: set[str] | None = None  # during a fetch: known_topics and the folder's topics
         self._root: Path | None = None
         self._plain_dirs: dict[str, bool] = {}  # folder under ours (relative) -> a real folder, no symlink on the way
 
@@ -83,7 +107,7 @@ class FilesSource:
             result.errors.append(ContentFileError(self.name, self.folder, None, "folder not found; create it or fix [sources.NAME].path"))
             return result
         walk = walk_inside(self.folder, _is_content_file)
-        result.errors.extend(ContentFileError(self.name, r.path, None, r.reason) for r in walk.refused)
+        result.errors.extend(self._shown(ContentFileError(self.name, r.path, None, r.reason)) for r in walk.refused)
         result.warnings.extend(walk.notes)
         known = self.known or {}
         settings = self.settings()
@@ -91,7 +115,11 @@ class FilesSource:
         images: dict[str, tuple[str | None, str]] = {}  # src -> _local_image(src), once per ingest
         seen: set[str] = set()
         prefix = os.path.join(str(self.folder), "")
-        for path in walk.files:
+        # Topics first, so that a publication read before its topic's file (publications/ sorts before topics/) finds it.
+        # A topic file counts by its name even when it is refused: its own error says what to fix, once.
+        ordered, topic_files = _topics_first(walk.files, self.folder)
+        self._topics_now = None if self.known_topics is None else set(self.known_topics) | {p.stem for p in topic_files}
+        for path in ordered:
             name = str(path)  # the key by string slicing: Path.relative_to costs as much as the stat, 20,000 times
             key = name[len(prefix):] if name.startswith(prefix) else path.relative_to(self.folder).as_posix()
             if os.sep != "/":
@@ -107,6 +135,8 @@ class FilesSource:
                         pass  # reading it says why
                     else:
                         if _same_stat(old, st) and not _racy(old) and self._same_image(old, images):
+                            if old.kind == "topic" and self._topics_now is not None:
+                                self._topics_now.add(old.item_id)
                             result.unchanged.append(old)
                             result.warnings.extend(old.warnings)
                             result.not_read += 1
@@ -120,12 +150,16 @@ class FilesSource:
                                   read_ns=read_ns, file_hash=file_hash, settings=settings)
                 if usable and old is not None and old.file_hash == file_hash and old.kind == state.kind and self._same_image(old, images):
                     # Touched, checked out again, or read too soon after a write: the same bytes give the same item.
+                    if old.kind == "topic" and self._topics_now is not None:
+                        self._topics_now.add(old.item_id)
                     result.unchanged.append(_replace(old, state))
                     result.warnings.extend(old.warnings)
                     continue
                 fm = _front_matter(self.name, path, data)
                 if state.kind == "topic":
                     topic = self._topic(path, fm)
+                    if self._topics_now is not None:
+                        self._topics_now.add(topic.slug)
                     result.topics.append(topic)
                     result.file_states[id(topic)] = replace(state, item_id=topic.slug)
                 else:
@@ -135,9 +169,20 @@ class FilesSource:
                     result.file_states[id(pub)] = replace(state, item_id=pub.id, warnings=tuple(warnings),
                                                           image_src=image[0] if image else None, image_rel=image[1] if image else None)
             except ContentFileError as exc:
-                result.errors.append(exc)
+                result.errors.append(self._shown(exc))
+        self._topics_now = None
         result.gone = sorted(set(known) - seen)
         return result
+
+    def _shown(self, exc: ContentFileError) -> ContentFileError:
+        """The error with its file named from the folder (``publications/x.md:4``); its ``path`` stays the full one."""
+        full = exc.path
+        prefix = os.path.join(str(self.folder), "")
+        if not full.startswith(prefix):
+            return exc  # the folder itself (not found), or a path from elsewhere
+        err = ContentFileError(exc.source, full[len(prefix):].replace(os.sep, "/"), exc.line, exc.reason)
+        err.path = full
+        return err
 
     def settings(self) -> str:
         """A fingerprint of everything but the bytes that reading a file depends on: a change parses every file again."""
@@ -176,14 +221,17 @@ class FilesSource:
         title = get("title", str).strip()
         if not title:
             raise _error(self.name, path, fm, "title", "title is empty")
+        shown = rel.as_posix()
         warnings = []
-        date_raw = get("date", (date, datetime, str), None)
-        published = self._datetime(path, fm, "date", date_raw) if date_raw is not None else None
-        if published is None:
-            warnings.append(f"{path}: no date; the time it was first seen stands in (add date = 2024-02-26)")
+        if fm.data.get("date") is None:  # missing, or YAML's "date:" with nothing after it
+            today = datetime.now(self.tz).date().isoformat()
+            line = _line_of(fm, "date") if "date" in fm.data else fm.first_line - 1
+            raise ContentFileError(self.name, path, line, f"missing required key 'date'; add date{' =' if fm.fence == '+++' else ':'} "
+                                                          f"{today} (the day it was published) to the front matter")
+        published = self._datetime(path, fm, "date", get("date", (date, datetime, str)))
         updated_raw = get("updated", (date, datetime, str), None)
         updated = self._datetime(path, fm, "updated", updated_raw) if updated_raw is not None else published
-        if published and updated and updated < published:
+        if updated and updated < published:
             updated = published
         authors = get("authors", (list, str), [])
         authors = [authors] if isinstance(authors, str) else authors
@@ -194,6 +242,12 @@ class FilesSource:
         bad_topic = next((t for t in topics if not is_slug(t)), None)
         if bad_topic is not None:
             raise _error(self.name, path, fm, "topics", f"topic {slug_problem(bad_topic)}; topics are the slugs of the files in topics/")
+        known_topics = self._topics_now
+        if known_topics is not None:
+            unknown_topic = next((t for t in topics if t not in known_topics), None)
+            if unknown_topic is not None:
+                raise _error(self.name, path, fm, "topics", f"unknown topic {unknown_topic!r};"
+                                                            f"{suggest_topic(unknown_topic, known_topics, topics_dir='topics/')}")
         content_type = get("content_type", str).strip()
         if not content_type or len(content_type) > TYPE_MAX:
             raise _error(self.name, path, fm, "content_type", f"content_type must be 1 to {TYPE_MAX} characters, like 'Commentary'")
@@ -202,7 +256,7 @@ class FilesSource:
         url = get("url", str, f"{self.base_url}/publications/{quote(path.stem)}/")  # a file name may hold spaces, quotes...
         if not re.match(r"^https?://", url):
             raise _error(self.name, path, fm, "url", f"url must be absolute (https://...), got {url!r}")
-        image, image_warnings, local = self._image(path, fm)
+        image, image_warnings, local = self._image(path, shown, fm)
         warnings.extend(image_warnings)
         pub = Publication(
             id=pub_id, url=url, title=title, summary=get("summary", str, "").strip(),
@@ -213,7 +267,7 @@ class FilesSource:
         )
         return pub, warnings, local
 
-    def _image(self, path: Path, fm: FrontMatter) -> tuple[Image | None, list[str], tuple[str, str] | None]:
+    def _image(self, path: Path, shown: str, fm: FrontMatter) -> tuple[Image | None, list[str], tuple[str, str] | None]:
         raw = _get(self.name, path, fm, "image", dict, None)
         if raw is None:
             return None, [], None
@@ -231,15 +285,15 @@ class FilesSource:
                 raise _error(self.name, path, fm, "image", problem)
             local = (src, rel or "")
             if rel is None:
-                warnings.append(f"{path}: image {src!r} not found in {self.folder}")
+                warnings.append(f"{shown}: image {src!r} not found in {self.folder}")
                 rel = os.path.normpath(src)
             elif Path(rel).suffix.lower() not in IMAGE_SUFFIXES:
                 kinds = ", ".join(sorted(IMAGE_SUFFIXES))
-                warnings.append(f"{path}: image {src!r} is not published: only {kinds} files are copied to media/")
+                warnings.append(f"{shown}: image {src!r} is not published: only {kinds} files are copied to media/")
             url = f"{self.base_url}/media/{Path(rel).as_posix()}"
         alt = raw.get("alt", "").strip()
         if not alt:
-            warnings.append(f"{path}: image has no alt text; the caption or title stands in")
+            warnings.append(f"{shown}: image has no alt text; the caption or title stands in")
         return Image(url=url, alt=alt, caption=raw.get("caption", "").strip(), credit=raw.get("credit", "").strip()), warnings, local
 
     def _plain_image(self, src: str) -> tuple[str, str] | None:
@@ -295,6 +349,17 @@ class FilesSource:
         if not isinstance(value, datetime):
             value = datetime.combine(value, time(0, 0))
         return value.replace(tzinfo=self.tz) if value.tzinfo is None else value
+
+
+def _topics_first(files: list[Path], folder: Path) -> tuple[list[Path], list[Path]]:
+    """(``files`` with those under ``folder/topics/`` first, those), from the sorted list a walk gives: the topic files
+    are one run in it, found by bisection (no pass over 20,000 paths). Always a reordering of ``files``, sorted or not."""
+    lo = bisect.bisect_left(files, folder / "topics")
+    hi = bisect.bisect_left(files, folder / "topics\x00", lo)  # the first name after "topics" and every path under it
+    topic_files = [p for p in files[lo:hi] if p.parent.parts[:len(folder.parts) + 1] == (*folder.parts, "topics")]
+    if not topic_files:
+        return files, []
+    return files[lo:hi] + files[:lo] + files[hi:], topic_files
 
 
 def _plain_dir(folder: Path, rel: str) -> bool:
@@ -371,29 +436,49 @@ def _front_matter(source: str, path: Path, data: bytes) -> FrontMatter:
         raise ContentFileError(source, path, 1, f"front matter opened with {fence!r} is never closed; add a line {fence!r} after it") from None
     head = lines[1:end]
     body = "\n".join(lines[end + 1:])
+    first = 2  # the file's line number of head[0]: the front matter starts after the opening fence
     try:
         if fence == "+++":
             data: Any = tomllib.loads("\n".join(head) + "\n")
         else:
-            data = yaml.safe_load("\n".join(head)) or {}
+            data = yaml.load("\n".join(head), Loader=_YamlLoader) or {}  # a SafeLoader: no Python objects
     except tomllib.TOMLDecodeError as exc:
         m = _TOML_POS.search(str(exc))
-        line = int(m.group(1)) + 1 if m else end + 1  # "at end of document": point at the closing fence
+        line = int(m.group(1)) + first - 1 if m else end + 1  # "at end of document": point at the closing fence
         reason = _TOML_POS.sub(f"(column {m.group(2)})", str(exc)) if m else str(exc)
         raise ContentFileError(source, path, line, f"invalid TOML front matter: {reason}") from None
-    except ValueError as exc:  # PyYAML builds dates itself: 2024-02-30 raises ValueError, not YAMLError
-        raise ContentFileError(source, path, None, f"invalid YAML front matter: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 2 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ContentFileError(source, path, line, f"invalid YAML front matter: {problem}") from None
+        line, reason = _yaml_problem(exc, "\n".join(head), first)
+        raise ContentFileError(source, path, line, f"invalid YAML front matter: {reason}") from None
+    except ValueError as exc:  # another value PyYAML builds itself and refuses with no position
+        raise ContentFileError(source, path, first - 1, f"invalid YAML front matter: {exc}") from None
     if not isinstance(data, dict):
         raise ContentFileError(source, path, 2, "front matter must be a table of key = value pairs")
     odd = [k for k in data if not isinstance(k, str)]
     if odd:
         raise ContentFileError(source, path, 2, f"front matter key {odd[0]!r} is not a name; keys are words like title or date")
-    return FrontMatter(data=data, body=body, lines=head, first_line=2)
+    return FrontMatter(data=data, body=body, lines=head, first_line=first, fence=fence)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str, first: int) -> tuple[int, str]:
+    """(the file's line, what PyYAML says) for a YAML error in ``text``, whose first line is the file's line ``first``.
+
+    PyYAML counts lines from 0 in the text it was given (``problem_mark.line``); its "context" says where the thing
+    it was reading began (the quote never closed, the list never ended), which is often the line to fix."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow: a position, no mark
+        line = text.count("\n", 0, exc.position) + first
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        return line, f"unacceptable character {char}: {exc.reason}; remove it"
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return first - 1, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    line = exc.problem_mark.line + first
+    reason = exc.problem or str(exc).splitlines()[0]
+    context = exc.context_mark.line + first if exc.context and exc.context_mark is not None else line
+    if context != line and exc.problem_mark.index >= len(text):  # the end came first: the line to fix is where it began
+        return context, f"{exc.context} from this line, {reason}"
+    if context != line:
+        reason += f" ({exc.context} that starts on line {context})"
+    return line, reason
 
 
 def _line_of(fm: FrontMatter, key: str) -> int:
