@@ -54,7 +54,7 @@ class Secret:
 @dataclass(frozen=True)
 class SiteConfig:
     name: str = "Publisher Sample Institute"
-    base_url: str = "https://www.example.org"
+    base_url: str = "http://127.0.0.1:8000"
     language: str = "en"
     timezone: str = "UTC"
     postal_address: str = "1 Example Square, Springfield, EX 00000, USA"
@@ -401,7 +401,8 @@ def _secret_key(cfg: Config, env: Mapping[str, str]) -> Secret:
                               f"long but guessable. Make a random one with: {MAKE_KEY}")
         return Secret(value)
     key_file = cfg.path("var/secret_key")
-    if not key_file.is_file():
+    created = not key_file.is_file()
+    if created:
         _create_key_file(key_file)
     try:
         value = key_file.read_text(encoding="ascii").strip()
@@ -411,12 +412,15 @@ def _secret_key(cfg: Config, env: Mapping[str, str]) -> Secret:
     if _key_bytes(value) < MIN_KEY_BYTES:
         raise ConfigError(f"the development signing key in {key_file} is empty or shorter than {MIN_KEY_BYTES} bytes; "
                           "delete the file to have a new one made, or set PUBLISHER_SECRET_KEY.")
-    warnings.warn(
-        f"PUBLISHER_SECRET_KEY is not set; using the development key in {key_file}. "
-        "Set PUBLISHER_SECRET_KEY in production so links survive a new server.",
-        DevelopmentKeyWarning,
-        stacklevel=3,
-    )
+    # Said when the key is made, and whenever mail leaves the machine with it (then its links are in people's
+    # inboxes, and a new server would break them); not by every local command (`publisher status` shows it).
+    if created or cfg.delivery.backend != "outbox":
+        warnings.warn(
+            f"PUBLISHER_SECRET_KEY is not set; using the development key in {key_file}"
+            f"{' (made now)' if created else ''}. Set PUBLISHER_SECRET_KEY in production so links survive a new server.",
+            DevelopmentKeyWarning,
+            stacklevel=3,
+        )
     return Secret(value)
 
 

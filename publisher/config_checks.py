@@ -19,6 +19,35 @@ _CHOICES = {
 }
 
 
+def is_local(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.") or host.endswith(".localhost")
+
+
+def _check_local_links(cfg: Config) -> None:
+    """The default base_url is the local `publisher serve` (so images and links work on a laptop). Mail that leaves
+    the machine with it would send every reader to their own computer: refused, with the fix."""
+    if not is_local(cfg.site.base_url):
+        return
+    d = cfg.delivery
+    if d.backend == "outbox":
+        return
+    if d.backend == "smtp":
+        if is_local(f"smtp://{d.smtp.host}"):
+            return  # a relay on this machine (Mailpit, a test server): the links are read here too
+        where = f"the SMTP relay {d.smtp.host}"
+    else:
+        if d.api.base_url and is_local(d.api.base_url):
+            return
+        where = d.backend
+    raise ConfigError(f"{cfg.site.base_url!r} is this machine's own address (the embedded default, for `publisher serve`), "
+                      f"but mail now goes out through {where}: every image, feed and unsubscribe link in it would point at "
+                      "each reader's own computer. Set base_url to your site's public address, e.g. 'https://www.example.org'.",
+                      file=cfg.file, key="site.base_url")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first thing wrong in ``cfg``."""
     f = cfg.file
@@ -34,6 +63,7 @@ def validate(cfg: Config) -> None:
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"expected one of {', '.join(allowed)}, got {value!r}.", file=f, key=key)
+    _check_local_links(cfg)
     for name, src in cfg.sources.items():
         if src.kind not in ("files", "feed", "page"):
             raise ConfigError(f"unknown source kind {src.kind!r}; choose files (a folder of Markdown), feed (RSS, Atom, JSON Feed) "

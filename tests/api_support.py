@@ -91,7 +91,7 @@ def prepared(**changes: Any) -> Prepared:
         "reply_to": "editors@example.org",
         "html": HTML,
         "text": TEXT,
-        "list_id": "Publisher Sample Institute <digest.www.example.org>",
+        "list_id": "Publisher Sample Institute <digest.example.org>",
         "slots": SLOTS,
     }
     fields.update(changes)
@@ -99,7 +99,7 @@ def prepared(**changes: Any) -> Prepared:
 
 
 def recipient(i: int, email: str | None = None) -> Recipient:
-    return _recipient(i, email or f"reader{i}@example.com", site="https://www.example.org", idempotency_key=f"2026-W48:{i}")
+    return _recipient(i, email or f"reader{i}@example.com", site="http://127.0.0.1:8000", idempotency_key=f"2026-W48:{i}")
 
 
 # -- the server's answers and the results ---------------------------------------------------------------

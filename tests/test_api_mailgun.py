@@ -108,7 +108,7 @@ def test_one_request_with_recipient_variables_gives_each_recipient_their_own_iss
     # HTML-escaped values for the HTML part only.
     third = variables["a&b@example.org"]
     assert third[var("email_html")] == "a&amp;b@example.org" and third[var("email")] == "a&b@example.org"
-    assert third[var("unsubscribe_url_html")] == "https://www.example.org/unsubscribe?s=3&amp;t=tok3"
+    assert third[var("unsubscribe_url_html")] == "http://127.0.0.1:8000/unsubscribe?s=3&amp;t=tok3"
 
 
 def test_no_reply_to_and_a_name_with_specials(adapter_for) -> None:

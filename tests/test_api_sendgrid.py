@@ -92,7 +92,7 @@ def test_one_request_carries_the_body_once_and_each_recipient_its_own_values(ada
     # HTML-escaped values for the HTML part only.
     third = data["personalizations"][2]["substitutions"]
     assert third[HTML_TAGS["email"]] == "a&amp;b@example.org" and third[TEXT_TAGS["email"]] == "a&b@example.org"
-    assert third[HTML_TAGS["unsubscribe_url"]] == "https://www.example.org/unsubscribe?s=3&amp;t=tok3"
+    assert third[HTML_TAGS["unsubscribe_url"]] == "http://127.0.0.1:8000/unsubscribe?s=3&amp;t=tok3"
 
 
 def test_no_tag_is_part_of_another() -> None:

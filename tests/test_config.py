@@ -64,7 +64,7 @@ def test_shipped_config_has_the_documented_values(project: Path) -> None:
     cfg = load_config(project / "config.toml")
     assert cfg.file == (project / "config.toml").resolve()
     assert cfg.root == project.resolve()
-    assert cfg.site.base_url == "https://www.example.org"
+    assert cfg.site.base_url == "http://127.0.0.1:8000"
     assert cfg.site.timezone == "UTC"
     assert cfg.store.url == "sqlite:///var/publisher.db"
     assert dict(cfg.sources) == {"content": cfg.sources["content"]}
@@ -259,9 +259,12 @@ def test_development_key_is_generated_once_and_reused(project: Path) -> None:
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert first.secret_key.get() not in repr(first)
 
-    with pytest.warns(DevelopmentKeyWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DevelopmentKeyWarning)  # said once, when made: not by every command after
         second = load_config(project / "config.toml", env={})
     assert second.secret_key.get() == first.secret_key.get()
+    with pytest.warns(DevelopmentKeyWarning):  # ...and whenever mail leaves the machine with it
+        load_config(project / "config.toml", env={"PUBLISHER_DELIVERY__BACKEND": "smtp"})
 
 
 def test_empty_development_key_file_is_never_used_as_the_key(project: Path) -> None:

@@ -60,7 +60,7 @@ def test_an_old_link_does_not_confirm_a_later_sign_up(cfg: Config, store: Store,
     first = sign_up_and_get_link(cfg, store, site, address, "127.3.0.1")
     sub = store.subscriber(address)
     # They leave (the unsubscribe link works for a pending sign-up too), then someone signs the address up again.
-    one_click = requests.post(links_for(cfg, sub)["unsubscribe_url"].replace("https://www.example.org", site),
+    one_click = requests.post(links_for(cfg, sub)["unsubscribe_url"].replace("http://127.0.0.1:8000", site),
                               data="List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
     assert one_click.status_code == 200 and store.subscriber(address).status is SubscriberStatus.UNSUBSCRIBED
     second = sign_up_and_get_link(cfg, store, site, address, "127.3.1.1")

@@ -52,7 +52,7 @@ def test_outbox_gets_one_message_per_active_subscriber_with_matching_items(ready
     assert len({m["Message-ID"] for m in msgs.values()}) == 2
     for msg in msgs.values():
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-        assert msg["List-Id"] == "Publisher Sample Institute <digest.www.example.org>"
+        assert msg["List-Id"] == "Publisher Sample Institute <digest.example.org>"
         assert all(len(line) <= 998 for line in msg.as_bytes().splitlines())
     assert store.send_counts(outcome.issue_id) == {"sent": 2}
     assert outcome.archive is not None and not re.search(r"slot-[0-9a-f]{32}-", outcome.archive.read_text(encoding="utf-8"))

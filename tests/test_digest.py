@@ -18,7 +18,7 @@ from .conftest import NOW
 
 def pub(n: int, content_type: str = "Commentary", **kw: object) -> Publication:
     when = datetime(2024, 3, 1, tzinfo=timezone.utc) + timedelta(days=n)
-    p = Publication(id=f"p{n}", url=f"https://www.example.org/p/{n}", title=f"Title {n}", summary=f"Summary {n}",
+    p = Publication(id=f"p{n}", url=f"http://127.0.0.1:8000/p/{n}", title=f"Title {n}", summary=f"Summary {n}",
                     content_type=content_type, published_at=when, updated_at=when, topics=("t",))
     return replace(p, **kw)  # type: ignore[arg-type]
 

@@ -75,13 +75,13 @@ def write_md(project: Path, slug: str, title: str, topics: tuple[str, ...] = ("o
     (project / "content" / "publications" / f"{slug}.md").write_text(
         f"+++\ntitle = {json.dumps(title)}\ndate = 2024-05-01T13:00:00Z\ncontent_type = \"Commentary\"\n"
         f"topics = {json.dumps(list(topics))}\nauthors = [\"Avery Lund\"]\nsummary = \"A short summary of {slug}.\"\n"
-        f"url = \"https://www.example.org/commentary/2024/05/{slug}.html\"\n{extra}+++\n\nThe body of {slug}.\n",
+        f"url = \"http://127.0.0.1:8000/commentary/2024/05/{slug}.html\"\n{extra}+++\n\nThe body of {slug}.\n",
         encoding="utf-8")
 
 
 def make_pub(n: int, **kw: object) -> Publication:
     when = NOW - timedelta(days=30, minutes=n)
-    p = Publication(id=f"acc-{n}", url=f"https://www.example.org/acc/{n}.html", title=f"Acceptance item {n}",
+    p = Publication(id=f"acc-{n}", url=f"http://127.0.0.1:8000/acc/{n}.html", title=f"Acceptance item {n}",
                     summary=f"Summary of item {n}.", content_type="Report", published_at=when, updated_at=when,
                     topics=("security-cooperation",), authors=("Avery Lund",))
     return replace(p, **kw)  # type: ignore[arg-type]
@@ -125,7 +125,7 @@ def test_sample_digest_is_delivered_complete_and_well_formed(cfg: Config, db: St
     assert images
     for img in images:
         assert (img.get("alt") or "").strip(), lxml.html.tostring(img)
-        assert (img.get("src") or "").startswith("https://www.example.org/")
+        assert (img.get("src") or "").startswith("http://127.0.0.1:8000/")
     assert len(html.encode("utf-8")) < 102_000
     assert_lines_fit(raw)
 
@@ -194,7 +194,7 @@ def test_each_variant_is_rendered_once_however_many_subscribers_share_it(cfg: Co
 def test_a_huge_week_is_cut_to_fit_gmail_and_says_how_many_more(cfg: Config, db: Store) -> None:
     summary = ("Allied planners weigh the cost of forward defence against the need for reserves at home; " * 5)[:400]
     pubs = [make_pub(n, summary=f"{n}: {summary}", topics=("a",) if n % 2 else ("b",), featured=n < 4,
-                     image=Image(f"https://www.example.org/media/{n}.png", alt=f"Picture {n}")) for n in range(300)]
+                     image=Image(f"http://127.0.0.1:8000/media/{n}.png", alt=f"Picture {n}")) for n in range(300)]
     for p in pubs:
         db.upsert_publication(p, NOW)
     variants = render_variants(cfg, plan_issue(cfg, db, NOW), [("a",), ("b",)])
@@ -206,7 +206,7 @@ def test_a_huge_week_is_cut_to_fit_gmail_and_says_how_many_more(cfg: Config, db:
         assert 0 < held < cfg.digest.max_items < total  # the size cap, not max_items, decided
         assert rendered.issue.more_count == total - held
         assert f"And {total - held} more on the site" in rendered.html
-        assert f"And {total - held} more on the site: https://www.example.org/" in rendered.text
+        assert f"And {total - held} more on the site: http://127.0.0.1:8000/" in rendered.text
 
     add_subscriber(db, "reader@example.com", NOW, confirmed=True)
     send_digest(cfg, db, NOW)
@@ -222,20 +222,20 @@ def test_a_huge_week_is_cut_to_fit_gmail_and_says_how_many_more(cfg: Config, db:
 def test_items_without_image_summary_or_author(cfg: Config, db: Store) -> None:
     pubs = [make_pub(1, featured=True, summary="", authors=()),
             make_pub(2, summary="", authors=(), image=None),
-            make_pub(3, authors=(), image=Image("https://www.example.org/media/3.png")),  # no alt, no caption
-            make_pub(4, featured=True, image=Image("https://www.example.org/media/4.png", caption="A caption"))]
+            make_pub(3, authors=(), image=Image("http://127.0.0.1:8000/media/3.png")),  # no alt, no caption
+            make_pub(4, featured=True, image=Image("http://127.0.0.1:8000/media/4.png", caption="A caption"))]
     raw, html, text = deliver(cfg, db, pubs)
     for n in range(1, 5):
         assert f"Acceptance item {n}" in html and f"Acceptance item {n}" in text
     assert "None" not in html and "None" not in text
     assert "Report, " in text and ", by " not in text.split("FEATURED: Acceptance item 1")[1].split("\n")[1]
     alts = {img.get("src"): img.get("alt") for img in lxml.html.fromstring(html).iter("img")}
-    assert alts == {"https://www.example.org/media/3.png": "Acceptance item 3", "https://www.example.org/media/4.png": "A caption"}
+    assert alts == {"http://127.0.0.1:8000/media/3.png": "Acceptance item 3", "http://127.0.0.1:8000/media/4.png": "A caption"}
     assert_lines_fit(raw)
 
 
 def test_a_blank_image_alt_falls_back_to_the_title(cfg: Config, db: Store) -> None:
-    _, html, _ = deliver(cfg, db, [make_pub(1, image=Image("https://www.example.org/media/1.png", alt="   "))])
+    _, html, _ = deliver(cfg, db, [make_pub(1, image=Image("http://127.0.0.1:8000/media/1.png", alt="   "))])
     (img,) = lxml.html.fromstring(html).iter("img")
     assert img.get("alt") == "Acceptance item 1"
 
@@ -246,7 +246,7 @@ def test_a_2000_character_title_keeps_every_line_within_998_octets(cfg: Config, 
     assert_lines_fit(raw)
     for title in long_titles:
         assert len(title) == 2000 and title in text
-        assert title in linked_titles(html, {"https://www.example.org/acc/0.html", "https://www.example.org/acc/1.html"})
+        assert title in linked_titles(html, {"http://127.0.0.1:8000/acc/0.html", "http://127.0.0.1:8000/acc/1.html"})
 
 
 @pytest.mark.parametrize("field", ["summary", "title"])
@@ -340,4 +340,4 @@ def test_sent_issues_are_archived_with_an_index_and_a_feed(cfg: Config, db: Stor
     feed = feedparser.parse((digests / "feed.atom").read_bytes())
     assert not feed.bozo, feed.get("bozo_exception")
     assert len(feed.entries) == len(db.sent_issues()) == 2
-    assert [e.link for e in feed.entries] == [f"https://www.example.org/digests/{i}.html" for i in reversed(sent)]
+    assert [e.link for e in feed.entries] == [f"http://127.0.0.1:8000/digests/{i}.html" for i in reversed(sent)]

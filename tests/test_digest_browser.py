@@ -22,7 +22,7 @@ from .conftest import NOW
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route
 
-MEDIA_URL = "https://www.example.org/media/"
+MEDIA_URL = "http://127.0.0.1:8000/media/"
 FIRST_FEATURED = "Yes to Striking Iranian-Backed Militants"
 FIRST_OTHER = "Persistent Gray Zone Aggression in the South China Sea Calls for Increased Coordination in Rule of Law"
 
@@ -46,15 +46,15 @@ def digest(cfg: Config) -> tuple[str, Path]:
     # The sample content decides these two; say so plainly if it changes.
     assert issue.featured and issue.featured[0].title == FIRST_FEATURED
     assert issue.groups and issue.groups[0][1][0].title == FIRST_OTHER
-    html, _text = rendered.personalise({"unsubscribe_url": "https://www.example.org/u/1.x",
-                                        "preferences_url": "https://www.example.org/p/1.x",
+    html, _text = rendered.personalise({"unsubscribe_url": "http://127.0.0.1:8000/u/1.x",
+                                        "preferences_url": "http://127.0.0.1:8000/p/1.x",
                                         "email": "reader@example.com"})
     copy_media(cfg)
     return html, cfg.path(cfg.site.public_dir) / "media"
 
 
 def _serve_media(media_dir: Path) -> Callable[[Route], None]:
-    """Answer the HTML's https://www.example.org/media/... from the local copy; abort every other request."""
+    """Answer the HTML's http://127.0.0.1:8000/media/... from the local copy; abort every other request."""
     root = media_dir.resolve()
 
     def handle(route: Route) -> None:

@@ -29,7 +29,7 @@ from .conftest import NOW
 ATOM = "{http://www.w3.org/2005/Atom}"
 CONTENT_ENCODED = "{http://purl.org/rss/1.0/modules/content/}encoded"
 SPEC = FeedSpec("all", "Site", "Everything", "/")
-URL = "https://www.example.org/commentary/2026/piece.html"
+URL = "http://127.0.0.1:8000/commentary/2026/piece.html"
 FORMATS = ("rss", "atom", "json")
 FORBIDDEN = ["\x00", "\x08", "\x0b", "\x0c", "\x1f", "\ufffe", "\ud800"]
 
@@ -141,7 +141,7 @@ def test_forbidden_characters_are_dropped_everywhere(cfg: Config) -> None:
 
     out = render(cfg, pub(
         title=dirty("Title"), summary=dirty("Summary"), authors=(dirty("Ann Lee"),), body_html="",
-        image=Image(url="https://www.example.org/media/p.png", caption=dirty("Caption"), credit=dirty("Credit")),
+        image=Image(url="http://127.0.0.1:8000/media/p.png", caption=dirty("Caption"), credit=dirty("Credit")),
     ))
     text = all_text(out)
     assert not [c for c in FORBIDDEN if c in text]
@@ -226,10 +226,10 @@ def test_relative_urls_become_absolute(cfg: Config) -> None:
     for html in entry_html(out):
         if "<a" not in html:
             continue  # the Atom/RSS summary: plain text here
-        assert 'href="https://www.example.org/x"' in html
-        assert 'src="https://www.example.org/commentary/2026/img.png"' in html
-        assert 'href="https://www.example.org/commentary/up.html"' in html
-        assert not re.search(r'(href|src)="(?!https://)', html)
+        assert 'href="http://127.0.0.1:8000/x"' in html
+        assert 'src="http://127.0.0.1:8000/commentary/2026/img.png"' in html
+        assert 'href="http://127.0.0.1:8000/commentary/up.html"' in html
+        assert not re.search(r'(href|src)="(?!http://127\.0\.0\.1:8000/)', html)
 
 
 
@@ -237,7 +237,7 @@ def test_relative_urls_become_absolute(cfg: Config) -> None:
                                     {"summary": 'See <a href="/x">this</a> now', "body_html": ""}], ids=["body", "summary"])
 def test_text_before_the_first_link_is_kept(cfg: Config, fields: dict[str, str]) -> None:
     html = entry_html(render(cfg, pub(**fields)))
-    assert any('https://www.example.org/x' in h for h in html)
+    assert any('http://127.0.0.1:8000/x' in h for h in html)
     assert all(h.lstrip().startswith(("Intro", "See", "<p>See")) for h in html if "/x" in h), html
 
 

@@ -29,9 +29,9 @@ def mixed(n: int = 240) -> list[Publication]:
     for i in range(n):
         when = None if i % 7 == 0 else datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(hours=rng.randrange(40))
         topics = tuple(sorted({rng.choice(TOPICS[:4]) for _ in range(rng.randrange(3))}))
-        image = Image(f"https://www.example.org/m/{i}.png", "alt", "cap", "") if i % 3 else None
+        image = Image(f"http://127.0.0.1:8000/m/{i}.png", "alt", "cap", "") if i % 3 else None
         pubs.append(Publication(
-            id=f"p-{i:03d}" if i % 5 else f"P-{i}", url=f"https://www.example.org/p/{i}", title=f"Title {i}",
+            id=f"p-{i:03d}" if i % 5 else f"P-{i}", url=f"http://127.0.0.1:8000/p/{i}", title=f"Title {i}",
             summary="Summary", content_type=TYPES[i % len(TYPES)], published_at=when, updated_at=when, topics=topics,
             authors=(f"Author {i % 4}",) if i % 2 else (), image=image, featured=i % 11 == 0, featured_rank=i if i % 11 == 0 else None,
             body_html=f"<p>Body {i}</p>", source="test"))

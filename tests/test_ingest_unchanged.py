@@ -26,7 +26,7 @@ from publisher.store import tables as t
 
 from .conftest import NOW
 
-BASE = "https://www.example.org"
+BASE = "http://127.0.0.1:8000"
 OLD_NS = 1_600_000_000 * 10**9  # 2020-09-13: long before any ingest
 
 

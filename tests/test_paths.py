@@ -24,7 +24,7 @@ from .test_pipeline import publisher_exe
 SECRET = "TOPSECRET-7f3a9c-do-not-publish"
 LIMIT = 5_242_880  # the default [ingest].max_file_size: the tests run on the defaults, never a tuned limit
 GOOD = '+++\ntitle = "Good"\ndate = 2024-03-01\ncontent_type = "Commentary"\n+++\nA good body.\n'
-BASE = "https://www.example.org"
+BASE = "http://127.0.0.1:8000"
 
 
 def publication(title: str, *, topics: str = '["security-cooperation"]', extra: str = "") -> str:

@@ -235,9 +235,9 @@ def test_ingest_itself_refuses_bad_slugs_from_any_source(store: Store) -> None:
         return 200, {"Content-Type": "application/atom+xml"}, ATOM
 
     with recording_server(serve) as (base, _):
-        fetcher = Fetcher("https://www.example.org", allow_private=True)  # the test server lives on 127.0.0.1
+        fetcher = Fetcher("http://127.0.0.1:8000", allow_private=True)  # the test server lives on 127.0.0.1
         try:
-            common = dict(base_url="https://www.example.org", timezone="UTC", fetcher=fetcher)
+            common = dict(base_url="http://127.0.0.1:8000", timezone="UTC", fetcher=fetcher)
             bad = FeedSource("bad", f"{base}/a.atom", state={}, topics=["../../../pwned"], **common)
             good = FeedSource("good", f"{base}/b.atom", state={}, topics=["security-cooperation"], **common)
             report = ingest([bad, good], store, NOW)

@@ -55,7 +55,7 @@ def test_run_once_in_a_fresh_directory(tmp_path: Path) -> None:
     msg = email.message_from_bytes(messages[0].read_bytes(), policy=email.policy.default)
     assert msg.get_content_type() == "multipart/alternative"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert msg["List-Unsubscribe"].startswith("<https://www.example.org/unsubscribe/")
+    assert msg["List-Unsubscribe"].startswith("<http://127.0.0.1:8000/unsubscribe/")
     html = msg.get_body(("html",)).get_content()
     text = msg.get_body(("plain",)).get_content()
     assert html.index("Yes to Striking Iranian-Backed Militants") < html.index("Persistent Gray Zone Aggression")

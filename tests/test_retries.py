@@ -95,7 +95,7 @@ def test_a_deferred_recipient_backs_off_from_a_minute_and_never_holds_back_or_me
         assert r.deferrals == 2 and 100 <= (r.next_attempt_at - datetime.now(timezone.utc)).total_seconds() <= 140
 
         # A new issue goes out to everyone at once, b included, while b's copy of the first is still deferred.
-        db.upsert_publication(Publication("new-report", "https://www.example.org/new", "A new report", "Summary.", "report",
+        db.upsert_publication(Publication("new-report", "http://127.0.0.1:8000/new", "A new report", "Summary.", "report",
                                           T0 + timedelta(days=2), None, ("security-cooperation",)), T0 + timedelta(days=2))
         handler.answers.clear()  # b's mailbox has room again
         second = send_digest(c, db, T0 + timedelta(days=2), due=datetime.now(timezone.utc))  # b's retry is not due yet

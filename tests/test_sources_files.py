@@ -20,7 +20,7 @@ from publisher.store import Store
 
 from .conftest import NOW, REPO, TEST_SECRET_KEY
 
-BASE = "https://www.example.org"
+BASE = "http://127.0.0.1:8000"
 SEED = REPO.parent / "shared" / "seed" / "topic-page.txt"
 FEATURED = [
     (1, "Yes to Striking Iranian-Backed Militants"),

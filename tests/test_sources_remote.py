@@ -27,7 +27,7 @@ from publisher.store import Store, open_store
 
 from .conftest import NOW
 
-BASE = "https://www.example.org"
+BASE = "http://127.0.0.1:8000"
 DATA = Path(__file__).parent / "data" / "remote"
 NY = ZoneInfo("America/New_York")
 SELECTORS = {

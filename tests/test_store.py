@@ -18,9 +18,9 @@ from .conftest import NOW
 def pub(n: int, **kw: object) -> Publication:
     when = datetime(2024, 3, n, tzinfo=timezone.utc)
     base = Publication(
-        id=f"p{n}", url=f"https://www.example.org/p/{n}", title=f"Title {n}", summary="Summary",
+        id=f"p{n}", url=f"http://127.0.0.1:8000/p/{n}", title=f"Title {n}", summary="Summary",
         content_type="Commentary", published_at=when, updated_at=when, topics=("security-cooperation",),
-        authors=("A. Author",), image=Image("https://www.example.org/media/x.png", "alt", "cap", "credit"), source="test",
+        authors=("A. Author",), image=Image("http://127.0.0.1:8000/media/x.png", "alt", "cap", "credit"), source="test",
     )
     return replace(base, **kw)  # type: ignore[arg-type]
 
@@ -46,7 +46,7 @@ def test_upsert_new_unchanged_updated_keeps_first_seen(store: Store) -> None:
     assert p.title == "Retitled"
     assert p.first_seen_at == NOW
     assert p.published_at.tzinfo is not None and p.published_at == datetime(2024, 3, 1, tzinfo=timezone.utc)
-    assert p.image == Image("https://www.example.org/media/x.png", "alt", "cap", "credit")
+    assert p.image == Image("http://127.0.0.1:8000/media/x.png", "alt", "cap", "credit")
 
 
 def test_datetimes_come_back_aware_in_utc_whatever_zone_went_in(store: Store) -> None:

@@ -36,7 +36,7 @@ def site(cfg: Config, store: Store) -> Iterator[str]:
 
 
 def local(url: str, base: str) -> str:
-    return url.replace("https://www.example.org", base)
+    return url.replace("http://127.0.0.1:8000", base)
 
 
 # -- topics from the public form -------------------------------------------------------------------------------------

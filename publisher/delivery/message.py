@@ -39,6 +39,13 @@ SOFT_BREAK = b"=\r\n"
 HEADER_SLOTS = ("to", "message_id", "list_unsubscribe_url")
 
 
+def list_id(cfg: Config) -> str:
+    """The List-Id (RFC 2919): the sending domain's, so it stays the same when the site moves (mail clients and
+    Gmail's filters key on it); base_url can be a local address."""
+    domain = cfg.digest.from_address.rpartition("@")[2].lower() or urlsplit(cfg.site.base_url).hostname or "localhost"
+    return f"{cfg.site.name} <digest.{domain}>"
+
+
 def message_id(issue_id: str, subscriber_id: int, domain: str) -> str:
     """Unique per recipient and stable across retries, so a resend after a crash is recognisable."""
     digest = hashlib.sha256(f"{issue_id}:{subscriber_id}".encode()).hexdigest()[:24]
@@ -115,7 +122,7 @@ def compile_message(cfg: Config, rendered: RenderedIssue, now: datetime, *, test
     head["Message-ID"] = slot("message_id")
     if cfg.digest.reply_to:
         head["Reply-To"] = cfg.digest.reply_to
-    head["List-Id"] = f"{cfg.site.name} <digest.{urlsplit(cfg.site.base_url).hostname}>"
+    head["List-Id"] = list_id(cfg)
     head["List-Unsubscribe"] = f"<{slot('list_unsubscribe_url')}>, <mailto:{cfg.digest.from_address}?subject=unsubscribe>"
     head["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     if cfg.delivery.feedback_id:

@@ -24,7 +24,6 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from subscribers.links import links_for as subscriber_links
 
@@ -37,7 +36,7 @@ from ..store import Store
 from .api import Prepared, Recipient, Result
 from .backends import Transport, Variant, transport_factory
 from .engine import Engine, Progress, SendOutcome, Settings, replay_journals
-from .message import compile_message, message_id
+from .message import compile_message, list_id, message_id
 from .ports import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ def prepare(cfg: Config, rendered: RenderedIssue, *, test: bool = False) -> Prep
     extra = {"Feedback-ID": cfg.delivery.feedback_id} if cfg.delivery.feedback_id else {}
     return Prepared(rendered.issue.id, ("[TEST] " if test else "") + rendered.subject, cfg.digest.from_name, cfg.digest.from_address,
                     cfg.digest.reply_to, rendered.html, rendered.text,
-                    f"{cfg.site.name} <digest.{urlsplit(cfg.site.base_url).hostname}>", extra, rendered.slots)
+                    list_id(cfg), extra, rendered.slots)
 
 
 def recipient(cfg: Config, issue_id: str, sub: Subscriber, domain: str) -> Recipient:

@@ -29,7 +29,6 @@ from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
 from functools import lru_cache
-from urllib.parse import urlsplit
 
 import jinja2
 
@@ -43,7 +42,7 @@ from ..store import Store
 from ..store.signups import SignupRequest
 from .api import Prepared, Recipient, Result
 from .backends import Variant, transport_factory
-from .message import POLICY, CompiledMessage
+from .message import POLICY, CompiledMessage, list_id
 
 log = logging.getLogger(__name__)
 CLAIM_LEASE = timedelta(minutes=10)  # longer than one send can take (an SMTP timeout per command, a few commands)
@@ -85,7 +84,7 @@ def build_confirmation(cfg: Config, sub: Subscriber, confirm_url: str, links: di
     msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
     compiled = CompiledMessage("confirm", (msg.as_bytes(policy=POLICY),), (), domain)
     prepared = Prepared("confirm", subject, cfg.digest.from_name, cfg.digest.from_address, cfg.digest.reply_to, html, text,
-                        f"{cfg.site.name} <digest.{urlsplit(cfg.site.base_url).hostname}>")
+                        list_id(cfg))
     key = idempotency_key or f"confirm:{sub.id}:{now.isoformat()}"
     return Variant(compiled, prepared), Recipient(sub.id, sub.email, message_id, links, key)
 

@@ -179,6 +179,15 @@ def subscription_routes(cfg: Config, store: Store, *, sender: SignupSender | Non
         return page(request, "web/preferences.html.j2", status, action=f"/preferences/{token}", topics=store.topics(), chosen=sub.topics,
                     email=sub.email, saved=saved, error=error, unsubscribe_url=links_for(cfg, sub)["unsubscribe_url"])
 
+    async def tokenless_page(request: Request) -> Response:
+        """/unsubscribe and /preferences with no token: the links of the public web copy (it carries no one's
+        address). Say where the personal link is, and offer the mailto: way; never a form that acts on an address."""
+        what = "unsubscribe" if request.url.path.rstrip("/").endswith("unsubscribe") else "change your topics"
+        return message(request, "Use the link in your email" if what == "unsubscribe" else "Your preferences",
+                       f"This is the public web copy of the digest, so its links are nobody's. To {what}, use the link at "
+                       f"the bottom of any {cfg.site.name} digest email: it is yours alone. Or write to "
+                       f"{cfg.digest.from_address} with the subject \"unsubscribe\". Subscribe at {base}/subscribe.")
+
     async def subscribe_redirect(request: Request) -> Response:
         return RedirectResponse(f"{base}/subscribe", status_code=307)
 
@@ -188,6 +197,7 @@ def subscription_routes(cfg: Config, store: Store, *, sender: SignupSender | Non
         Route("/confirm/{token}", confirm_page, methods=["GET", "POST"]),
         Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET", "POST"]),
         Route("/preferences/{token}", preferences_page, methods=["GET", "POST"]),
+        *(Route(path, tokenless_page, methods=["GET"]) for path in ("/unsubscribe", "/unsubscribe/", "/preferences", "/preferences/")),
     ]
 
 
