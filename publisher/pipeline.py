@@ -56,7 +56,10 @@ def open_project_store(cfg: Config) -> Store:
 
 
 def run_ingest(cfg: Config, store: Store, now: datetime) -> IngestReport:
-    return run_sources(cfg, store, now)
+    report = run_sources(cfg, store, now)
+    # Whoever ran it (the service, `run --once`, `ingest`): `publisher status` shows when it last ran.
+    store.set_setting("job.ingest.last_run", f"{now_utc().isoformat(timespec='seconds')} {len(report.new)} new, {len(report.errors)} skipped")
+    return report
 
 
 # Seconds one cycle (or one scheduler run) gives the sign-up queue before it moves on: the ingest, feeds and digest

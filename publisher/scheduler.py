@@ -56,7 +56,6 @@ def ingest_job() -> None:
     if report.changed:
         changed = run_feeds(cfg, store, report, _context["builder"])
         log.info("feeds: %d files rewritten", len(changed))
-    store.set_setting("job.ingest.last_run", f"{now_utc().isoformat()} {len(report.new)} new, {len(report.errors)} skipped")
 
 
 class _Either:

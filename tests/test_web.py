@@ -58,8 +58,14 @@ def test_websub_hub_is_linked_and_pinged_only_for_changed_feeds(cfg: Config, pro
         run_feeds(cfg, store, run_ingest(cfg, store, NOW))
         atom = (cfg.path(cfg.feeds.output_dir) / "all.atom").read_text(encoding="utf-8")
         assert f'<link href="{hub}/hub" rel="hub"/>' in atom
+        import feedparser
+
+        for name in ("all.rss", "topics/security-cooperation.rss"):  # RSS carries it too (WebSub 4: an atom:link)
+            rss = feedparser.parse((cfg.path(cfg.feeds.output_dir) / name).read_bytes())
+            assert not rss.bozo and [link.href for link in rss.feed.links if link.rel == "hub"] == [hub + "/hub"], name
+            assert len(rss.entries) > 0
         urls = sorted(parse_qs(p["body"].decode())["hub.url"][0] for p in pings)
-        assert len(urls) == 15 and "https://www.example.org/feeds/all.atom" in urls
+        assert len(urls) == 15 and "http://127.0.0.1:8000/feeds/all.atom" in urls
         assert all(parse_qs(p["body"].decode())["hub.mode"] == ["publish"] for p in pings)
         pings.clear()
         run_feeds(cfg, store)  # nothing changed: no ping

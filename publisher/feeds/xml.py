@@ -186,6 +186,8 @@ def render_document(fmt: str, meta: dict[str, Any], entries: list[bytes]) -> byt
     if fmt == "rss":
         fg.pubDate(updated)
         doc = fg.rss_str(pretty=True)
+        if meta.get("hub"):  # feedgen writes only the self link into RSS: the hub goes beside it (WebSub 4, as atom:link)
+            doc = _with_rss_hub(doc, meta["hub"])
         closing, indent = b"  </channel>", b"    "
     else:
         doc = fg.atom_str(pretty=True)
@@ -193,6 +195,21 @@ def render_document(fmt: str, meta: dict[str, Any], entries: list[bytes]) -> byt
     at = doc.rindex(closing)
     body = b"".join(indent + e + b"\n" for e in entries)
     return doc[:at] + body + doc[at:]
+
+
+def _with_rss_hub(doc: bytes, hub: str) -> bytes:
+    atom = "http://www.w3.org/2005/Atom"
+    root = etree.fromstring(doc)
+    channel = root.find("channel")
+    assert channel is not None
+    self_link = channel.find(f"{{{atom}}}link")
+    link = etree.Element(f"{{{atom}}}link", href=hub, rel="hub")
+    if self_link is not None:
+        self_link.addprevious(link)
+    else:
+        channel.insert(0, link)
+    etree.indent(root, space="  ")
+    return etree.tostring(root, encoding="UTF-8", xml_declaration=True, pretty_print=True)
 
 
 __all__ = ["EPOCH", "EntryCache", "render_document", "render_entry"]

@@ -31,6 +31,7 @@ from .signups import SignupMixin
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATE_LOCK = threading.Lock()  # alembic's migration context is process-global: one migration at a time
+MIGRATE_LOCK_KEY = 0x7075626C6D  # "publm": the PostgreSQL advisory lock that makes migrations one at a time across processes
 
 
 def open_store(url: str) -> Store:
@@ -152,6 +153,11 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin, ContentFi
                     conn.commit()
                 try:
                     with conn.begin():
+                        if conn.dialect.name == "postgresql":
+                            # Processes starting together on a new database (a coordinator and its workers, `status`
+                            # beside them) would each create alembic_version and the tables, and all but one fail:
+                            # one migrates, the others wait for its commit and then find the schema current.
+                            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})")
                         cfg.attributes["connection"] = conn
                         command.upgrade(cfg, "head")
                 finally:

@@ -1,6 +1,7 @@
 """`publisher preview`: the next issue as subscribers will get it, re-rendered live as editors work.
 
-A change to content/, templates/ or config.toml re-ingests and bumps a version; the open page hears it
+A change to content/, templates/ or config.toml re-reads them (over the store, which the preview never writes:
+see Overlay) and bumps a version; the open page hears it
 over server-sent events and reloads itself. A broken template shows on the page (file and line) and the
 server keeps running. Sends only test copies, and only to [preview].test_recipients. It answers only
 when addressed as 127.0.0.1, localhost or [::1] on its own port (DNS rebinding), takes POSTs only from
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.parser
 import email.policy
 import html
@@ -37,8 +39,8 @@ from ..digest.issue import MAX_HTML_BYTES
 from ..digest.render import RenderedIssue
 from ..errors import PublisherError, TemplateError
 from ..feeds import FeedBuilder, FeedSpec
-from ..models import Publication, Subscriber, SubscriberStatus
-from ..pipeline import next_issue, run_ingest
+from ..models import Publication, Subscriber, SubscriberStatus, Topic
+from ..pipeline import next_issue
 from ..store import Store
 from .security import HardenedStarlette, PreviewGuard, SecurityHeaders, preview_policy
 
@@ -48,11 +50,69 @@ SAMPLE = Subscriber(0, "subscriber@example.com", SubscriberStatus.ACTIVE, dateti
 LONG_TITLE = 150
 
 
+class Overlay:
+    """The store as the next ingest of the content folders would leave it, without writing to it.
+
+    The preview reads content/ as it is now, but the store is the main job's: had the preview ingested, the next
+    `run --once` would report nothing new for the files an editor just added (and poll the partner feeds). What
+    the files say wins over the stored row; a publication the store has not seen yet counts as first seen now.
+    Everything else (issues, the note, subscribers, settings) is the store's own.
+    """
+
+    def __init__(self, store: Store, pubs: list[Publication], topics: list[Topic], now: datetime) -> None:
+        self._store, self._now = store, now
+        self._topics = {t.slug: t for t in topics}
+        stored = store.publications_by_id(p.id for p in pubs)
+        self._pubs = {p.id: dataclasses.replace(p, first_seen_at=stored[p.id][1].first_seen_at if p.id in stored else now) for p in pubs}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def topics(self) -> list[Topic]:
+        merged = {t.slug: t for t in self._store.topics()} | self._topics
+        return sorted(merged.values(), key=lambda t: t.slug)
+
+    def publications(self, *, seen_after: datetime | None = None, seen_until: datetime | None = None, **kw: Any) -> list[Publication]:
+        if kw or not self._pubs:
+            return self._store.publications(seen_after=seen_after, seen_until=seen_until, **kw)
+        rows = {p.id: p for p in self._store.publications(seen_after=seen_after, seen_until=seen_until)}
+        for pub in self._pubs.values():
+            seen = pub.first_seen_at or self._now
+            if (seen_after is None or seen > seen_after) and (seen_until is None or seen <= seen_until):
+                rows[pub.id] = pub
+            else:
+                rows.pop(pub.id, None)
+        return sorted(rows.values(), key=lambda p: (p.published, p.id), reverse=True)
+
+
+def read_content(cfg: Config, store: Store, now: datetime) -> tuple[Overlay, list[str]]:
+    """The content folders as they are now (only files changed since the main job's last ingest are parsed),
+    over the store; and what is wrong in them."""
+    from ..ingest import build_sources
+    from ..sources.files import FilesSource
+
+    pubs: list[Publication] = []
+    topics: list[Topic] = []
+    problems: list[str] = []
+    for source in build_sources(cfg):
+        if not isinstance(source, FilesSource):
+            continue  # remote sources: as the main job last polled them
+        source.known = store.content_files(source.name)
+        source.known_topics = {t.slug for t in store.topics()}
+        result = source.fetch()
+        pubs += result.publications
+        topics += result.topics
+        problems += [str(e) for e in result.errors]
+    return Overlay(store, pubs, topics, now), problems
+
+
 class PreviewState:
-    """The config, the store's content as of the last change, and a version the page watches."""
+    """The config, the content as of the last change (over the store, never written to it), and a version the
+    page watches."""
 
     def __init__(self, cfg: Config, store: Store) -> None:
         self.cfg, self.store = cfg, store
+        self.view: Any = store
         self.version = 0
         self.problem = ""  # a config or ingest problem to show on the page
         self.lock = threading.Lock()
@@ -63,8 +123,8 @@ class PreviewState:
             try:
                 if self.cfg.file is not None:
                     self.cfg = load_config(self.cfg.file)
-                report = run_ingest(self.cfg, self.store, datetime.now(timezone.utc))
-                self.problem = "; ".join(str(e) for e in report.errors)
+                self.view, problems = read_content(self.cfg, self.store, datetime.now(timezone.utc))
+                self.problem = "; ".join(problems)
             except PublisherError as exc:
                 self.problem = str(exc)
             self.version += 1
@@ -90,7 +150,7 @@ def create_preview_app(cfg: Config, store: Store, *, watch: bool = True) -> Star
                              undefined=jinja2.StrictUndefined)
 
     def render(topics: tuple[str, ...]) -> RenderedIssue:
-        _, variants = next_issue(state.cfg, state.store, datetime.now(timezone.utc), [topics])  # the pipeline's plan → render
+        _, variants = next_issue(state.cfg, state.view, datetime.now(timezone.utc), [topics])  # the pipeline's plan → render
         return variants[topics]
 
     async def index(request: Request) -> Response:
@@ -100,7 +160,7 @@ def create_preview_app(cfg: Config, store: Store, *, watch: bool = True) -> Star
         cfg = state.cfg
         context: dict[str, Any] = {"site": cfg.site, "view": view, "dark": dark, "topics": topics, "version": state.version,
                                    "csp_nonce": request.state.csp_nonce,
-                                   "problem": state.problem, "all_topics": state.store.topics(), "notice": q.get("notice", ""),
+                                   "problem": state.problem, "all_topics": state.view.topics(), "notice": q.get("notice", ""),
                                    "url": lambda **changes: _url((view, dark, topics), **changes), "max_bytes": MAX_HTML_BYTES}
         try:
             rendered = await asyncio.to_thread(render, topics)
@@ -152,7 +212,7 @@ def create_preview_app(cfg: Config, store: Store, *, watch: bool = True) -> Star
         if address not in allowed:
             notice = f"Test copies go only to the addresses in [preview].test_recipients ({', '.join(sorted(allowed)) or 'none set'})."
         else:
-            result = await asyncio.to_thread(send_test, state.cfg, state.store, datetime.now(timezone.utc), address)
+            result = await asyncio.to_thread(send_test, state.cfg, state.view, datetime.now(timezone.utc), address)
             notice = f"Test copy to {address}: {result.status}" + (f" ({result.error})" if result.error else "")
         return RedirectResponse("/?" + urlencode({"notice": notice}), status_code=303)
 
