@@ -20,8 +20,9 @@ from typing import Any, BinaryIO
 from email_validator import EmailNotValidError, validate_email
 
 from publisher.errors import PublisherError
-from publisher.models import Subscriber, SubscriberStatus
+from publisher.models import Subscriber, SubscriberStatus, Topic
 
+from . import platforms
 from .ports import AudienceStore as Store
 from .tokens import ConfirmClaim, new_nonce
 
@@ -200,26 +201,81 @@ def forget(store: Store, email: str, now: datetime, *, outbox: Path | None = Non
     return Erasure(sub is not None or requests > 0, remove_outbox_copies(outbox, address) if outbox is not None else 0)
 
 
+MAX_TAGS_KEPT = 1000  # distinct unmatched tags remembered for the summary (a hostile file could have one per row)
+
+
 @dataclass
 class ImportReport:
     added: int = 0
     existing: int = 0
-    suppressed: int = 0
+    suppressed: int = 0  # erased addresses (see forget): never added back
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason), at most the first 1,000 kept
     rejected_count: int = 0
+    layout: str = "CSV"  # the recognised format, as the summary names it (see subscribers.platforms)
+    has_status: bool = False  # the file said each person's status, so --confirmed did not apply
+    added_as: dict[str, int] = field(default_factory=dict)  # status -> how many were added with it
+    now_suppressed: int = 0  # already here, active or pending, and the file says they left: now unsubscribed or bounced
+    unmatched_tags: dict[str, None] = field(default_factory=dict)  # tags that name no topic, in the file's order
+    more_tags: bool = False  # more distinct unmatched tags than MAX_TAGS_KEPT
+    known_topics: int = 0
+    unreadable_times: int = 0  # active rows whose opt-in time was no date: they have the import's time instead
+    notes: list[str] = field(default_factory=list)
+    pending_reason: str = ""  # why the format's pending people are pending
+
+    @property
+    def rows(self) -> int:
+        """Every row of the file that was not blank: each one is added, known, suppressed or rejected."""
+        return self.added + self.existing + self.suppressed + self.rejected_count
 
     def reject(self, line: int, reason: str) -> None:
         self.rejected_count += 1
         if len(self.rejected) < 1000:
             self.rejected.append((line, reason))
 
+    def summary(self, *, confirmed: bool = False, shown_tags: int = 20) -> list[str]:
+        """What the command prints: the format and the counts, then what a reader should know about this import."""
+        lines = [f"{self.layout}: {self.rows} row{'' if self.rows == 1 else 's'}: {self.added} added, {self.existing} already known, "
+                 f"{self.suppressed} suppressed, {self.rejected_count} rejected"]
+        if self.has_status and self.added_as:
+            never = sum(n for s, n in self.added_as.items() if SubscriberStatus(s).suppressed)
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(self.added_as.items(), key=lambda kv: _STATUS_ORDER.index(kv[0])))
+            lines.append(f"  added as: {counts}" + (f" ({never} never mailed: they left the old platform)" if never else ""))
+        if self.now_suppressed:
+            lines.append(f"  {self.now_suppressed} already here and active or pending are now suppressed: the file says they left")
+        if self.has_status and confirmed:
+            lines.append("  --confirmed did not apply: the file says each person's status")
+        if self.unreadable_times:
+            lines.append(f"  {self.unreadable_times} opt-in time(s) were not dates: those people have the import's time as theirs")
+        if self.has_status and self.added_as.get(SubscriberStatus.PENDING.value) and self.pending_reason:
+            lines.append(f"  pending: {self.pending_reason}; they get nothing until they confirm a sign-up")
+        if self.unmatched_tags:
+            tags = list(self.unmatched_tags)
+            more = len(tags) - shown_tags
+            listed = ", ".join(platforms.shown_tag(t) for t in tags[:shown_tags])
+            lines.append(f"  tags with no topic: {listed}" + (f" and {more}{'+' if self.more_tags else ''} more" if more > 0 else ""))
+            if not self.known_topics:
+                lines.append("  no topics are known yet: run `publisher ingest` first (topics are files in content/topics/), "
+                             "then import again")
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return lines
 
-def import_csv(store: Store, fh: Iterable[str], now: datetime, *, confirmed: bool = False, batch: int = 1000) -> ImportReport:
-    """Rows need an ``email`` column; ``topics`` (separated by ';' or ',') is optional.
+
+_STATUS_ORDER = [s.value for s in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED,
+                                   SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)]
+
+
+def import_csv(store: Store, fh: Iterable[str], now: datetime, *, confirmed: bool = False, batch: int = 1000,
+               topics: Iterable[Topic] | None = None) -> ImportReport:
+    """A plain CSV (an ``email`` column; ``topics``, separated by ';' or ',', optional), or the export of a platform
+    people leave, recognised by its header row: see subscribers.platforms for each one and what its statuses become.
 
     Streams the file (memory stays flat for any size), adding in batches of ``batch`` rows. A bad row is reported with
-    its line number and skipped; blank lines are ignored. An address already known (suppressed ones
-    included) is left as it is: an import never revives it; an erased address is not added back.
+    its line number and skipped; blank lines are ignored. A plain file's people are pending, or active with
+    ``confirmed``; an export's say their own status (active with their opt-in time from the old platform, pending,
+    or suppressed: unsubscribed, bounced, complained, never mailed). An address already known is left as it is,
+    with one exception: the file says they left (a suppressed status), and then an active or pending one here is
+    suppressed too. So an import never revives or activates anyone, and an erased address is not added back.
+    Tags become topics where they name a known one (``topics``: the known topics; the store's by default).
     """
     report = ImportReport()
     reader = csv.DictReader(fh)
@@ -228,25 +284,41 @@ def import_csv(store: Store, fh: Iterable[str], now: datetime, *, confirmed: boo
     except csv.Error as exc:
         raise InvalidAddress(f"the CSV's header row cannot be read ({exc}); "
                              "the first line must name the columns, e.g. 'email,topics'.") from None
-    fields = [f.strip().lower().lstrip("\ufeff") for f in header]
-    if "email" not in fields:
-        raise InvalidAddress(f"the CSV has no 'email' column (header: {', '.join(fields) or 'empty'}); add a header row with an 'email' column.")
+    layout = platforms.detect(header)
+    fields = [platforms.column_key(f) for f in header]
+    report.layout, report.has_status, report.pending_reason = layout.label, layout.has_status, layout.pending
+    report.notes = list(layout.notes)
     reader.fieldnames = fields
-    status = SubscriberStatus.ACTIVE if confirmed else SubscriberStatus.PENDING
-    for chunk in _chunks(_rows(reader, report), batch):
-        unique: dict[str, list[str]] = {}
-        for line, address, topics in chunk:  # duplicates within a batch are reported; across batches the store says "known"
+    index: dict[str, str] = {}
+    if layout.has_tags:
+        index = platforms.topic_index(store.topics() if topics is None else topics)  # type: ignore[attr-defined]
+        report.known_topics = len(set(index.values()))
+    default = SubscriberStatus.ACTIVE if confirmed else SubscriberStatus.PENDING
+    for chunk in _chunks(_rows(reader, report, layout, index), batch):
+        unique: dict[str, platforms.ImportRow] = {}
+        for line, address, row in chunk:  # duplicates within a batch are reported; across batches the store says "known"
             if address in unique:
                 report.reject(line, f"{address} appears earlier in the file")
             else:
-                unique[address] = topics
+                unique[address] = row
         hashes = {address: email_hash(address) for address in unique}
-        suppressed = store.suppressed_hashes(hashes.values())
-        wanted = [(a, topics) for a, topics in unique.items() if hashes[a] not in suppressed]
-        report.suppressed += len(unique) - len(wanted)
-        added = store.add_subscribers(wanted, status, now)
-        report.added += added
-        report.existing += len(wanted) - added
+        erased = store.suppressed_hashes(hashes.values())
+        by_status: dict[SubscriberStatus, dict[str, platforms.ImportRow]] = {}
+        for address, row in unique.items():
+            if hashes[address] in erased:
+                report.suppressed += 1
+            else:
+                by_status.setdefault(row.status or default, {})[address] = row
+        for status, rows in by_status.items():
+            consent = {a: min(r.consent_at, now) for a, r in rows.items() if r.consent_at is not None}
+            added = store.add_subscribers([(a, r.topics) for a, r in rows.items()], status, now,
+                                          confirmed_at=consent if status is SubscriberStatus.ACTIVE else None)
+            report.added += added
+            report.existing += len(rows) - added
+            if added:
+                report.added_as[status.value] = report.added_as.get(status.value, 0) + added
+            if status.suppressed:  # known already, active or pending: the file says they left, so they are not mailed any more
+                report.now_suppressed += store.suppress_subscribers(list(rows), status, now)  # type: ignore[attr-defined]
     return report
 
 
@@ -312,24 +384,33 @@ def _records(reader: csv.DictReader, report: ImportReport) -> Iterator[tuple[int
             yield first, last, dict(zip(fields, cells))
 
 
-def _rows(reader: csv.DictReader, report: ImportReport) -> Iterator[tuple[int, str, list[str]]]:
-    for line, end, row in _records(reader, report):
-        raw = _restore((row.get("email") or "").strip())
-        if not raw and not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+def _rows(reader: csv.DictReader, report: ImportReport, layout: platforms.Layout,
+          index: dict[str, str]) -> Iterator[tuple[int, str, platforms.ImportRow]]:
+    """Each row that is someone: its line, its validated address and what the layout says of it; the rest rejected."""
+    for line, end, cells in _records(reader, report):
+        row = {k: _restore(v.strip()) for k, v in cells.items() if isinstance(v, str)}  # every cell neutralised, as export wrote it
+        if not any(row.values()):
             continue  # a blank line
+        spans = f" (this row runs over lines {line}-{end}: is a quote left open?)" if end > line else ""
         try:
-            address = normalise_email(raw)
-        except InvalidAddress as exc:
-            spans = f" (this row runs over lines {line}-{end}: is a quote left open?)" if end > line else ""
+            mapped = platforms.map_row(layout, row, index)
+            address = normalise_email(mapped.email)
+        except (platforms.RowRejected, InvalidAddress) as exc:
             report.reject(line, str(exc) + spans)
             continue
-        topics = [t.strip() for t in _restore(row.get("topics") or "").replace(",", ";").split(";") if t.strip()]
-        wrong = next((t for t in topics if not TOPIC_SLUG.fullmatch(t)), None)
+        wrong = next((t for t in mapped.topics if not TOPIC_SLUG.fullmatch(t)), None)
         if wrong is not None:
             shown = wrong if len(wrong) <= 60 else wrong[:57] + "..."
             report.reject(line, f"topic {shown!r} is not a topic slug (lowercase letters, digits and hyphens, e.g. security-cooperation)")
             continue
-        yield line, address, topics
+        for tag in mapped.unmatched_tags:
+            if tag not in report.unmatched_tags:
+                if len(report.unmatched_tags) < MAX_TAGS_KEPT:
+                    report.unmatched_tags[tag] = None
+                else:
+                    report.more_tags = True
+        report.unreadable_times += mapped.unreadable_time
+        yield line, address, mapped
 
 
 def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -69,8 +69,23 @@ class AudienceMixin:
         with self._tx() as conn:
             return set(conn.execute(select(t.suppressions.c.email_hash).where(t.suppressions.c.email_hash.in_(hashes))).scalars())
 
-    def add_subscribers(self, rows: Sequence[tuple[str, Sequence[str]]], status: SubscriberStatus, now: datetime) -> int:
-        """Many at once (an import): addresses already present are left alone. Returns how many were added."""
+    def suppress_subscribers(self, emails: Sequence[str], status: SubscriberStatus, now: datetime) -> int:
+        """The active or pending ones among these addresses become ``status`` (an import says they left: unsubscribed,
+        bounced or complained); others are left as they are. Returns how many changed."""
+        s = t.subscribers
+        if not emails:
+            return 0
+        with self._tx() as conn:
+            return conn.execute(update(s).where(s.c.email.in_(list(emails)),
+                                                s.c.status.in_([SubscriberStatus.ACTIVE.value, SubscriberStatus.PENDING.value]))
+                                .values(status=status.value, updated_at=now)).rowcount
+
+    def add_subscribers(self, rows: Sequence[tuple[str, Sequence[str]]], status: SubscriberStatus, now: datetime, *,
+                        confirmed_at: Mapping[str, datetime] | None = None) -> int:
+        """Many at once (an import): addresses already present are left alone. Returns how many were added.
+
+        Active ones are confirmed ``now``, or at ``confirmed_at[address]`` (the opt-in time an export from another
+        platform gives)."""
         if not rows:
             return 0
         s, st = t.subscribers, t.subscriber_topics
@@ -80,8 +95,9 @@ class AudienceMixin:
             if not new:
                 return 0
             confirmed = now if status is SubscriberStatus.ACTIVE else None
-            conn.execute(insert(s), [{"email": e, "status": status.value, "created_at": now, "updated_at": now, "confirmed_at": confirmed}
-                                     for e, _ in new])
+            when = confirmed_at if confirmed is not None and confirmed_at else {}
+            conn.execute(insert(s), [{"email": e, "status": status.value, "created_at": now, "updated_at": now,
+                                      "confirmed_at": when.get(e, confirmed)} for e, _ in new])
             ids = dict(conn.execute(select(s.c.email, s.c.id).where(s.c.email.in_([e for e, _ in new]))).all())
             topic_rows = [{"subscriber_id": ids[e], "topic_slug": slug} for e, topics in new for slug in dict.fromkeys(topics)]
             if topic_rows:
