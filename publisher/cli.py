@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +145,7 @@ def run(c: Context, once: bool, force_digest: bool) -> None:
     if report.digest is None:
         click.echo(f"digest: not due ({report.digest_skipped_reason}); use --force-digest to send now")
     else:
-        _print_send(report.digest)
+        _print_send(report.digest, c.cfg)
         if report.digest.exit_code:
             sys.exit(report.digest.exit_code)
 
@@ -181,7 +184,7 @@ def _print_ingest(report: Any) -> None:
         click.echo(f"  warning: {warning}", err=True)
 
 
-def _print_send(outcome: Any) -> None:
+def _print_send(outcome: Any, cfg: Config | None = None) -> None:
     if outcome.reason and not (outcome.sent or outcome.deferred or outcome.failed or outcome.fault):
         click.echo(f"digest {outcome.issue_id}: not sent ({outcome.reason})")
         return
@@ -202,6 +205,11 @@ def _print_send(outcome: Any) -> None:
         click.echo(f"  delivered to the outbox: {outcome.outbox}/new/")
     if outcome.archive is not None:
         click.echo(f"  web copy: {outcome.archive}")
+        if cfg is not None:
+            from .config_checks import is_local
+
+            if is_local(cfg.site.base_url):  # the embedded default: the pages, images and links are served here
+                click.echo(f"  to look at it: run `publisher serve`, then open {cfg.site.base_url.rstrip('/')}/digests/{outcome.archive.name}")
 
 
 @main.command("ingest")
@@ -217,8 +225,12 @@ def ingest_cmd(c: Context) -> None:
 
     report = run_ingest(c.cfg, c.store, _now())
     _print_ingest(report)
-    for pub_id in report.new:
-        click.echo(f"  new: {pub_id}")
+    shown = 20  # a cold ingest of 20,000 files stays readable
+    for title, where in report.new_titles[:shown]:
+        title = "".join(ch if ch.isprintable() else " " for ch in title)  # a remote title carries no terminal escapes
+        click.echo(f'  new: "{title}" ({where})')
+    if len(report.new_titles) > shown:
+        click.echo(f"  ... and {len(report.new_titles) - shown:,} more")
 
 
 @main.command()
@@ -247,6 +259,8 @@ def status(c: Context) -> None:
             last = f"{last_issue[2].isoformat(timespec='seconds')} {last_issue[0]}"
         nxt = runs.get(job)
         click.echo(f"  {job}: last {last}; next {nxt.isoformat(timespec='seconds') if nxt else 'not scheduled'}")
+    if not os.environ.get("PUBLISHER_SECRET_KEY"):
+        click.echo(f"signing key: the development key in {c.cfg.path('var/secret_key')}; set PUBLISHER_SECRET_KEY before real mail goes out")
     states = {s["name"]: s for s in c.store.all_source_states()}
     click.echo("sources:")
     for name, source in c.cfg.sources.items():
@@ -336,7 +350,15 @@ def serve(c: Context, host: str | None, port: int | None) -> None:
     host = host or c.cfg.web.host
     port = port if port is not None else c.cfg.web.port
     click.echo(f"serving {c.cfg.path(c.cfg.site.public_dir)} on http://{host}:{port}/", err=True)
+    _exit_0_after_graceful_stop()
     uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)  # X-Forwarded-For: see [web].trusted_proxies
+
+
+def _exit_0_after_graceful_stop() -> None:
+    """uvicorn stops gracefully on SIGTERM or Ctrl-C, then raises the signal again under the handlers it found: with
+    these, that is a no-op and the command exits 0 (a stop asked for is a success, as for `publisher run`)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
 
 
 @main.command()
@@ -358,6 +380,7 @@ def preview(c: Context, port: int | None) -> None:
     port = port if port is not None else c.cfg.preview.port
     app = create_preview_app(c.cfg, c.store)
     click.echo(f"preview: http://127.0.0.1:{port}/  (Ctrl-C to stop)", err=True)
+    _exit_0_after_graceful_stop()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -424,8 +447,10 @@ def digest_preview(c: Context, out: Path | None, email: str | None, as_text: boo
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: when the output is a terminal).")
 @pass_ctx
 def digest_send(c: Context, dry_run: bool, test_to: str | None, progress: bool | None) -> None:
-    """Send the due issue to every active subscriber (an interrupted issue is resumed).
+    """Send the next issue now to every active subscriber (an interrupted issue is resumed).
 
+    Now, whatever [digest].schedule says (it says so when the schedule had not come yet): the schedule is
+    for the service, `publisher run`; `run --once` sends only when it is due (or with --force-digest).
     Safe to run again, or twice at once: the send log gives each subscriber one copy. Ctrl-C or
     SIGTERM finishes the message in flight, records it, and stops; the next run goes on from there.
 
@@ -450,9 +475,14 @@ def digest_send(c: Context, dry_run: bool, test_to: str | None, progress: bool |
         if result.status != "sent":
             sys.exit(1)
         return
+    from .pipeline import digest_due
+
+    due, why = digest_due(c.cfg, c.store, _now())
+    if not due:
+        click.echo(f"digest: sending now, ahead of the schedule ({why})", err=True)
     with _stop_on_signals() as stop, _progress_bar(progress) as on_progress:
         outcome = send_digest(c.cfg, c.store, _now(), stop=stop, progress=on_progress)
-    _print_send(outcome)
+    _print_send(outcome, c.cfg)
     record_outcome(c.store, outcome)
     if outcome.stopped:
         click.echo("stopped: the next `publisher digest send` (or the service) resumes this issue", err=True)
@@ -547,19 +577,67 @@ def subscribers_add(c: Context, email: str, confirmed: bool, topics: tuple[str, 
     """Add one subscriber.
 
     \b
+    Without --confirmed (and with [subscribers].double_opt_in), they get a confirmation email now and stay
+    pending until they click it.
+
+    \b
     Example:
-      publisher subscribers add reader@example.com --confirmed --topic security-cooperation
+      publisher subscribers add newreader@example.com
+      publisher subscribers add colleague@example.com --confirmed --topic security-cooperation
     """
-    sub, created = add_subscriber(c.store, email, _now(), topics=topics, confirmed=confirmed)
-    click.echo(f"{'added' if created else 'already known'}: {sub.email} ({sub.status.value})")
+    _check_topics(c, topics)
+    if confirmed or not c.cfg.subscribers.double_opt_in:
+        sub, created = add_subscriber(c.store, email, _now(), topics=topics, confirmed=True)
+        click.echo(f"{'added' if created else 'already known'}: {sub.email} ({sub.status.value})")
+        return
+    # Double opt-in: the same way as the web form's sign-up (the queue, the daily cap per address), and the
+    # confirmation goes out now, not when the service next looks.
+    from subscribers import InvalidAddress, email_hash, normalise_email
+
+    from .pipeline import run_signups
+
+    address = normalise_email(email)
+    if c.store.is_suppressed_hash(email_hash(address)):
+        raise InvalidAddress(f"{address} is suppressed (it bounced, complained or asked to be forgotten); it cannot be added again.")
+    known = c.store.subscriber(address)
+    c.store.enqueue_signup(address, topics, _now())
+    done = run_signups(c.cfg, c.store)
+    sub = c.store.subscriber(address)
+    if sub is None:
+        raise click.ClickException(f"{address} was not added: it is suppressed (it bounced, complained or was forgotten).")
+    if done.get("sent"):
+        where = f" (the outbox: {c.cfg.path(c.cfg.delivery.outbox_dir)}/new/)" if c.cfg.delivery.backend == "outbox" else ""
+        click.echo(f"{'added' if known is None else 'asked again'}: {sub.email} (pending): a confirmation email was sent{where}; "
+                   "they are subscribed once they click its link")
+    elif sub.status is SubscriberStatus.PENDING:
+        click.echo(f"{'added' if known is None else 'already known'}: {sub.email} (pending): no confirmation sent now "
+                   f"({', '.join(sorted(done)) or 'queued'}: the address's daily cap, [subscribers].confirmations_per_day, or "
+                   "the relay); the service sends it when it can")
+    else:
+        click.echo(f"already known: {sub.email} ({sub.status.value})")
+
+
+def _check_topics(c: Context, topics: Iterable[str]) -> None:
+    """An unknown topic slug is refused, with the likely one."""
+    from .models import suggest_topic
+
+    known = sorted(t.slug for t in c.store.topics())
+    for slug in topics:
+        if slug not in known:
+            hint = suggest_topic(slug, known) if known else " no topics yet: run `publisher ingest` first (topics are files in content/topics/)"
+            raise click.UsageError(f"unknown topic {slug!r};{hint}")
 
 
 @subscribers_group.command("import")
 @click.argument("file", type=click.File("rb"))
-@click.option("--confirmed", is_flag=True, help="Import as active: only for lists whose consent was collected elsewhere.")
+@click.option("--confirmed", is_flag=True, help="Import a plain list as active: only when its consent was collected elsewhere "
+              "(a platform's export says each person's status itself).")
 @pass_ctx
 def subscribers_import(c: Context, file: Any, confirmed: bool) -> None:
-    """Import a CSV with an `email` column (and optional `topics`, separated by ';').
+    """Import a CSV with an `email` column (and optional `topics`, separated by ';'), or the subscriber export of
+    Mailchimp (its subscribed, unsubscribed or cleaned file), Substack, listmonk, Buttondown or Ghost, recognised by
+    its header row. An export's statuses are kept: who left is stored suppressed and never mailed, who opted in is
+    active with their opt-in time; tags that name a topic become that topic.
 
     \b
     Example:
@@ -567,13 +645,33 @@ def subscribers_import(c: Context, file: Any, confirmed: bool) -> None:
     """
     from subscribers import import_csv_bytes
 
-    report = import_csv_bytes(c.store, file, _now(), confirmed=confirmed)
-    click.echo(f"imported: {report.added} added, {report.existing} already known, {report.suppressed} suppressed, "
-               f"{report.rejected_count} rejected")
+    now = _now()
+    report = import_csv_bytes(c.store, file, now, confirmed=confirmed)
+    for summary in report.summary(confirmed=confirmed):
+        click.echo(summary)
     for line, reason in report.rejected:
         click.echo(f"  line {line}: {reason}", err=True)
     if report.rejected_count > len(report.rejected):
         click.echo(f"  ... and {report.rejected_count - len(report.rejected)} more rejected rows", err=True)
+    _confirm_pending(c, now)
+
+
+def _confirm_pending(c: Context, added_at: datetime) -> None:
+    """Who an import left pending gets the confirmation email (they were left waiting with none): queued as the
+    web form's sign-ups are (the daily cap per address holds), the first sent now, the rest by the service."""
+    from .pipeline import run_signups
+
+    pending = [s for s in c.store.subscribers(status=SubscriberStatus.PENDING) if s.created_at == added_at]
+    if not pending:
+        return
+    c.store.enqueue_signups([(sub.email, sub.topics) for sub in pending], added_at)
+    done = run_signups(c.cfg, c.store)
+    sent = done.get("sent", 0)
+    rest = len(pending) - sent
+    where = f" (the outbox: {c.cfg.path(c.cfg.delivery.outbox_dir)}/new/)" if c.cfg.delivery.backend == "outbox" else ""
+    click.echo(f"  {len(pending)} pending: confirmation emails sent to {sent}{where}"
+               + (f"; the other {rest} go out from `publisher run`, a batch a minute" if rest > 0 else "")
+               + "; each is subscribed once they click its link")
 
 
 @subscribers_group.command("export")
@@ -662,7 +760,7 @@ def subscribers_remove(c: Context, email: str) -> None:
 
     \b
     Example:
-      publisher subscribers remove reader@example.com
+      publisher subscribers remove analyst@example.com
     """
     from subscribers import normalise_email
 

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from publisher.models import Subscriber, SubscriberStatus
+from publisher.models import Subscriber, SubscriberStatus, Topic
 
 
 class AudienceStore(Protocol):
@@ -19,7 +19,12 @@ class AudienceStore(Protocol):
 
     def add_subscriber(self, email: str, status: SubscriberStatus, topics: Sequence[str], now: datetime) -> tuple[Subscriber, bool]: ...
 
-    def add_subscribers(self, rows: Sequence[tuple[str, Sequence[str]]], status: SubscriberStatus, now: datetime) -> int: ...
+    def add_subscribers(self, rows: Sequence[tuple[str, Sequence[str]]], status: SubscriberStatus, now: datetime, *,
+                        confirmed_at: Mapping[str, datetime] | None = None) -> int: ...
+
+    def suppress_subscribers(self, emails: Sequence[str], status: SubscriberStatus, now: datetime) -> int: ...
+
+    def topics(self) -> list[Topic]: ...
 
     def set_subscriber_status(self, email: str, status: SubscriberStatus, now: datetime) -> bool: ...
 
@@ -28,6 +33,8 @@ class AudienceStore(Protocol):
     def set_topics(self, subscriber_id: int, topics: Sequence[str], now: datetime) -> None: ...
 
     def is_suppressed_hash(self, email_hash: str) -> bool: ...
+
+    def send_history(self, subscriber_id: int) -> list[dict[str, Any]]: ...
 
     def suppressed_hashes(self, hashes: Iterable[str]) -> set[str]: ...
 

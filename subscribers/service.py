@@ -178,7 +178,8 @@ def show(store: Store, email: str) -> dict[str, Any] | None:
     if sub is None:
         return None
     return {"email": sub.email, "status": sub.status.value, "topics": list(sub.topics), "created_at": sub.created_at.isoformat(),
-            "updated_at": sub.updated_at.isoformat(), "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else None}
+            "updated_at": sub.updated_at.isoformat(), "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else None,
+            "digests": store.send_history(sub.id)}
 
 
 @dataclass(frozen=True)

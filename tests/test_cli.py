@@ -122,6 +122,8 @@ def test_digest_send_and_dry_run(cli, project: Path) -> None:
 
 
 def test_subscribers_add_list_remove(cli) -> None:
+    assert "no topics yet: run `publisher ingest` first" in cli("subscribers", "add", "a@example.com", "--topic", "security-cooperation").output
+    assert cli("ingest").exit_code == 0  # the topics come from content/topics/
     added = cli("subscribers", "add", "New.Reader@Example.com", "--confirmed", "--topic", "security-cooperation")
     assert added.exit_code == 0 and "added: new.reader@example.com (active)" in added.output
     assert "already known" in cli("subscribers", "add", "new.reader@example.com").output

@@ -267,8 +267,12 @@ def test_suppressed_people_get_no_digest(fresh: Path) -> None:
     out = run(fresh, "digest", "send")
     assert f"{len(active) - 2} sent, 0 deferred, 0 failed, 2 skipped" in out, out
     folder = fresh / "var" / "outbox" / "new"
-    sent_to = {str(email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["To"]).lower() for p in folder.iterdir()}
+    messages = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in folder.iterdir()]
+    sent_to = {str(m["To"]).lower() for m in messages if "weekly" in str(m["Subject"])}
     assert sent_to == active - quiet
+    # The pending ones (no opt-in time, "unactivated") got the confirmation email from the import, and only that.
+    confirming = {str(m["To"]).lower() for m in messages if "weekly" not in str(m["Subject"])}
+    assert confirming == {a for a, (status, _) in people.items() if status == "pending"} == {"no.optin@example.com", "una.unactivated@example.com"}
     for address in ("uma.unsub@example.com", "carl.cleaned@example.com", "dee.disabled@example.com", "bo.blocklisted@example.com",
                     "ulf.unsubscribed@example.com", "ubu.undeliverable@example.com", "cora.complained@example.com",
                     "gus.unsubscribed@example.com", "no.optin@example.com", "una.unactivated@example.com"):

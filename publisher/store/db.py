@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -50,6 +51,24 @@ def open_store(url: str) -> Store:
     store.migrate()
     store.probe()
     return store
+
+
+@contextlib.contextmanager
+def _file_lock(engine: Engine) -> Iterator[None]:
+    """A SQLite file's migrations one at a time across processes (`serve` and `preview` started together on a new
+    clone each created the tables, and one failed): an flock on a file beside it, dropped by the kernel if we die."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate-lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _refuse_foreign(path: str) -> None:
@@ -144,7 +163,7 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin, ContentFi
         cfg.set_main_option("script_location", str(MIGRATIONS))
         sqlite = self.engine.dialect.name == "sqlite"
         try:
-            with _MIGRATE_LOCK, self.engine.connect() as conn:
+            with _MIGRATE_LOCK, _file_lock(self.engine), self.engine.connect() as conn:
                 if sqlite:
                     # SQLite alters a table by copying it and dropping the old one; with foreign keys on, that drop
                     # would cascade and delete every row that points at it (topics, send log...). The pragma only

@@ -52,6 +52,15 @@ class SendLogMixin:
             open_runs = list(conn.execute(select(runs.c.id).where(runs.c.finished_at.is_(None), runs.c.holder.is_not(None))).scalars())
         return [run_id for run_id in open_runs if not self.run_alive(run_id)]
 
+    def send_history(self, subscriber_id: int) -> list[dict[str, Any]]:
+        """Every digest sent (or tried) to one subscriber, oldest first: for `subscribers show` (a data-access request)."""
+        sl = t.send_log
+        with self._tx() as conn:
+            rows = conn.execute(select(sl.c.issue_id, sl.c.status, sl.c.message_id, sl.c.updated_at, sl.c.attempts, sl.c.error)
+                                .where(sl.c.subscriber_id == subscriber_id).order_by(sl.c.updated_at, sl.c.issue_id)).all()
+        return [{"issue": r.issue_id, "status": r.status, "message_id": r.message_id, "at": r.updated_at.isoformat(),
+                 "attempts": r.attempts, **({"error": r.error} if r.error else {})} for r in rows]
+
     def run_holders(self, run_ids: Sequence[str]) -> dict[str, str]:
         """run id -> "host:pid" of the process that ran it."""
         if not run_ids:

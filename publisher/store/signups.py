@@ -44,6 +44,13 @@ class SignupMixin:
             return conn.execute(insert(t.signup_requests).values(
                 email=email, topics=list(topics), status="queued", attempts=0, created_at=now, next_attempt_at=now)).inserted_primary_key[0]
 
+    def enqueue_signups(self, requests: Sequence[tuple[str, Sequence[str]]], now: datetime) -> None:
+        """Many (email, topics) at once, in one transaction: an import's pending people."""
+        if requests:
+            with self._tx() as conn:
+                conn.execute(insert(t.signup_requests), [{"email": email, "topics": list(topics), "status": "queued", "attempts": 0,
+                                                          "created_at": now, "next_attempt_at": now} for email, topics in requests])
+
     def claim_signups(self, worker: str, now: datetime, lease: timedelta, limit: int = 20) -> list[SignupRequest]:
         """Requests that are due and held by nobody (or by a sender whose hold ran out), now held by ``worker``."""
         r = t.signup_requests
