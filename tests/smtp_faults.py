@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,8 @@ from .servers import free_port
 
 class FaultyRelay:
     """Counts what it accepts, per recipient. Injects: 550 for `refuse`, 451 for a share of messages,
-    a dropped connection every `drop_every` messages, and an optional delay per message."""
+    a dropped connection every `drop_every` messages, and an optional delay per message. ``arrivals``: when each
+    message's DATA had been received (time.monotonic()), in order, whatever the answer."""
 
     def __init__(self, *, refuse: set[str] = frozenset(), tempfail: float = 0.0, drop_every: int = 0, delay: float = 0.0, seed: int = 7) -> None:
         self.refuse = set(refuse)
@@ -30,6 +32,7 @@ class FaultyRelay:
         self.data_commands = 0
         self.tempfailed = 0
         self.dropped = 0
+        self.arrivals: list[float] = []
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
@@ -39,6 +42,7 @@ class FaultyRelay:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.arrivals.append(time.monotonic())
         if self.delay:
             await asyncio.sleep(self.delay)
         with self.lock:

@@ -37,7 +37,7 @@ from ..models import Subscriber
 from ..store.db import _safe_url
 from .api import Prepared
 from .backends import Variant, transport_factory
-from .engine import SendOutcome, holder
+from .engine import SendOutcome, burst_for, holder
 from .message import CompiledMessage, message_id
 
 log = logging.getLogger(__name__)
@@ -382,20 +382,39 @@ def run_worker(cfg: Config, store: Any, *, name: str | None = None) -> None:
 
 
 class FleetLimiter:
-    """One rate for every worker: slots drawn from the store's bucket a few at a time, then spaced out here."""
+    """One rate for every worker, the one-machine engine's token bucket kept in the store: it hands out send slots
+    1/rate apart, a fifth of a second's worth per trip to the database, and this worker's connections take them one
+    per message, each waiting for its own. A slot this worker reaches later than the burst allows (it was busy, or
+    the slot is left from an earlier task) is dropped, never used late: sent late, it would go out together with the
+    slots after it."""
 
     def __init__(self, store: Any, rate: float) -> None:
         self.store, self.rate = store, rate
-        self.chunk = max(1, int(rate * 0.2))  # a fifth of a second's worth per trip to the database
+        self.interval = 1.0 / rate
+        self.burst = burst_for(rate)
+        self.chunk = max(1, int(rate * 0.2))  # slots per trip to the database: at most 5 trips a second per worker
+        # How late a slot may still be used: the burst's worth less half a slot, kept for the jitter between the slot and
+        # the wire (half a slot with no burst); a draw after a pause starts no earlier (its first slots go at once). The
+        # relay then sees at most rate * w + burst of the fleet's messages in any w seconds, with that half slot to spare.
+        self.late = max(0.5, self.burst - 1.5) * self.interval
+        self.past = max(1, self.burst - 1)  # the store's burst: slots a draw may have in the past
         self.slots: deque[float] = deque()
+        self.last = float("-inf")  # the last slot drawn
         self.lock = threading.Lock()
 
     def wait(self, stop: threading.Event) -> None:
         with self.lock:
+            now = time.monotonic()
+            while self.slots and self.slots[0] < now - self.late:
+                self.slots.popleft()
             if not self.slots:
-                wait, interval = self.store.take_slots("send", self.chunk, 1.0 / self.rate, burst=self.chunk)
-                start = time.monotonic() + wait
+                asked = time.monotonic()
+                wait, interval = self.store.take_slots("send", self.chunk, self.interval, burst=self.past)
+                # The database's schedule in this clock, from when it was asked (its clock is read first; the commit,
+                # an fsync on SQLite, can take a while), and never closer than 1/rate to this worker's previous slots.
+                start = max(asked + wait, self.last + interval)
                 self.slots.extend(start + i * interval for i in range(self.chunk))
+                self.last = self.slots[-1]
             at = self.slots.popleft()
         left = at - time.monotonic()
         if left > 0:
