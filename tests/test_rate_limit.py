@@ -63,7 +63,9 @@ def check_smooth(stamps: list[float], rate: float, label: str) -> str:
     got = overall(stamps)
     figures = (f"{label}: {len(stamps)} messages at {rate:g}/s (burst {burst}): at most {second} in any second, "
                f"{fifty} in any 50 ms, {instant} in any 5 ms; {got:.2f}/s overall")
-    assert second <= rate + burst, figures
+    # The bucket's bound is at the sender; the relay sees arrival times, which a loaded 2-core machine shifts by
+    # milliseconds: one message of slack over a whole second (the bursts of the bug show in the 5 ms window).
+    assert second <= rate + burst + 1, figures
     assert fifty <= int(rate * 0.05) + burst, figures  # at 5/s: one message in any 50 ms, evenly spaced 200 ms apart
     assert instant <= burst, figures
     assert abs(got - rate) <= 0.1 * rate, figures

@@ -344,7 +344,7 @@ class Worker:
 
         outcome = SendOutcome(issue_id)
         if self.limiter is None and (rate := settings_of(self.cfg).rate_limit) > 0:
-            self.limiter = FleetLimiter(self.store, rate)  # one per worker: slots drawn and not used yet carry over to the next task
+            self.limiter = FleetLimiter(self.store, rate)  # one per worker: slots drawn and still fresh serve the next task too (late ones are dropped)
         factory, workers = transport_factory(self.cfg)
         engine = _engine(self.cfg, self.store, issue_id, variants, factory, workers, self.stop, outcome, self._count, due,
                          limiter=self.limiter)
