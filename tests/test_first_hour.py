@@ -28,6 +28,15 @@ def outbox(project: Path) -> list[email.message.EmailMessage]:
     return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.iterdir())]  # type: ignore[misc]
 
 
+def served(project: Path, command: str) -> tuple[subprocess.Popen[bytes], int]:
+    """After a first `run --once`: `publisher serve` or `preview` on a free port, its output in <command>.log."""
+    run_ok(project, "run", "--once")
+    port = free_port()
+    with (project / f"{command}.log").open("w") as log:
+        return subprocess.Popen([*PUBLISHER, command, "--port", str(port)], cwd=project, env=env_for(), stdout=log,
+                                stderr=subprocess.STDOUT), port
+
+
 def test_forgetting_a_sample_subscriber_leaves_every_command_working(project: Path) -> None:
     run_ok(project, "run", "--once")
     run_ok(project, "subscribers", "forget", "reader@example.com", "--yes")
@@ -61,10 +70,7 @@ def test_mail_leaving_the_machine_with_the_local_base_url_is_refused_with_the_fi
 
 
 def test_the_web_copys_tokenless_footer_links_answer_under_serve(project: Path) -> None:
-    run_ok(project, "run", "--once")
-    port = free_port()
-    with (project / "serve.log").open("w") as log:
-        proc = subprocess.Popen([*PUBLISHER, "serve", "--port", str(port)], cwd=project, env=env_for(), stdout=log, stderr=subprocess.STDOUT)
+    proc, port = served(project, "serve")
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -93,10 +99,7 @@ def test_status_shows_the_last_ingest_and_digest_whoever_ran_them(project: Path)
 
 
 def test_a_running_preview_never_changes_what_the_main_job_reports(project: Path) -> None:
-    run_ok(project, "run", "--once")
-    port = free_port()
-    with (project / "preview.log").open("w") as log:
-        proc = subprocess.Popen([*PUBLISHER, "preview", "--port", str(port)], cwd=project, env=env_for(), stdout=log, stderr=subprocess.STDOUT)
+    proc, port = served(project, "preview")
     try:
         def page() -> str:
             try:
