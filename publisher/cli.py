@@ -603,16 +603,17 @@ def subscribers_add(c: Context, email: str, confirmed: bool, topics: tuple[str, 
     c.store.enqueue_signup(address, topics, _now())
     done = run_signups(c.cfg, c.store)
     sub = c.store.subscriber(address)
-    if sub is None:
-        raise click.ClickException(f"{address} was not added: it is suppressed (it bounced, complained or was forgotten).")
-    if done.get("sent"):
+    why = ("the address has had its [subscribers].confirmations_per_day today: try again tomorrow" if done.get("capped") else
+           "the relay did not take it: the service tries again (see `publisher status`)" if done.get("retry") else
+           ", ".join(sorted(done)) or "queued: the service sends it")
+    if done.get("sent") and sub is not None:
         where = f" (the outbox: {c.cfg.path(c.cfg.delivery.outbox_dir)}/new/)" if c.cfg.delivery.backend == "outbox" else ""
         click.echo(f"{'added' if known is None else 'asked again'}: {sub.email} (pending): a confirmation email was sent{where}; "
                    "they are subscribed once they click its link")
+    elif sub is None:
+        raise click.ClickException(f"{address} was not added: no confirmation could be sent ({why}).")
     elif sub.status is SubscriberStatus.PENDING:
-        click.echo(f"{'added' if known is None else 'already known'}: {sub.email} (pending): no confirmation sent now "
-                   f"({', '.join(sorted(done)) or 'queued'}: the address's daily cap, [subscribers].confirmations_per_day, or "
-                   "the relay); the service sends it when it can")
+        click.echo(f"{'added' if known is None else 'already known'}: {sub.email} (pending): no confirmation sent now ({why})")
     else:
         click.echo(f"already known: {sub.email} ({sub.status.value})")
 

@@ -19,11 +19,32 @@ _CHOICES = {
 }
 
 
+def is_local_host(host: str) -> bool:
+    """This machine: localhost, a loopback or unspecified address, in any spelling (127.1, 0x7f000001, [::ffff:127.0.0.1])."""
+    import ipaddress
+    import socket
+
+    host = host.strip().strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip: Any = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        try:
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))  # the short and numeric forms the resolver also takes
+        except OSError:
+            return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return bool(ip.is_loopback or ip.is_unspecified)
+
+
 def is_local(url: str) -> bool:
     from urllib.parse import urlsplit
 
-    host = (urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.") or host.endswith(".localhost")
+    try:
+        return is_local_host(urlsplit(url).hostname or "")
+    except ValueError:
+        return False
 
 
 def _check_local_links(cfg: Config) -> None:
@@ -35,7 +56,7 @@ def _check_local_links(cfg: Config) -> None:
     if d.backend == "outbox":
         return
     if d.backend == "smtp":
-        if is_local(f"smtp://{d.smtp.host}"):
+        if is_local_host(d.smtp.host):
             return  # a relay on this machine (Mailpit, a test server): the links are read here too
         where = f"the SMTP relay {d.smtp.host}"
     else:

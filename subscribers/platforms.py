@@ -20,8 +20,9 @@ source). What each status becomes here:
   spammy, malformed -> bounced; complained -> complained.
 - Ghost members CSV (id, email, name, note, subscribed_to_emails, ..., created_at, deleted_at, labels, tiers):
   subscribed_to_emails true -> active (created_at); false, or a deleted_at -> unsubscribed.
-- This publisher's own export, and any CSV with an ``email`` column: no status is read (not even our export's
-  ``status``): new people are pending, or active with --confirmed, as before.
+- This publisher's own export, and any CSV with an ``email`` column: new people are pending, or active with
+  --confirmed; our own export's unsubscribed, bounced and complained stay so (a restore never mails them). Their
+  ``topics`` keep only topics the site has.
 
 A status cell with any other value (an empty one included) rejects that row, with its line: a guess could mail
 someone who left. Tags (Mailchimp TAGS, Buttondown tags, Ghost labels) become topics where they name a known topic by
@@ -135,7 +136,8 @@ def detect(header: Sequence[str]) -> Layout:
             "is 'enabled' in it and was imported as active; check them against the list's unsubscribed view",))
     if _OWN_EXPORT <= keys:
         return Layout(OWN, "publisher subscribers export", "email", notes=(
-            "its status column is not read: everyone new is pending, or active with --confirmed",))
+            "who it says unsubscribed, bounced or complained is stored so and never mailed; everyone else new is pending, "
+            "or active with --confirmed",))
     if "email" in keys:
         return Layout(PLAIN, "CSV with an email column", "email")
     expected = "".join(f"\n  - {name}: {columns}" for name, columns in EXPECTED)
@@ -163,7 +165,16 @@ def map_row(layout: Layout, row: Mapping[str, str], topics: Mapping[str, str]) -
     email = row.get(layout.email_column, "")
     if layout.platform in (PLAIN, OWN):
         cell = row.get("topics", "")
-        return ImportRow(email, None, topics=tuple(t.strip() for t in cell.replace(",", ";").split(";") if t.strip()))
+        named = [t.strip() for t in cell.replace(",", ";").split(";") if t.strip()]
+        # Only topics the site has (by slug or name, as `subscribers add --topic` insists): a misspelt one would
+        # leave the person with a digest of nothing; the others are listed once in the summary.
+        matched, unmatched = match_tags(named, topics) if topics else ((), tuple(named))
+        status = None
+        if layout.platform == OWN:  # our own export: who left stays left (a restore must never mail them again)
+            said = row.get("status", "").strip().lower()
+            if said in ("unsubscribed", "bounced", "complained"):
+                status = SubscriberStatus(said)
+        return ImportRow(email, status, topics=matched, unmatched_tags=unmatched)
     status, when_cells, tags = _STATUS[layout.platform](layout, row)
     consent, unreadable = None, False
     for cell in when_cells if status is ACTIVE else ():
@@ -175,6 +186,8 @@ def map_row(layout: Layout, row: Mapping[str, str], topics: Mapping[str, str]) -
         if consent is not None:
             break
     unreadable = unreadable and consent is None
+    if status is ACTIVE and layout.platform == MAILCHIMP and consent is None:
+        status = PENDING  # its only sign of consent is an opt-in time, and the cell holds none that is a date
     matched, unmatched = match_tags(tags, topics)
     return ImportRow(email, status, consent, matched, unmatched, unreadable)
 

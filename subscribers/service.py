@@ -96,7 +96,8 @@ class SubscribeResult:
 
 
 def subscribe(store: Store, email: str, topics: Sequence[str], now: datetime, *, double_opt_in: bool = True,
-              check_deliverability: bool = False, may_send: Callable[[str], bool] | None = None) -> SubscribeResult:
+              check_deliverability: bool = False, may_send: Callable[[str], bool] | None = None,
+              asked_at: datetime | None = None) -> SubscribeResult:
     """A sign-up (from the web form's queue). The answer a visitor sees must not tell whether the address was known.
 
     New or unsubscribed → pending with a fresh nonce, and a confirmation goes out (an address that left must confirm
@@ -117,6 +118,8 @@ def subscribe(store: Store, email: str, topics: Sequence[str], now: datetime, *,
         existing = store.subscriber(address)  # someone else added it a moment ago
     if existing is not None and existing.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
         return SubscribeResult(existing, False, "unchanged")
+    if existing is not None and existing.status is SubscriberStatus.UNSUBSCRIBED and asked_at is not None and existing.updated_at >= asked_at:
+        return SubscribeResult(existing, False, "unchanged")  # they left after this request was queued: it is not theirs any more
     if may_send is not None and not may_send(address):
         return SubscribeResult(existing, False, "capped")
     nonce = new_nonce()
@@ -253,7 +256,8 @@ class ImportReport:
             tags = list(self.unmatched_tags)
             more = len(tags) - shown_tags
             listed = ", ".join(platforms.shown_tag(t) for t in tags[:shown_tags])
-            lines.append(f"  tags with no topic: {listed}" + (f" and {more}{'+' if self.more_tags else ''} more" if more > 0 else ""))
+            what = "topics not on this site (left out)" if not self.has_status else "tags with no topic"
+            lines.append(f"  {what}: {listed}" + (f" and {more}{'+' if self.more_tags else ''} more" if more > 0 else ""))
             if not self.known_topics:
                 lines.append("  no topics are known yet: run `publisher ingest` first (topics are files in content/topics/), "
                              "then import again")
@@ -291,7 +295,7 @@ def import_csv(store: Store, fh: Iterable[str], now: datetime, *, confirmed: boo
     report.notes = list(layout.notes)
     reader.fieldnames = fields
     index: dict[str, str] = {}
-    if layout.has_tags:
+    if layout.has_tags or layout.platform in (platforms.PLAIN, platforms.OWN):  # tags, or a `topics` column
         index = platforms.topic_index(store.topics() if topics is None else topics)  # type: ignore[attr-defined]
         report.known_topics = len(set(index.values()))
     default = SubscriberStatus.ACTIVE if confirmed else SubscriberStatus.PENDING
@@ -407,7 +411,7 @@ def _rows(reader: csv.DictReader, report: ImportReport, layout: platforms.Layout
         for tag in mapped.unmatched_tags:
             if tag not in report.unmatched_tags:
                 if len(report.unmatched_tags) < MAX_TAGS_KEPT:
-                    report.unmatched_tags[tag] = None
+                    report.unmatched_tags[tag[:200]] = None  # a hostile file's huge tag is not kept whole
                 else:
                     report.more_tags = True
         report.unreadable_times += mapped.unreadable_time

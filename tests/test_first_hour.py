@@ -203,3 +203,25 @@ def test_an_import_without_confirmed_sends_each_pending_person_the_confirmation(
     assert all("/confirm/" in m.get_body(("plain",)).get_content() for m in outbox(project))  # type: ignore[union-attr]
     again = run_ok(project, "subscribers", "import", "list.csv").stdout  # nobody new: nobody mailed again
     assert "pending:" not in again and len(outbox(project)) == 2
+
+
+def test_a_queued_confirmation_never_reopens_someone_who_left_after_it_was_queued(cfg) -> None:  # type: ignore[no-untyped-def]
+    """An import's confirmations go out a batch a minute; someone who unsubscribes (or is suppressed by a later
+    import) meanwhile must not be made pending again and mailed when their turn comes."""
+    from datetime import datetime, timedelta, timezone
+
+    from publisher.delivery.transactional import drain_signups
+    from publisher.models import SubscriberStatus
+    from publisher.pipeline import open_project_store
+    from subscribers import add_subscriber
+
+    store = open_project_store(cfg)
+    now = datetime.now(timezone.utc)
+    add_subscriber(store, "later@example.com", now - timedelta(seconds=2))
+    store.enqueue_signup("later@example.com", (), now - timedelta(seconds=1))  # queued by the import
+    store.set_subscriber_status("later@example.com", SubscriberStatus.UNSUBSCRIBED, now)  # then they left
+    done = drain_signups(cfg, store, worker="test")
+    assert done == {"unchanged": 1}, done
+    assert store.subscriber("later@example.com").status is SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
+    assert not (cfg.path(cfg.delivery.outbox_dir) / "new").exists() or not any((cfg.path(cfg.delivery.outbox_dir) / "new").iterdir())
+    store.close()

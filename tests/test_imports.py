@@ -315,8 +315,10 @@ def test_a_plain_list_and_our_own_export_work_as_before(fresh: Path) -> None:
     other.mkdir()
     (other / "config.toml").write_text("[subscribers]\nsample_subscribers = []\n", encoding="utf-8")
     out = run(other, "subscribers", "import", str(fresh / "out.csv"))
-    assert "publisher subscribers export: 1 row: 1 added" in out and "its status column is not read" in out, out
-    assert listed(other) == {"one@example.com": ("pending", "security-cooperation")}
+    assert "publisher subscribers export: 1 row: 1 added" in out and "who it says unsubscribed, bounced or complained is stored so" in out, out
+    # A store with no topics yet (nothing ingested): the topic is left out, and the summary says what to do.
+    assert "no topics are known yet: run `publisher ingest` first" in out, out
+    assert listed(other) == {"one@example.com": ("pending", "all topics")}
 
 
 def test_an_unknown_layout_names_the_columns_found_and_the_layouts_expected(fresh: Path) -> None:
@@ -368,3 +370,20 @@ def test_the_layouts_other_versions_of_these_exports_have() -> None:
     index = platforms.topic_index([Topic("security-cooperation", "Security Cooperation")])
     spellings = ("SECURITY  cooperation", "security_cooperation", "Security-Cooperation ", "security")
     assert [index.get(platforms.tag_key(t)) for t in spellings] == ["security-cooperation"] * 3 + [None]
+
+
+def test_a_restore_from_our_own_export_never_mails_who_left_and_unknown_topics_are_left_out(fresh: Path) -> None:
+    run(fresh, "ingest")
+    (fresh / "ours.csv").write_text(
+        '"email","status","topics","created_at","confirmed_at"\n'
+        '"stayed@example.com","active","security-cooperation;cybr","2026-01-01T00:00:00+00:00","2026-01-01T00:00:00+00:00"\n'
+        '"left@example.com","unsubscribed","","2026-01-01T00:00:00+00:00",""\n'
+        '"bounced@example.com","bounced","","2026-01-01T00:00:00+00:00",""\n', encoding="utf-8")
+    out = run(fresh, "subscribers", "import", "ours.csv")
+    assert "topics not on this site (left out): cybr" in out, out
+    people = listed(fresh)
+    assert people["stayed@example.com"] == ("pending", "security-cooperation")
+    assert people["left@example.com"][0] == "unsubscribed" and people["bounced@example.com"][0] == "bounced"
+    folder = fresh / "var" / "outbox" / "new"
+    mailed = {str(email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["To"]) for p in folder.iterdir()}
+    assert mailed == {"stayed@example.com"}  # the confirmation; never to who left

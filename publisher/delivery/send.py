@@ -170,38 +170,45 @@ def recover(cfg: Config, store: Store, now: datetime) -> int:
 # back at once, those messages would be sent twice. Only when no worker there does so in time are they sent again.
 HANDOVER_GRACE = 20.0  # seconds, when no worker is alive on that machine (systemd restarts one in 5: deploy/)
 HANDOVER_MAX = 120.0  # seconds, when one is alive there but has not replayed it (stuck, or its journal_dir differs)
-_dead_since: dict[str, float] = {}
 
 
 def _ready_to_retire(store: Store, dead: list[str]) -> list[str]:
     """The dead runs that can be retired now: this machine's (their journals were just replayed), and another
-    machine's once a worker there has had its chance to replay theirs (see HANDOVER_GRACE)."""
+    machine's once a worker there has had its chance to replay theirs (see HANDOVER_GRACE). When a run was first
+    seen dead is kept in the store, so the grace runs out for short-lived callers too (cron's `run --once`)."""
     import socket
-    import time
 
-    for gone in set(_dead_since) - set(dead):
-        del _dead_since[gone]
     if not dead:
         return []
-    here, clock = socket.gethostname(), time.monotonic()
+    here, now = socket.gethostname(), datetime.now(timezone.utc)
     holders = store.run_holders(dead)
     ready, waiting = [], []
     for run_id in dead:
         host = holders.get(run_id, "").rpartition(":")[0]
         (ready if not host or host == here else waiting).append(run_id)
     if waiting:
-        hosts_alive = {h.rpartition(":")[0] for _, h, *_ in store.live_workers(datetime.now(timezone.utc))}
+        hosts_alive = {h.rpartition(":")[0] for _, h, *_ in store.live_workers(now)}
         for run_id in waiting:
             host = holders[run_id].rpartition(":")[0]
-            if run_id not in _dead_since:
-                _dead_since[run_id] = clock
+            grace = HANDOVER_MAX if host in hosts_alive else HANDOVER_GRACE
+            key = f"run.dead_since:{run_id}"
+            seen = store.setting(key)
+            if seen is None:
+                store.set_setting(key, now.isoformat())
                 log.info("a send run on %s (%s) died; its rows wait up to %.0f s for a worker on %s to replay its journal",
-                         host, run_id, HANDOVER_MAX if host in hosts_alive else HANDOVER_GRACE, host)
-            waited = clock - _dead_since[run_id]
-            if waited >= (HANDOVER_MAX if host in hosts_alive else HANDOVER_GRACE):
+                         host, run_id, grace, host)
+                continue
+            try:
+                waited = max(0.0, (now - datetime.fromisoformat(seen)).total_seconds())
+            except ValueError:
+                waited = grace
+            if waited >= grace:
                 log.warning("the journal of a dead send run on %s (%s) was not replayed within %.0f s; its unrecorded "
                             "messages are sent again (at most its in-flight batches)", host, run_id, waited)
                 ready.append(run_id)
+    for run_id in ready:
+        if run_id in waiting:
+            store.set_setting(f"run.dead_since:{run_id}", None)
     return ready
 
 

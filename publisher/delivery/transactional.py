@@ -160,7 +160,7 @@ def process_signup(cfg: Config, store: Store, request: SignupRequest, worker: st
         subscriber_id = request.subscriber_id
         if subscriber_id is None:
             result = subscribe(store, request.email, request.topics, now, double_opt_in=cfg.subscribers.double_opt_in,
-                               may_send=lambda address: _may_send(cfg, store, address, now))
+                               may_send=lambda address: _may_send(cfg, store, address, now), asked_at=request.created_at)
             if not result.send_confirmation or result.subscriber is None:
                 _decoy(cfg, request.email, now)
                 store.finish_signup(request.id, worker, result.outcome, now)

@@ -31,6 +31,7 @@ class SignupRequest:
     status: str
     subscriber_id: int | None
     attempts: int
+    created_at: datetime | None = None  # when it was asked for: someone who left after that is not reopened by it
 
 
 class SignupMixin:
@@ -67,7 +68,8 @@ class SignupMixin:
             return []
         with self._tx() as conn:
             rows = conn.execute(select(r).where(r.c.id.in_(got)).order_by(r.c.id)).all()
-        return [SignupRequest(row.id, row.email or "", tuple(row.topics or ()), row.status, row.subscriber_id, row.attempts) for row in rows]
+        return [SignupRequest(row.id, row.email or "", tuple(row.topics or ()), row.status, row.subscriber_id, row.attempts,
+                              row.created_at) for row in rows]
 
     def signup_applied(self, request_id: int, subscriber_id: int) -> None:
         """The sign-up has changed the subscriber (and taken a slot of the address's cap): retries only resend."""
