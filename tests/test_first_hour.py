@@ -225,3 +225,14 @@ def test_a_queued_confirmation_never_reopens_someone_who_left_after_it_was_queue
     assert store.subscriber("later@example.com").status is SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
     assert not (cfg.path(cfg.delivery.outbox_dir) / "new").exists() or not any((cfg.path(cfg.delivery.outbox_dir) / "new").iterdir())
     store.close()
+
+
+def test_every_spelling_of_this_machine_counts_as_local() -> None:
+    from publisher.config_checks import is_local, is_local_host
+
+    for host in ("localhost", "localhost.", "LOCALHOST", "a.localhost", "127.0.0.1", "127.1", "2130706433", "0x7f000001",
+                 "0.0.0.0", "::1", "[::1]", "[::ffff:127.0.0.1]", "0:0:0:0:0:0:0:1", "::"):
+        assert is_local_host(host), host
+    for host in ("relay.example.com", "127.example.com", "10.0.0.5", "192.168.1.1", "2001:db8::1", ""):
+        assert not is_local_host(host), host
+    assert is_local("http://127.0.0.1:8000") and is_local("http://[::1]:8000/") and not is_local("https://127.example.com")
