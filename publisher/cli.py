@@ -142,9 +142,9 @@ def run(c: Context, once: bool, force_digest: bool) -> None:
     _print_ingest(report.ingest)
     if report.feeds_dir is not None:
         click.echo(f"feeds: {len(report.feeds_changed)} written, all in {report.feeds_dir}/")
-    if report.digest is None:
+    if report.digest_skipped_reason:
         click.echo(f"digest: not due ({report.digest_skipped_reason}); use --force-digest to send now")
-    else:
+    if report.digest is not None:  # the issue, or (not due) the retries of earlier issues' deferred recipients
         _print_send(report.digest, c.cfg)
         if report.digest.exit_code:
             sys.exit(report.digest.exit_code)

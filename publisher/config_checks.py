@@ -47,6 +47,21 @@ def is_local(url: str) -> bool:
         return False
 
 
+_RESERVED = (".example.com", ".example.org", ".example.net", ".example", ".test", ".invalid")  # RFC 2606: never a mailbox
+
+
+def _check_samples(cfg: Config) -> None:
+    """The sample subscribers (@example.com) are for the local outbox: a real relay would be asked to mail them."""
+    d = cfg.delivery
+    leaves = d.backend != "outbox" and not (d.backend == "smtp" and is_local_host(d.smtp.host)) and not (
+        d.backend != "smtp" and d.api.base_url and is_local(d.api.base_url))
+    fake = [e for e in cfg.subscribers.sample_subscribers if ("." + e.rpartition("@")[2].lower()).endswith(_RESERVED)]
+    if leaves and fake:
+        raise ConfigError(f"the sample subscribers ({', '.join(fake)}) would be mailed through {d.backend}: remove the "
+                          "sample_subscribers line (the ones it seeded are then unsubscribed by themselves).",
+                          file=cfg.file, key="subscribers.sample_subscribers")
+
+
 def _check_local_links(cfg: Config) -> None:
     """The default base_url is the local `publisher serve` (so images and links work on a laptop). Mail that leaves
     the machine with it would send every reader to their own computer: refused, with the fix."""
@@ -85,6 +100,7 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"expected one of {', '.join(allowed)}, got {value!r}.", file=f, key=key)
     _check_local_links(cfg)
+    _check_samples(cfg)
     for name, src in cfg.sources.items():
         if src.kind not in ("files", "feed", "page"):
             raise ConfigError(f"unknown source kind {src.kind!r}; choose files (a folder of Markdown), feed (RSS, Atom, JSON Feed) "

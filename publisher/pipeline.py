@@ -8,6 +8,7 @@ plain function of the package that owns it.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import Counter
@@ -48,10 +49,28 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
+SAMPLES_SETTING = "subscribers.samples_seeded"
+
+
 def open_project_store(cfg: Config) -> Store:
+    """The store, with the config's sample subscribers seeded once; when the line is taken out of config.toml (as it
+    says to before a real relay), those it seeded and who are still active or pending are unsubscribed."""
     store = open_store(cfg.store_url)
-    if cfg.subscribers.sample_subscribers:
-        seed_samples(store, cfg.subscribers.sample_subscribers, now_utc())
+    seeded = set(json.loads(store.setting(SAMPLES_SETTING) or "[]"))
+    samples = cfg.subscribers.sample_subscribers
+    if samples:
+        seed_samples(store, samples, now_utc())
+        if not set(samples) <= seeded:
+            store.set_setting(SAMPLES_SETTING, json.dumps(sorted(seeded | set(samples))))
+    elif seeded:
+        from .models import SubscriberStatus
+
+        gone = [email for email in sorted(seeded) if (sub := store.subscriber(email)) is not None
+                and sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
+                and store.set_subscriber_status(email, SubscriberStatus.UNSUBSCRIBED, now_utc())]
+        if gone:
+            log.warning("sample_subscribers is gone from the config: the sample subscribers %s are unsubscribed", ", ".join(gone))
+        store.set_setting(SAMPLES_SETTING, None)
     return store
 
 
@@ -172,4 +191,7 @@ def run_cycle(cfg: Config, store: Store, now: datetime, *, force_digest: bool = 
         record_outcome(store, report.digest)
     else:
         report.digest_skipped_reason = why
+        if store.due_retries(now):  # cron's `run --once` is the service too: the stragglers whose retry is due go now
+            report.digest = retry_deferred(cfg, store, now, due=now)
+            record_outcome(store, report.digest)
     return report

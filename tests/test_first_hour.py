@@ -236,3 +236,41 @@ def test_every_spelling_of_this_machine_counts_as_local() -> None:
     for host in ("relay.example.com", "127.example.com", "10.0.0.5", "192.168.1.1", "2001:db8::1", ""):
         assert not is_local_host(host), host
     assert is_local("http://127.0.0.1:8000") and is_local("http://[::1]:8000/") and not is_local("https://127.example.com")
+
+
+def test_run_once_from_cron_retries_the_deferred_recipients_when_their_retry_is_due(project: Path) -> None:
+    """`run --once` on a schedule (cron) is the service for some: it must retry stragglers, not only `publisher run`.
+    The default wait before a retry ([delivery].retry_first = 1m) is waited out for real."""
+    from .smtp_faults import FaultyRelay, relay
+    from .test_delivery_faults import smtp_project, with_subscribers
+
+    handler = FaultyRelay(tempfail=1.0)  # every message: 451, try again later
+    with relay(handler) as port:
+        smtp_project(project, port)
+        emails = with_subscribers(project, 3)
+        first = publisher(project, "run", "--once", timeout=300)
+        assert first.returncode == 3 and "3 deferred" in first.stdout, first.stdout + first.stderr
+        handler.tempfail = 0.0  # the relay is well again
+        deadline = time.monotonic() + 120
+        while True:
+            again = run_ok(project, "run", "--once")
+            if "3 sent" in again.stdout:
+                break
+            assert "not due" in again.stdout and time.monotonic() < deadline, again.stdout
+            time.sleep(5)
+    assert sorted(handler.delivered) == sorted(emails)
+
+
+def test_taking_out_the_sample_subscribers_line_unsubscribes_them_and_a_real_relay_refuses_it(project: Path) -> None:
+    run_ok(project, "run", "--once")
+    configure(project, ('backend = "outbox"', 'backend = "smtp"'), ('host = "localhost"', 'host = "smtp.example.net"'),
+              ('base_url = "http://127.0.0.1:8000"', 'base_url = "https://www.example.org"'))
+    text = (project / "config.toml").read_text(encoding="utf-8")
+    samples = 'sample_subscribers = ["reader@example.com", "analyst@example.com", "editor@example.com"]'
+    (project / "config.toml").write_text(text.replace("sample_subscribers = []", samples), encoding="utf-8")
+    refused = publisher(project, "status")
+    assert refused.returncode == 2 and "subscribers.sample_subscribers" in refused.stderr and "remove the" in refused.stderr, refused.stderr
+    (project / "config.toml").write_text(text, encoding="utf-8")  # the line taken out, as config.toml says
+    listed = run_ok(project, "subscribers", "list").stdout
+    for address in ("reader@example.com", "analyst@example.com", "editor@example.com"):
+        assert f"{address}\tunsubscribed" in listed, listed
