@@ -478,10 +478,10 @@ def digest_send(c: Context, dry_run: bool, test_to: str | None, progress: bool |
     from .pipeline import digest_due
 
     due, why = digest_due(c.cfg, c.store, _now())
-    if not due:
-        click.echo(f"digest: sending now, ahead of the schedule ({why})", err=True)
     with _stop_on_signals() as stop, _progress_bar(progress) as on_progress:
         outcome = send_digest(c.cfg, c.store, _now(), stop=stop, progress=on_progress)
+    if not due and not outcome.reason:  # an issue went out (not "nothing new"): say it was ahead of the schedule
+        click.echo(f"digest: sent now, ahead of the schedule ({why})", err=True)
     _print_send(outcome, c.cfg)
     record_outcome(c.store, outcome)
     if outcome.stopped:

@@ -145,7 +145,7 @@ def test_digest_send_says_when_it_goes_ahead_of_the_schedule(project: Path) -> N
     once = run_ok(project, "run", "--once")
     assert "not due" in once.stdout and "--force-digest" in once.stdout
     sent = run_ok(project, "digest", "send", "--no-progress")
-    assert "sending now, ahead of the schedule" in sent.stderr and "3 sent" in sent.stdout, sent.stdout + sent.stderr
+    assert "sent now, ahead of the schedule" in sent.stderr and "3 sent" in sent.stdout, sent.stdout + sent.stderr
 
 
 def test_subscribers_add_without_confirmed_sends_the_confirmation_now(project: Path) -> None:
