@@ -274,3 +274,14 @@ def test_taking_out_the_sample_subscribers_line_unsubscribes_them_and_a_real_rel
     listed = run_ok(project, "subscribers", "list").stdout
     for address in ("reader@example.com", "analyst@example.com", "editor@example.com"):
         assert f"{address}\tunsubscribed" in listed, listed
+
+
+def test_a_new_sqlite_store_is_readable_by_its_owner_only(project: Path) -> None:
+    import stat
+
+    run_ok(project, "run", "--once")
+    for name in ("publisher.db", "publisher.db-wal", "publisher.db-shm"):
+        path = project / "var" / name
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (name, oct(path.stat().st_mode))
+    assert (project / "var" / "publisher.db").exists()

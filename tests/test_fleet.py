@@ -67,7 +67,10 @@ def subscribe(project: Path, n: int, env: dict[str, str]) -> list[str]:
 
 @contextmanager
 def workers(project: Path, env: dict[str, str], n: int = 2) -> Iterator[list[subprocess.Popen[str]]]:
-    procs = [start(project, "worker", "--name", f"w{i}", env=env) for i in range(n)]
+    # Names unique on the broker: Celery gives each node an exclusive control queue (<name>@<host>.celery.pidbox),
+    # and tests running at once share the one RabbitMQ (two files' "w1" collided: a real cross-test clash).
+    tag = uuid.uuid4().hex[:6]
+    procs = [start(project, "worker", "--name", f"w{i}-{tag}", env=env) for i in range(n)]
     try:
         assert wait_for(lambda: f"workers: {n} alive" in publisher(project, "status", env=env).stdout, 60), \
             [output(project, p) for p in procs]

@@ -39,7 +39,12 @@ MIGRATE_LOCK_KEY = 0x7075626C6D  # "publm": the PostgreSQL advisory lock that ma
 def open_store(url: str) -> Store:
     """Connect and bring the schema to the newest migration."""
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url[len("sqlite:///"):].partition("?")[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The subscriber list is personal data: a new store is readable by its owner only (SQLite gives its -wal
+        # and -shm files the same mode). An empty file is an empty database.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     try:
         engine = create_engine(url, future=True)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
