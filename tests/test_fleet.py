@@ -161,7 +161,7 @@ def test_the_same_task_delivered_twice_sends_nothing_twice(project: Path, fleet_
                 app.send_task(fleet.TASK, args=[copy], queue=queue)
             copies += 3
             # Every copy was taken (with the coordinator's own task): the log has each one's outcome.
-            assert wait_for(lambda: worker_log(project).count("succeeded in") >= copies + 1, 60), worker_log(project)[-2000:]
+            assert wait_for(lambda: worker_log(project).count("succeeded in") >= copies + 1, 240), worker_log(project)[-2000:]
         assert coordinator.returncode == 0, output(project, coordinator)
     assert copies >= 4
     assert sorted(handler.delivered) == sorted(emails) and set(handler.delivered.values()) == {1}
