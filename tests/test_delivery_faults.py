@@ -328,7 +328,9 @@ def test_sigterm_ends_a_send_stuck_on_a_silent_relay_within_the_smtp_timeout(pro
         smtp_project(project, silent)
         emails = with_subscribers(project, 20)
         proc = start(project, "digest", "send", "--no-progress")
-        time.sleep(3)  # both connections are now waiting for the relay's answer to DATA
+        # Both connections waiting for the relay's answer to DATA (a fixed sleep raced the start of a loaded machine:
+        # SIGTERM came before the send had begun, and the default action killed it with nothing said)
+        assert wait_for(lambda: len(handler.arrivals) >= CONNECTIONS, 60, proc), output(project, proc)
         proc.send_signal(signal.SIGTERM)
         began = time.monotonic()
         try:
