@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -125,3 +126,36 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+# -- the fleet (issue 13): a broker, and a coordinator's and workers' environment on PostgreSQL -------------------------
+
+
+BROKER = os.environ.get("PUBLISHER_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _broker_missing() -> str | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(BROKER)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=2).close()
+        return None
+    except OSError as exc:
+        return f"no message broker at {parts.hostname}:{parts.port} ({exc}); start RabbitMQ or set PUBLISHER_TEST_BROKER_URL"
+
+
+@pytest.fixture
+def broker() -> str:
+    missing = _broker_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing + " (CI starts it: see .ci/run)")
+        pytest.skip(missing)
+    return BROKER
+
+
+@pytest.fixture
+def fleet_env(broker: str, postgres_url: str) -> dict[str, str]:
+    from .test_delivery_faults import env_for
+
+    return env_for(PUBLISHER_STORE__URL=postgres_url, PUBLISHER_DELIVERY__ENGINE="celery", PUBLISHER_BROKER_URL=broker,
+                   PUBLISHER_DELIVERY__TASK_QUEUE=f"publisher-test-{uuid.uuid4().hex[:8]}")

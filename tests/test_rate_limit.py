@@ -18,12 +18,9 @@ import pytest
 from publisher.delivery.engine import TokenBucket, burst_for
 from publisher.delivery.fleet import FleetLimiter
 
-from . import test_fleet
 from .smtp_faults import FaultyRelay, relay
 from .test_delivery_faults import publisher, smtp_project, with_subscribers
 from .test_fleet import subscribe, workers
-
-broker, fleet_env = test_fleet.broker, test_fleet.fleet_env  # the fleet tests' fixtures: RabbitMQ, a PostgreSQL schema, a queue
 
 
 def busiest(stamps: list[float], width: float) -> int:

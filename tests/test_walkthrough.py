@@ -32,8 +32,6 @@ from pathlib import Path
 import click
 import pytest
 
-from .test_fleet import broker  # noqa: F401 - the fixture
-
 REPO = Path(__file__).resolve().parents[1]
 NOT_RUN = {
     '.venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest': "the test suite itself (CI runs it: .ci/run)",
