@@ -142,6 +142,8 @@ def run(c: Context, once: bool, force_digest: bool) -> None:
     _print_ingest(report.ingest)
     if report.feeds_dir is not None:
         click.echo(f"feeds: {len(report.feeds_changed)} written, all in {report.feeds_dir}/")
+    if report.site is not None:
+        _print_site(report.site, c.cfg)
     if report.digest_skipped_reason:
         click.echo(f"digest: not due ({report.digest_skipped_reason}); use --force-digest to send now")
     if report.digest is not None:  # the issue, or (not due) the retries of earlier issues' deferred recipients
@@ -182,6 +184,11 @@ def _print_ingest(report: Any) -> None:
         click.echo(f"  skipped {err}", err=True)
     for warning in report.warnings:
         click.echo(f"  warning: {warning}", err=True)
+
+
+def _print_site(site: Any, cfg: Config) -> None:
+    removed = f", {len(site.removed)} removed" if site.removed else ""
+    click.echo(f"site: {len(site.written)} of {site.files} files written{removed}, in {cfg.path(cfg.site.public_dir)}/ (search {site.search})")
 
 
 def _print_send(outcome: Any, cfg: Config | None = None) -> None:
@@ -319,16 +326,17 @@ def feeds() -> None:
 @feeds.command("build")
 @pass_ctx
 def feeds_build(c: Context) -> None:
-    """Write every feed (all, per topic, per content type) under [feeds].output_dir.
+    """Write every feed (all, per topic, per content type) under [feeds].output_dir, and the site's pages.
 
     \b
     Example:
       publisher feeds build
     """
-    from .pipeline import run_feeds
+    from .pipeline import run_feeds, run_site
 
     changed = run_feeds(c.cfg, c.store)
     click.echo(f"feeds: {len(changed)} written ({'the rest unchanged' if changed else 'all unchanged'}) in {c.cfg.path(c.cfg.feeds.output_dir)}/")
+    _print_site(run_site(c.cfg, c.store), c.cfg)
 
 
 @main.command()

@@ -60,6 +60,13 @@ class SiteConfig:
     postal_address: str = "1 Example Square, Springfield, EX 00000, USA"
     templates_dir: str = "templates"
     public_dir: str = "public"
+    description: str = "Research and commentary from the Publisher Sample Institute."  # the home page's introduction
+    page_size: int = 20  # publications per listing page (the front page of a listing holds up to twice as many)
+    logo: str = ""  # "/media/logo.svg" (a file of content/images/ or public/) or an https:// URL; empty: the name in text
+    accent_color: str = "#0b5cad"  # links and buttons; each colour must keep WCAG AA contrast with the background
+    text_color: str = "#1f2328"
+    background_color: str = "#ffffff"
+    font_family: str = 'Georgia, "Times New Roman", serif'
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ def validate(cfg: Config) -> None:
         ZoneInfo(cfg.site.timezone)
     except Exception:
         raise ConfigError(f"unknown time zone {cfg.site.timezone!r}; use an IANA name like 'Europe/Berlin' or 'UTC'.", file=f, key="site.timezone") from None
+    _check_theme(cfg)
     for key, allowed in _CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -218,6 +219,44 @@ def _validate_signup_limits(cfg: Config) -> None:
         except ValueError:
             raise ConfigError(f"{entry!r} is not an IP address or a network like '10.0.0.0/8' or '2001:db8::/32'; list your reverse "
                               "proxies' addresses.", file=f, key="web.trusted_proxies") from None
+
+
+_COLOUR = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
+_FONTS = re.compile(r"[A-Za-z0-9 ,\"'-]{1,200}")  # what goes into the stylesheet: nothing that could end the rule
+
+
+def _luminance(colour: str) -> float:
+    """WCAG 2.1 relative luminance of #rgb or #rrggbb."""
+    digits = colour[1:] if len(colour) == 7 else "".join(c * 2 for c in colour[1:])
+    channels = [int(digits[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    r, g, b = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: str, b: str) -> float:
+    """The WCAG contrast ratio of two colours, 1 to 21."""
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def _check_theme(cfg: Config) -> None:
+    """The site's colours, font and logo go into its stylesheet and pages: checked strictly, and for WCAG AA contrast."""
+    s, f = cfg.site, cfg.file
+    for key in ("accent_color", "text_color", "background_color"):
+        if not _COLOUR.fullmatch(getattr(s, key)):
+            raise ConfigError(f"expected a colour like '#0b5cad' (# and 3 or 6 hex digits), got {getattr(s, key)!r}.", file=f, key=f"site.{key}")
+    for key in ("text_color", "accent_color"):  # body text and links on the background; the buttons' text is the background
+        ratio = contrast(getattr(s, key), s.background_color)
+        if ratio < 4.5:
+            raise ConfigError(f"{getattr(s, key)} on the background {s.background_color} has a contrast of {ratio:.1f}:1; readers need "
+                              "4.5:1 (WCAG 2.1 AA): choose a darker or lighter colour.", file=f, key=f"site.{key}")
+    if not _FONTS.fullmatch(s.font_family):
+        raise ConfigError(f"expected a CSS font list like 'Georgia, \"Times New Roman\", serif' (letters, digits, spaces, commas, quotes, "
+                          f"hyphens), got {s.font_family!r}.", file=f, key="site.font_family")
+    if s.logo and not (re.fullmatch(r"https://[^\s\"'<>]+", s.logo) or re.fullmatch(r"/[A-Za-z0-9._/-]+", s.logo)):
+        raise ConfigError(f"expected a path on the site like '/media/logo.svg' or an https:// URL, got {s.logo!r}.", file=f, key="site.logo")
+    if not 1 <= s.page_size <= 500:
+        raise ConfigError(f"expected 1 to 500 publications a page, got {s.page_size}.", file=f, key="site.page_size")
 
 
 def _get(obj: Any, dotted: str) -> Any:

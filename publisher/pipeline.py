@@ -27,9 +27,9 @@ from .delivery.send import SendOutcome, archive, compose, deliver, finish, merge
 from .digest import PlannedIssue, plan_issue, render_variants
 from .digest.render import RenderedIssue
 from .feeds import FeedBuilder, copy_media, feed_specs, feeds_url, specs_holding
-from .feeds.site import build_pages
 from .feeds.websub import ping_hub
 from .ingest import IngestReport, run_sources
+from .site import SiteReport, build_site
 from .store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class CycleReport:
     ingest: IngestReport
     feeds_changed: list[Path] = field(default_factory=list)
     feeds_dir: Path | None = None
+    site: SiteReport | None = None
     digest: SendOutcome | None = None
     digest_skipped_reason: str = ""
     signups: Counter[str] = field(default_factory=Counter)  # sign-up requests done this cycle, by outcome
@@ -99,7 +100,7 @@ def run_signups(cfg: Config, store: Store, *, stop: threading.Event | None = Non
 
 
 def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, builder: FeedBuilder | None = None) -> list[Path]:
-    """Write the feeds and the site pages; after an ingest, only the feeds its new publications are in.
+    """Write the feeds; after an ingest, only the feeds its new publications are in.
 
     Publications that were updated, or topics that changed, can move between feeds: then every feed is
     rebuilt (unchanged files are still left alone). Returns the feed files whose bytes changed.
@@ -107,17 +108,21 @@ def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, bui
     builder = builder or FeedBuilder(cfg)
     copy_media(cfg)
     topics = store.topics()
-    all_specs = specs = feed_specs(store, cfg, topics)
+    specs = feed_specs(store, cfg, topics)
     if report is not None and report.new and not (report.updated or report.topics_changed):
         specs = specs_holding(specs, builder.remember(store.publications(ids=report.new)))
     builder.topic_names = {t.slug: t.name for t in topics}
     listings = builder.listings(store, specs)
     changed = builder.write(listings, store)
-    build_pages(cfg, listings, all_specs)
     if cfg.feeds.websub_hub and changed:
         root = cfg.path(cfg.feeds.output_dir)
         ping_hub(cfg.feeds.websub_hub, [f"{feeds_url(cfg)}/{p.relative_to(root).as_posix()}" for p in changed])
     return changed
+
+
+def run_site(cfg: Config, store: Store) -> SiteReport:
+    """The readers' pages (home, topics, types, publications, archive, search): unchanged pages are not written."""
+    return build_site(cfg, store)
 
 
 def next_issue(cfg: Config, store: Store, now: datetime, topic_sets: Iterable[tuple[str, ...]] | None = None
@@ -184,6 +189,7 @@ def run_cycle(cfg: Config, store: Store, now: datetime, *, force_digest: bool = 
     report = CycleReport(ingest=run_ingest(cfg, store, now), signups=signups)
     report.feeds_changed = run_feeds(cfg, store)  # all of them: a one-off run also repairs a deleted or edited file
     report.feeds_dir = cfg.path(cfg.feeds.output_dir)
+    report.site = run_site(cfg, store)
     due, why = digest_due(cfg, store, now)
     if due or force_digest:
         log.info("digest: %s", "forced" if force_digest and not due else why)

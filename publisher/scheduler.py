@@ -33,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .config import Config, parse_duration
 from .delivery.send import SendOutcome, retry_deferred
 from .feeds import FeedBuilder
-from .pipeline import FAULT_SETTING, now_utc, record_outcome, run_feeds, run_ingest, run_signups, send_digest
+from .pipeline import FAULT_SETTING, now_utc, record_outcome, run_feeds, run_ingest, run_signups, run_site, send_digest
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def ingest_job() -> None:
         log.warning("source problem: %s", err)
     if report.changed:
         changed = run_feeds(cfg, store, report, _context["builder"])
-        log.info("feeds: %d files rewritten", len(changed))
+        site = run_site(cfg, store)
+        log.info("feeds: %d files rewritten; site: %d pages written, %d removed", len(changed), len(site.written), len(site.removed))
 
 
 class _Either:

@@ -333,7 +333,7 @@ def test_sent_issues_are_archived_with_an_index_and_a_feed(cfg: Config, db: Stor
     hrefs = {a.get("href") for a in index.iter("a")}
     for issue_id in sent:
         copy = digests / f"{issue_id}.html"
-        assert copy.is_file() and f"{issue_id}.html" in hrefs
+        assert copy.is_file() and f"{cfg.site.base_url}/digests/{issue_id}.html" in hrefs
         page = copy.read_text(encoding="utf-8")
         assert not re.search(r"slot-[0-9a-f]{32}-", page) and "reader@example.com" not in page
 

@@ -15,7 +15,7 @@ from lxml import etree
 
 from publisher.config import Config
 from publisher.feeds import FeedBuilder, entry_id
-from publisher.pipeline import run_feeds, run_ingest
+from publisher.pipeline import run_feeds, run_ingest, run_site
 from publisher.store import Store, open_store
 
 from .atom_schema import validate_atom
@@ -30,6 +30,7 @@ def built(cfg: Config) -> Iterator[tuple[Config, Store, Path]]:
     store = open_store(cfg.store_url)
     run_ingest(cfg, store, NOW)
     run_feeds(cfg, store)
+    run_site(cfg, store)
     yield cfg, store, cfg.path(cfg.feeds.output_dir)
     store.close()
 
@@ -78,7 +79,7 @@ def test_first_entry_reads_as_expected(built) -> None:
     assert first.title == "Persistent Gray Zone Aggression in the South China Sea Calls for Increased Coordination in Rule of Law"
     assert first.author == "Aiko Tanabrook"
     assert first.summary.startswith("Washington is ceding influence")
-    assert first.link == "https://www.example.org/commentary/2024/04/gray-zone-aggression-south-china-sea-rule-of-law.html"
+    assert first.link == "http://127.0.0.1:8000/publications/2024-04-16-gray-zone-aggression-south-china-sea-rule-of-law/"  # its page on the site
     assert [t.label for t in first.tags] == ["Commentary", "Security Cooperation"]
 
 

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 import requests
 
 from publisher.config import Config
-from publisher.pipeline import run_feeds, run_ingest
+from publisher.pipeline import run_feeds, run_ingest, run_site
 from publisher.store import open_store
 from publisher.web import create_app
 
@@ -20,6 +20,7 @@ from .servers import recording_server, run_app
 def build(cfg: Config) -> None:
     store = open_store(cfg.store_url)
     run_feeds(cfg, store, run_ingest(cfg, store, NOW))
+    run_site(cfg, store)
     store.close()
 
 

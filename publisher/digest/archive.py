@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import html
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 from feedgen.feed import FeedGenerator
 
 from ..config import Config
-from ..fsutil import safe_join, write_atomic
+from ..fsutil import PathRefused, safe_join, write_atomic
 from ..store import Store
 from .render import RenderedIssue
 
@@ -28,36 +28,48 @@ def write_copy(cfg: Config, rendered: RenderedIssue) -> Path:
 
 
 def write_index(cfg: Config, store: Store) -> list[Path]:
-    """public/digests/index.html and public/digests/feed.atom, from the store's sent issues."""
-    base = cfg.site.base_url.rstrip("/")
+    """public/digests/index.html (the archive page, in the site's design), public/digests/feed.atom, and the
+    previous/next links of every copy, from the store's sent issues."""
+    from ..site import digest_index
+
     issues = store.sent_issues()
-    rows = "\n".join(
-        f'    <li><a href="{html.escape(i)}.html">{html.escape(_date(sent))}</a> · {count} publication{"s" if count != 1 else ""}'
-        f'{" · " + html.escape(note) if note else ""}</li>'
-        for i, sent, note, count in issues
-    ) or "    <li>No issue has been sent yet.</li>"
-    page = f"""<!doctype html>
-<html lang="{html.escape(cfg.site.language)}">
-<head>
-  <meta charset="utf-8">
-  <meta name="viewport" content="width=device-width, initial-scale=1">
-  <title>{html.escape(cfg.site.name)}: past digests</title>
-  <link rel="alternate" type="application/atom+xml" title="{html.escape(cfg.site.name)}: digests" href="{base}/digests/feed.atom">
-  <style>body {{ font: 17px/1.5 Georgia, serif; max-width: 42rem; margin: 2rem auto; padding: 0 1rem; }}</style>
-</head>
-<body>
-  <h1>{html.escape(cfg.site.name)}: past digests</h1>
-  <ul>
-{rows}
-  </ul>
-</body>
-</html>
-"""
     index = digests_dir(cfg) / "index.html"
     feed = digests_dir(cfg) / "feed.atom"
-    write_atomic(index, page.encode("utf-8"))
+    write_atomic(index, digest_index(cfg, store, issues))
     write_atomic(feed, _feed(cfg, issues))
+    link_copies(cfg, issues)
     return [index, feed]
+
+
+NAV = re.compile(r"<!--publisher:archive-nav-->.*?<!--/publisher:archive-nav-->", re.S)
+BODY = re.compile(r"<body\b[^>]*>", re.I)
+
+
+def link_copies(cfg: Config, issues: list[tuple[str, datetime, str, int]]) -> list[Path]:
+    """Each sent issue's web copy gets links to the previous and the next issue (and all of them) at its top; only the
+    copies whose neighbours changed are written. Returns those."""
+    from ..site import archive_nav
+
+    written = []
+    for k, (issue_id, *_rest) in enumerate(issues):  # newest first
+        try:
+            path = safe_join(digests_dir(cfg), f"{issue_id}.html")
+            page = path.read_text(encoding="utf-8")
+        except (PathRefused, FileNotFoundError, UnicodeDecodeError):  # no copy (an older install, or deleted): nothing to link
+            continue
+        newer = issues[k - 1][0] if k > 0 else None
+        older = issues[k + 1][0] if k + 1 < len(issues) else None
+        nav = f"<!--publisher:archive-nav-->{archive_nav(cfg, issue_id, newer, older)}<!--/publisher:archive-nav-->"
+        if NAV.search(page):
+            linked = NAV.sub(lambda _m: nav, page, count=1)
+        else:
+            body = BODY.search(page)
+            if body is None:
+                continue
+            linked = page[:body.end()] + nav + page[body.end():]
+        if write_atomic(path, linked.encode("utf-8")):
+            written.append(path)
+    return written
 
 
 def _date(when: datetime) -> str:

@@ -77,3 +77,8 @@ def content_html(pub: Publication) -> str:
         cleaned = _CONTENT_CLEANER.clean(clean_text(body))
         parts.append(_absolute(cleaned, pub.url))
     return "\n".join(parts)
+
+
+def body_html(pub: Publication) -> str:
+    """The body alone, sanitised and with absolute links: for the publication's own page (its image is shown apart)."""
+    return _absolute(_CONTENT_CLEANER.clean(clean_text(pub.body_html)), pub.url) if pub.body_html else ""

@@ -48,6 +48,9 @@ def create_app(cfg: Config, store: Store | None = None) -> Starlette:
     """The site's static files, plus (with a store) the subscription pages and the providers' webhooks."""
     public = cfg.path(cfg.site.public_dir)
     public.mkdir(parents=True, exist_ok=True)
+    from ..site import write_stylesheet
+
+    write_stylesheet(cfg)  # the subscription pages use it before any build has run
     site = SiteFiles(directory=public, feeds_dir=cfg.path(cfg.feeds.output_dir))
     routes: list[BaseRoute] = []
     if store is not None:

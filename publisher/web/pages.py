@@ -12,7 +12,10 @@ token gets a 400 and changes nothing.
   browser's cross-site POST (Sec-Fetch-Site: cross-site) is refused. One exception, by the standard: RFC 8058's
   one-click POST (body ``List-Unsubscribe=One-Click``) comes from a mail client with no cookie and no page, so it
   needs neither. That is safe because the unsubscribe URL is itself the credential (a 128-bit signature per
-  subscriber): whoever could forge that POST could send it from anywhere, no browser needed.
+  subscriber): whoever could forge that POST could send it from anywhere, no browser needed. The other: the
+  sign-up form of the site's static pages (a file cannot hold a per-visitor token), taken when the browser says
+  the post came from this site (Sec-Fetch-Site: same-origin, or an Origin of ours), headers no page can set;
+  any other post without a token gets the server's form back, with one, to press again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import re
 import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import jinja2
 from itsdangerous import BadData, URLSafeTimedSerializer
@@ -38,6 +41,7 @@ from subscribers.tokens import read_confirm_token, read_token
 from ..config import Config, parse_duration
 from ..delivery.send import links_for
 from ..delivery.transactional import SignupSender
+from ..site import css_address
 from ..store import Store
 from .clients import client_address, network_of, parse_networks, peer_is_trusted
 
@@ -46,6 +50,7 @@ CSRF_COOKIE = "publisher_csrf"
 CSRF_MAX_AGE = 7200
 _COOKIE = re.compile(r"[A-Za-z0-9_-]{32}")  # what secrets.token_urlsafe(24) makes
 EXPIRED = "The form expired. Please submit it again (this form needs cookies)."
+ONE_MORE = "One more step: please check your address and press Subscribe (this keeps other sites from signing you up)."
 
 
 def subscription_routes(cfg: Config, store: Store, *, sender: SignupSender | None = None) -> list[Route]:
@@ -53,6 +58,8 @@ def subscription_routes(cfg: Config, store: Store, *, sender: SignupSender | Non
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(cfg.path(cfg.site.templates_dir)), autoescape=True,
                              undefined=jinja2.StrictUndefined, auto_reload=True)
     base = cfg.site.base_url.rstrip("/")
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
+    css_url = css_address(cfg)
     csrf = URLSafeTimedSerializer(cfg.secret_key.get(), salt="publisher.csrf")
     trusted = parse_networks(cfg.web.trusted_proxies)
     window = timedelta(seconds=parse_duration(cfg.web.signup_window))
@@ -66,7 +73,7 @@ def subscription_routes(cfg: Config, store: Store, *, sender: SignupSender | Non
         cookie = request.cookies.get(CSRF_COOKIE) or ""
         if not _COOKIE.fullmatch(cookie):  # ours, or a new one: never echo a value someone else chose
             cookie = secrets.token_urlsafe(24)
-        response = HTMLResponse(env.get_template(name).render(site=cfg.site, csrf=csrf.dumps(cookie), **context), status_code=status)
+        response = HTMLResponse(env.get_template(name).render(site=cfg.site, css_url=css_url, csrf=csrf.dumps(cookie), **context), status_code=status)
         secure = request.url.scheme == "https" or (peer_is_trusted(_peer(request), trusted) and request.headers.get("x-forwarded-proto") == "https")
         response.set_cookie(CSRF_COOKIE, cookie, max_age=CSRF_MAX_AGE, httponly=True, samesite="lax", secure=secure)
         return response
@@ -82,6 +89,19 @@ def subscription_routes(cfg: Config, store: Store, *, sender: SignupSender | Non
             return False
         return _csrf_ok(csrf, request.cookies.get(CSRF_COOKIE), form.get("csrf", [""])[0])
 
+    def from_our_page(request: Request, form: dict[str, list[str]]) -> bool:
+        """The sign-up form of a static page (no cookie, no token), posted by a browser from this site: it says so in
+        Sec-Fetch-Site, or else in Origin, headers a web page cannot set. Anything else gets the form with a token."""
+        if "csrf" in form or "from_page" not in form:
+            return False
+        fetch_site = request.headers.get("sec-fetch-site")
+        if fetch_site is not None:
+            return fetch_site == "same-origin"
+        return request.headers.get("origin", "").rstrip("/") in own_origins(request)
+
+    def own_origins(request: Request) -> set[str]:
+        return {origin, f"{request.url.scheme}://{request.url.netloc}"}
+
     def subscribe_form(request: Request, *, error: str = "", email: str = "", chosen: tuple[str, ...] = (), status: int = 200) -> HTMLResponse:
         return page(request, "web/subscribe.html.j2", status, action="/subscribe", error=error, email=email, topics=store.topics(), chosen=chosen)
 
@@ -96,7 +116,9 @@ def subscription_routes(cfg: Config, store: Store, *, sender: SignupSender | Non
         if form is None:
             return PlainTextResponse("form too large", status_code=413)
         email, chosen = _safe_echo(form.get("email", [""])[0]), tuple(dict.fromkeys(form.get("topics", [])))
-        if not csrf_ok(request, form):
+        if not (csrf_ok(request, form) or from_our_page(request, form)):
+            if "csrf" not in form and "from_page" in form:  # a page's form from an older browser: one more press
+                return subscribe_form(request, error=ONE_MORE, email=email, chosen=chosen, status=400)
             return subscribe_form(request, error=EXPIRED, email=email, status=400)
         if form.get("website", [""])[0]:  # the honeypot: people leave it empty, form-filling bots do not
             return check_inbox(request)

@@ -8,7 +8,10 @@ so its 500 page carries the headers too.
 The policies, and why each source is allowed:
 
     publisher serve (the site under public/, the subscription pages, the webhooks, errors and 404s)
-      default-src 'none'                    nothing loads unless named below; no script at all (no page has one)
+      default-src 'none'                    nothing loads unless named below; no script at all, but on /search/:
+                                            script-src 'self' 'wasm-unsafe-eval' and connect-src 'self' (Pagefind's
+                                            search box: the site's own files, its WebAssembly and its index),
+                                            and on /pagefind/ (its worker runs under its own script's policy)
       img-src 'self' https: http: data:     the digest web copies show images from [site].base_url and from partner feeds
       style-src 'self' 'unsafe-inline'      MJML's output and the pages style inline (style attributes cannot be hashed)
       form-action 'self' <base_url>         the sign-up, confirm, unsubscribe and preferences forms post here
@@ -40,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 NONCE_SLOT = "{nonce}"
 TOKEN_PAGES = ("/confirm/", "/unsubscribe/", "/preferences/")  # their URL is a credential: never sent on
+SEARCH_PATHS = ("/search/", "/pagefind/")  # the search page, and Pagefind's files (its worker)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
@@ -70,11 +74,16 @@ def _csp(**directives: str) -> str:
 
 def site_policy(base_url: str) -> HeaderPolicy:
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(base_url))
-    csp = _csp(default_src="'none'", img_src="'self' https: http: data:", style_src="'self' 'unsafe-inline'",
-               form_action=f"'self' {origin}", frame_ancestors="'none'", base_uri="'none'")
-    common = {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+    directives = {"default_src": "'none'", "img_src": "'self' https: http: data:", "style_src": "'self' 'unsafe-inline'",
+                  "form_action": f"'self' {origin}", "frame_ancestors": "'none'", "base_uri": "'none'"}
+    common = {"Content-Security-Policy": _csp(**directives), "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
               "Referrer-Policy": "strict-origin-when-cross-origin"}
-    return HeaderPolicy(common, tuple((prefix, {"Referrer-Policy": "same-origin"}) for prefix in TOKEN_PAGES))
+    # One page runs scripts, and only the site's own files: Pagefind's search box, which compiles WebAssembly
+    # ('wasm-unsafe-eval' allows that, not eval) and fetches its index from the site.
+    search = {"Content-Security-Policy": _csp(**directives, script_src="'self' 'wasm-unsafe-eval'", connect_src="'self'")}
+    # Pagefind's worker script gets it too: a worker runs under the policy its own script came with.
+    return HeaderPolicy(common, (*((prefix, {"Referrer-Policy": "same-origin"}) for prefix in TOKEN_PAGES),
+                                 *((prefix, search) for prefix in SEARCH_PATHS)))
 
 
 def preview_policy() -> HeaderPolicy:

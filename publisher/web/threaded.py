@@ -18,11 +18,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, host: str = "127.0.0.1", lifespan: str = "off", start_timeout: float = 10.0) -> Iterator[str]:
-    """Start uvicorn on a free port, yield its base URL, stop it on exit."""
+def serve_in_thread(app: Any, *, host: str = "127.0.0.1", lifespan: str = "off", start_timeout: float = 10.0,
+                    port: int | None = None) -> Iterator[str]:
+    """Start uvicorn on ``port`` (default: a free one), yield its base URL, stop it on exit."""
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan,
                                           proxy_headers=False))  # the app decides whom to believe: [web].trusted_proxies
     thread = threading.Thread(target=server.run, daemon=True)

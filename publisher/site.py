@@ -1,0 +1,412 @@
+"""The readers' site: the home page, a page per topic and per content type, a page per publication of content/,
+the topics index, the digest archive, search, and one stylesheet; built from the store after the feeds.
+
+Like the feeds, every page's bytes are a pure function of the store and the config, and :func:`write_atomic` leaves
+an unchanged file alone: a rebuild of unchanged content writes nothing.
+
+**Pagination is counted from the oldest publication**, so that a new one changes only the pages that show it. A
+listing's archived pages (``page/1/`` the oldest) each hold exactly ``[site].page_size`` publications and never
+change when something new arrives; its front page holds the rest, the newest, from page_size to twice that less one.
+When the front page fills up, its oldest page_size become the next archived page. Each archived page's "newer" link
+is always ``page/<k+1>/``: for the newest archived page that address is a small page that sends the reader on to the
+front, replaced by the real page when it is archived, so no archived page is ever written again for a new link.
+
+**Featured** publications (the editor's rank, then newest) are shown first on a listing's front page; the list below
+still holds every publication in date order, so that featuring or unfeaturing one moves nothing between pages.
+
+A publication that comes from content/ (its URL is under ``<base_url>/publications/``) gets a page of its own; one
+from a remote source is linked to where it was published.
+
+Pages carry a sign-up form that works without JavaScript: it posts to ``/subscribe`` (the double opt-in of
+``publisher.web.pages``) with the page's topic ticked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo
+
+import jinja2
+from babel.dates import format_date
+
+from .config import Config
+from .errors import TemplateError
+from .feeds import MEDIA_TYPES, FeedSpec, absolute_url, feed_specs, feeds_url
+from .feeds.content import body_html, plain_text, summary_html
+from .fsutil import PathRefused, safe_join, write_atomic
+from .models import Publication, Topic
+from .store import Store
+
+log = logging.getLogger(__name__)
+FORMAT_NAMES = {"rss": "RSS", "atom": "Atom", "json": "JSON Feed"}
+OWN_FOLDERS = ("page", "topics", "types", "publications")  # under public/: only the site writes here; stale pages go
+SEARCH_DIR = "pagefind"
+PUBLICATIONS = "/publications/"
+
+
+@dataclass
+class SiteReport:
+    written: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+    files: int = 0  # pages and assets this build made (written or found unchanged)
+    search: str = ""  # what became of the search index, for the run's summary
+
+
+# -- what goes on the pages ------------------------------------------------------------------------------------------
+
+
+def paginate(pubs: list[Publication], size: int) -> tuple[list[Publication], list[list[Publication]]]:
+    """(front page, archived pages oldest first) of a newest-first list: see the module's docstring."""
+    archived = max(len(pubs) // size - 1, 0)
+    oldest_first = pubs[::-1]
+    pages = [oldest_first[k * size:(k + 1) * size][::-1] for k in range(archived)]
+    return oldest_first[archived * size:][::-1], pages
+
+
+def own_page(cfg: Config, pub: Publication) -> str | None:
+    """The site path of the publication's own page (``/publications/<name>/``), when it has one: those of content/."""
+    base = cfg.site.base_url.rstrip("/")
+    if not pub.url.startswith(base + PUBLICATIONS):
+        return None
+    rest = pub.url[len(base + PUBLICATIONS):]
+    name = unquote(rest[:-1]) if rest.endswith("/") else ""
+    if not name or "/" in name or name in (".", "..") or "?" in rest or "#" in rest:
+        return None
+    return PUBLICATIONS + name + "/"
+
+
+def featured_first(pubs: Iterable[Publication]) -> list[Publication]:
+    """The featured ones in the editor's order (rank, then newest)."""
+    chosen = [p for p in pubs if p.featured]
+    chosen.sort(key=lambda p: p.published, reverse=True)
+    chosen.sort(key=lambda p: p.featured_rank if p.featured_rank is not None else 1 << 30)
+    return chosen
+
+
+class _Pages:
+    """The Jinja environment, the site's context, and the rendering of each kind of page."""
+
+    def __init__(self, cfg: Config, topics: list[Topic], specs: list[FeedSpec], search_on: bool) -> None:
+        self.cfg = cfg
+        self.base = cfg.site.base_url.rstrip("/")
+        self.env = environment(str(cfg.path(cfg.site.templates_dir)))
+        self.topics = {t.slug: t for t in topics}
+        self.specs = specs
+        self.search_on = search_on
+        self.tz = ZoneInfo(cfg.site.timezone)
+        self.common = {"site": cfg.site, "base": self.base, "root": site_root(cfg), "css_url": css_address(cfg),
+                       "logo": absolute_url(cfg, cfg.site.logo) if cfg.site.logo else "", "search_on": search_on,
+                       "icon": absolute_url(cfg, cfg.feeds.icon),
+                       "all_feeds": self.feeds(specs[0]) if specs else []}
+
+    def render(self, template: str, **context: Any) -> bytes:
+        try:
+            return self.env.get_template(template).render(**self.common, **context).encode("utf-8")
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(str(self.cfg.path(self.cfg.site.templates_dir) / str(exc)), None, "template not found; check [site].templates_dir") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(str(exc.filename or template), exc.lineno, exc.message or "syntax error") from None
+
+    def feeds(self, spec: FeedSpec) -> list[dict[str, str]]:
+        url = feeds_url(self.cfg)
+        return [{"href": f"{url}/{spec.path}.{fmt}", "type": MEDIA_TYPES[fmt], "title": f"{spec.title} ({FORMAT_NAMES[fmt]})",
+                 "format": FORMAT_NAMES[fmt]} for fmt in self.cfg.feeds.formats]
+
+    def item(self, pub: Publication) -> dict[str, Any]:
+        """What a listing shows of a publication: all text plain or sanitised here, escaped by the template."""
+        image = None
+        if pub.image and web_url(pub.image.url):
+            image = {"url": pub.image.url, "alt": plain_text(pub.image.alt), "caption": plain_text(pub.image.caption),
+                     "credit": plain_text(pub.image.credit)}
+        local = pub.published.astimezone(self.tz)
+        return {"title": plain_text(pub.title) or "(untitled)", "url": pub.url if web_url(pub.url) else "#", "summary": summary_html(pub), "type": plain_text(pub.content_type),
+                "date": format_date(local.date(), "medium", locale=self.cfg.site.language.replace("-", "_")), "datetime": local.date().isoformat(),
+                "authors": [plain_text(a) for a in pub.authors if plain_text(a)], "image": image, "featured": pub.featured,
+                "topics": [{"name": plain_text(self.topics[s].name), "url": f"{self.base}/topics/{s}/"} for s in pub.topics if s in self.topics]}
+
+    def listing(self, spec: FeedSpec, pubs: list[Publication], number: int | None, archived: int, featured: list[Publication] | None = None) -> bytes:
+        """The front page (``number`` None, with the listing's ``featured``) or archived page ``number`` of a listing
+        with ``archived`` archived pages."""
+        root = f"{self.base}{spec.page}"
+        topic = self.topics.get(spec.topic) if spec.topic else None
+        if number is None:
+            canonical, older, newer = root, (f"{root}page/{archived}/" if archived else ""), ""
+        else:
+            canonical = f"{root}page/{number}/"
+            older, newer = (f"{root}page/{number - 1}/" if number > 1 else ""), f"{root}page/{number + 1}/"
+        title = spec.title if spec.path != "all" else self.cfg.site.name
+        description = (topic.description if topic else "") or (self.cfg.site.description if spec.path == "all" else spec.description)
+        heading = {"all": "Latest", **({spec.path: f"Explore {plain_text(topic.name)}"} if topic else {})}.get(spec.path, f"All {spec.title.split(': ', 1)[-1]}")
+        return self.render("web/site/listing.html.j2", page_title=title if number is None else f"{title} (page {number})", heading=heading,
+                           name=plain_text(topic.name) if topic else (self.cfg.site.name if spec.path == "all" else spec.title.split(": ", 1)[-1]),
+                           description=plain_text(description), canonical=canonical, feeds=self.feeds(spec),
+                           featured=[self.item(p) for p in featured or ()] if number is None else [],
+                           items=[self.item(p) for p in pubs], older=older, newer=newer, latest=root if number is not None else "",
+                           topic=topic, number=number, og_type="website", og_image="")
+
+    def publication(self, pub: Publication, path: str) -> bytes:
+        item = self.item(pub)
+        url = f"{self.base}{path}"
+        ld: dict[str, Any] = {"@context": "https://schema.org", "@type": "Article", "headline": item["title"][:110], "url": url,
+                              "mainEntityOfPage": url, "datePublished": pub.published.isoformat(), "dateModified": pub.updated.isoformat(),
+                              "articleSection": item["type"], "publisher": {"@type": "Organization", "name": self.cfg.site.name}}
+        if pub.summary:
+            ld["description"] = plain_text(pub.summary)
+        if item["authors"]:
+            ld["author"] = [{"@type": "Person", "name": a} for a in item["authors"]]
+        if item["image"]:
+            ld["image"] = [item["image"]["url"]]
+        if self.common["logo"]:
+            ld["publisher"]["logo"] = {"@type": "ImageObject", "url": self.common["logo"]}
+        ld["keywords"] = [t["name"] for t in item["topics"]]
+        return self.render("web/site/publication.html.j2", page_title=item["title"], description=plain_text(pub.summary), canonical=url, pub=item,
+                           body=body_html(pub), json_ld=script_json(ld), og_type="article", og_image=item["image"]["url"] if item["image"] else "",
+                           topic=self.topics.get(pub.topics[0]) if pub.topics else None, feeds=[], published_iso=pub.published.isoformat(),
+                           modified_iso=pub.updated.isoformat())
+
+    def topics_index(self) -> bytes:
+        topics = [{"name": plain_text(t.name), "url": f"{self.base}/topics/{t.slug}/", "description": plain_text(t.description)}
+                  for t in sorted(self.topics.values(), key=lambda t: plain_text(t.name).casefold()) if any(s.topic == t.slug for s in self.specs)]
+        types = [{"name": s.title.split(": ", 1)[-1], "url": f"{self.base}{s.page}"} for s in self.specs if s.content_type is not None]
+        return self.render("web/site/topics.html.j2", page_title=f"Topics · {self.cfg.site.name}", description=f"Every topic {self.cfg.site.name} covers.",
+                           canonical=f"{self.base}/topics/", topics=topics, types=types, topic=None, feeds=[], og_type="website", og_image="")
+
+    def search(self) -> bytes:
+        return self.render("web/site/search.html.j2", page_title=f"Search · {self.cfg.site.name}", description=f"Search {self.cfg.site.name}.",
+                           canonical=f"{self.base}/search/", topic=None, feeds=[], og_type="website", og_image="")
+
+    def digests(self, issues: list[tuple[str, datetime, str, int]]) -> bytes:
+        rows = [{"url": f"{self.base}/digests/{i}.html", "id": i, "date": format_date(sent.astimezone(self.tz).date(), "long",
+                 locale=self.cfg.site.language.replace("-", "_")), "datetime": sent.astimezone(self.tz).date().isoformat(), "count": count,
+                 "note": plain_text(note)} for i, sent, note, count in issues]
+        feed = [{"href": f"{self.base}/digests/feed.atom", "type": MEDIA_TYPES["atom"], "title": f"{self.cfg.site.name}: digests (Atom)", "format": "Atom"}]
+        return self.render("web/site/digests.html.j2", page_title=f"Past digests · {self.cfg.site.name}",
+                           description=f"Every weekly digest {self.cfg.site.name} has sent.", canonical=f"{self.base}/digests/", issues=rows,
+                           topic=None, feeds=feed, og_type="website", og_image="")
+
+    def forward(self, target: str) -> bytes:
+        return self.render("web/site/forward.html.j2", target=target)
+
+
+def web_url(url: str) -> bool:
+    """http(s) only in an href or src (the sources check this too: a store from before, or a bug, is not trusted)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def pubs_of(pubs: list[Publication], spec: FeedSpec) -> list[Publication]:
+    return [p for p in pubs if spec.holds(p)]
+
+
+def script_json(value: Any) -> str:
+    """JSON for a <script type="application/ld+json">: nothing in it can end the element or open a comment."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+@lru_cache(maxsize=8)
+def environment(templates: str) -> jinja2.Environment:
+    # auto_reload: an edited template is picked up by a long-running `publisher run`
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True, undefined=jinja2.StrictUndefined,
+                              auto_reload=True, trim_blocks=True, lstrip_blocks=True)
+
+
+def stylesheet(cfg: Config) -> bytes:
+    """public/assets/site.css, from templates/web/site/site.css.j2 and the [site] colours and font (checked by the config)."""
+    template = "web/site/site.css.j2"
+    try:
+        css = environment(str(cfg.path(cfg.site.templates_dir))).get_template(template).render(site=cfg.site)
+    except jinja2.TemplateNotFound:
+        raise TemplateError(str(cfg.path(cfg.site.templates_dir) / template), None, "template not found; check [site].templates_dir") from None
+    return css.encode("utf-8")
+
+
+def write_stylesheet(cfg: Config) -> bool:
+    return write_atomic(cfg.path(cfg.site.public_dir) / "assets" / "site.css", stylesheet(cfg), durable=False)
+
+
+# -- the build -------------------------------------------------------------------------------------------------------
+
+
+def build_site(cfg: Config, store: Store, *, specs: list[FeedSpec] | None = None, topics: list[Topic] | None = None) -> SiteReport:
+    """Write every page of the site; pages no longer built (a publication or topic gone) are removed."""
+    topics = store.topics() if topics is None else topics
+    specs = feed_specs(store, cfg, topics) if specs is None else specs
+    public = cfg.path(cfg.site.public_dir)
+    finder = search_engine()
+    pages = _Pages(cfg, topics, specs, search_on=finder is not None)
+    everything = store.publications()
+    report = SiteReport()
+    built: set[Path] = set()
+
+    def put(rel: str, data: bytes) -> Path | None:
+        try:
+            path = safe_join(public, rel)
+        except PathRefused as exc:  # a name from data leads out of public/: that page only is skipped
+            log.error("site: not written: %s", exc)
+            return None
+        built.add(path)
+        report.files += 1
+        if write_atomic(path, data, durable=False):  # rebuilt from the store
+            report.written.append(path)
+        return path
+
+    report.files += 1
+    if write_stylesheet(cfg):
+        report.written.append(public / "assets" / "site.css")
+    put("assets/search.js", SEARCH_JS.encode("utf-8"))
+    for spec in specs:
+        listed = pubs_of(everything, spec)
+        front, archived = paginate(listed, cfg.site.page_size)
+        root = spec.page.strip("/")
+        prefix = f"{root}/" if root else ""
+        put(f"{prefix}index.html", pages.listing(spec, front, None, len(archived), featured_first(listed)))
+        for number, chunk in enumerate(archived, start=1):
+            put(f"{prefix}page/{number}/index.html", pages.listing(spec, chunk, number, len(archived)))
+        if archived:  # the newest archived page's "newer" link: on to the front page until it is archived too
+            put(f"{prefix}page/{len(archived) + 1}/index.html", pages.forward(f"{pages.base}{spec.page}"))
+    for pub in everything:
+        path = own_page(cfg, pub)
+        if path is not None:
+            put(path.strip("/") + "/index.html", pages.publication(pub, path))
+    put("topics/index.html", pages.topics_index())
+    put("search/index.html", pages.search())
+    from .digest.archive import link_copies
+
+    issues = store.sent_issues()
+    put("digests/index.html", pages.digests(issues))
+    report.written += link_copies(cfg, issues)
+    report.removed = _remove_stale(public, built)
+    changed_pages = any(p.name == "index.html" and p.parent.parent.name == "publications" for p in report.written + report.removed)
+    report.search = _index(cfg, public, finder, changed_pages)
+    return report
+
+
+def digest_index(cfg: Config, store: Store, issues: list[tuple[str, datetime, str, int]]) -> bytes:
+    """The archive page /digests/ (as the site build writes it), for the send to write as soon as an issue is out."""
+    topics = store.topics()
+    return _Pages(cfg, topics, feed_specs(store, cfg, topics), search_on=search_engine() is not None).digests(issues)
+
+
+def _remove_stale(public: Path, built: set[Path]) -> list[Path]:
+    """The pages of the site's own folders that this build did not make: a publication, topic or page gone."""
+    removed = []
+    for folder in OWN_FOLDERS:
+        top = public / folder
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for dirpath, dirnames, filenames in os.walk(top, topdown=False):  # never follows a symlink
+            here = Path(dirpath)
+            if "index.html" in filenames and here / "index.html" not in built and not (here / "index.html").is_symlink():
+                (here / "index.html").unlink()
+                removed.append(here / "index.html")
+            if here != top:
+                try:
+                    here.rmdir()  # only when empty: a file someone put there stays
+                except OSError:
+                    pass
+    return removed
+
+
+# -- search (Pagefind) -----------------------------------------------------------------------------------------------
+
+
+SEARCH_JS = """// Pagefind's search box on /search/ (https://pagefind.app); the page works without it, and says so.
+window.addEventListener("DOMContentLoaded", function () {
+  var box = document.getElementById("search");
+  if (!box || typeof PagefindUI === "undefined") return;
+  box.innerHTML = "";
+  new PagefindUI({ element: "#search", showSubResults: false, showImages: false });
+});
+"""
+
+
+def search_engine() -> list[str] | None:
+    """The Pagefind command: `pagefind` on the PATH (npm), or the binary of the PyPI package pagefind_bin; None without."""
+    found = shutil.which("pagefind")
+    if found:
+        return [found]
+    try:
+        import pagefind_bin  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    binary = Path(pagefind_bin.__file__).with_name("pagefind")
+    return [str(binary)] if binary.is_file() and os.access(binary, os.X_OK) else [sys.executable, "-m", "pagefind_bin"]
+
+
+def _index(cfg: Config, public: Path, finder: list[str] | None, changed: bool) -> str:
+    """Pagefind's index of the publication pages, in public/pagefind/: built in a temporary folder and copied over
+    file by file, so that an unchanged index writes nothing and a reader never meets half of one."""
+    if finder is None:
+        return 'off: Pagefind is not installed (pip install "publisher[search]")'
+    target = public / SEARCH_DIR
+    if not changed and (target / "pagefind.js").is_file():
+        return "unchanged"
+    with tempfile.TemporaryDirectory(prefix="pagefind-") as tmp:
+        try:
+            done = subprocess.run([*finder, "--site", str(public), "--glob", "publications/**/index.html", "--output-path", tmp],
+                                  capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("search: Pagefind did not run: %s", exc)
+            return f"error: Pagefind did not run ({exc}); the old index stays"
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            log.error("search: Pagefind failed (exit %d): %s", done.returncode, detail[0])
+            return f"error: Pagefind failed ({detail[0]}); the old index stays"
+        fresh = {p.relative_to(tmp) for p in Path(tmp).rglob("*") if p.is_file()}
+        written = sum(write_atomic(target / rel, (Path(tmp) / rel).read_bytes(), durable=False) for rel in sorted(fresh))
+    stale = [p for p in target.rglob("*") if p.is_file() and p.relative_to(target) not in fresh]
+    for p in stale:
+        p.unlink()
+    counted = re.search(r"Indexed (\d+) page", done.stdout)
+    return f"on: {counted.group(1) if counted else '?'} pages indexed, {written} files written"
+
+
+def archive_nav(cfg: Config, issue_id: str, newer: str | None, older: str | None) -> str:
+    """The links at the top of a sent issue's web copy: the previous issue, all of them, the next one."""
+    base = cfg.site.base_url.rstrip("/")
+    link = 'style="color:#0b5cad"'
+    parts = []
+    if older:
+        parts.append(f'<a {link} rel="prev" href="{base}/digests/{html.escape(older)}.html">&larr; Previous issue ({html.escape(older)})</a>')
+    parts.append(f'<a {link} href="{base}/digests/">All issues</a>')
+    if newer:
+        parts.append(f'<a {link} rel="next" href="{base}/digests/{html.escape(newer)}.html">Next issue ({html.escape(newer)}) &rarr;</a>')
+    return (f'<nav aria-label="Digest archive" style="font:15px/1.6 Arial,Helvetica,sans-serif;text-align:center;padding:10px;'
+            f'background:#ffffff;color:#1f2328">{" &middot; ".join(parts)}</nav>')
+
+
+
+
+def site_root(cfg: Config) -> str:
+    """The path of [site].base_url ("" or "/research"): the stylesheet and scripts are linked by path, so that the page
+    loads them from wherever it was served (the policy allows only the page's own origin)."""
+    return urlsplit(cfg.site.base_url).path.rstrip("/")
+
+
+def css_address(cfg: Config) -> str:
+    """The stylesheet's address, with a version from its bytes so that a changed theme reaches every reader at once."""
+    return f"{site_root(cfg)}/assets/site.css?v={hashlib.sha256(stylesheet(cfg)).hexdigest()[:10]}"
+
+
+__all__ = ["SiteReport", "build_site", "css_address", "digest_index", "featured_first", "own_page", "paginate", "search_engine", "stylesheet",
+           "write_stylesheet"]
