@@ -50,14 +50,22 @@ def is_local(url: str) -> bool:
 _RESERVED = (".example.com", ".example.org", ".example.net", ".example", ".test", ".invalid")  # RFC 2606: never a mailbox
 
 
+def mail_leaves(cfg: Config) -> str | None:
+    """Where mail goes when it leaves this machine ("the SMTP relay smtp.example.net", "postmark"), or None when it
+    stays here: the local outbox, a relay on this machine (Mailpit, a test server), an API emulator on loopback."""
+    d = cfg.delivery
+    if d.backend == "outbox":
+        return None
+    if d.backend == "smtp":
+        return None if is_local_host(d.smtp.host) else f"the SMTP relay {d.smtp.host}"
+    return None if d.api.base_url and is_local(d.api.base_url) else d.backend
+
+
 def _check_samples(cfg: Config) -> None:
     """The sample subscribers (@example.com) are for the local outbox: a real relay would be asked to mail them."""
-    d = cfg.delivery
-    leaves = d.backend != "outbox" and not (d.backend == "smtp" and is_local_host(d.smtp.host)) and not (
-        d.backend != "smtp" and d.api.base_url and is_local(d.api.base_url))
     fake = [e for e in cfg.subscribers.sample_subscribers if ("." + e.rpartition("@")[2].lower()).endswith(_RESERVED)]
-    if leaves and fake:
-        raise ConfigError(f"the sample subscribers ({', '.join(fake)}) would be mailed through {d.backend}: remove the "
+    if fake and mail_leaves(cfg):
+        raise ConfigError(f"the sample subscribers ({', '.join(fake)}) would be mailed through {cfg.delivery.backend}: remove the "
                           "sample_subscribers line (the ones it seeded are then unsubscribed by themselves).",
                           file=cfg.file, key="subscribers.sample_subscribers")
 
@@ -65,23 +73,12 @@ def _check_samples(cfg: Config) -> None:
 def _check_local_links(cfg: Config) -> None:
     """The default base_url is the local `publisher serve` (so images and links work on a laptop). Mail that leaves
     the machine with it would send every reader to their own computer: refused, with the fix."""
-    if not is_local(cfg.site.base_url):
-        return
-    d = cfg.delivery
-    if d.backend == "outbox":
-        return
-    if d.backend == "smtp":
-        if is_local_host(d.smtp.host):
-            return  # a relay on this machine (Mailpit, a test server): the links are read here too
-        where = f"the SMTP relay {d.smtp.host}"
-    else:
-        if d.api.base_url and is_local(d.api.base_url):
-            return
-        where = d.backend
-    raise ConfigError(f"{cfg.site.base_url!r} is this machine's own address (the embedded default, for `publisher serve`), "
-                      f"but mail now goes out through {where}: every image, feed and unsubscribe link in it would point at "
-                      "each reader's own computer. Set base_url to your site's public address, e.g. 'https://www.example.org'.",
-                      file=cfg.file, key="site.base_url")
+    where = mail_leaves(cfg) if is_local(cfg.site.base_url) else None
+    if where:
+        raise ConfigError(f"{cfg.site.base_url!r} is this machine's own address (the embedded default, for `publisher serve`), "
+                          f"but mail now goes out through {where}: every image, feed and unsubscribe link in it would point at "
+                          "each reader's own computer. Set base_url to your site's public address, e.g. 'https://www.example.org'.",
+                          file=cfg.file, key="site.base_url")
 
 
 def validate(cfg: Config) -> None:
