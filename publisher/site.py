@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -80,9 +81,11 @@ def paginate(pubs: list[Publication], size: int) -> tuple[list[Publication], lis
 
 
 def own_page(cfg: Config, pub: Publication) -> str | None:
-    """The site path of the publication's own page (``/publications/<name>/``), when it has one: those of content/."""
+    """The site path of the publication's own page (``/publications/<name>/``), when it has one: those of content/
+    whose URL is that page. A remote item that links there is not one of ours: it gets no page on our domain."""
     base = cfg.site.base_url.rstrip("/")
-    if not pub.url.startswith(base + PUBLICATIONS):
+    source = cfg.sources.get(pub.source)
+    if source is None or source.kind != "files" or not pub.url.startswith(base + PUBLICATIONS):
         return None
     rest = pub.url[len(base + PUBLICATIONS):]
     name = unquote(rest[:-1]) if rest.endswith("/") else ""
@@ -177,7 +180,7 @@ class _Pages:
         ld["keywords"] = [t["name"] for t in item["topics"]]
         return self.render("web/site/publication.html.j2", page_title=item["title"], description=plain_text(pub.summary), canonical=url, pub=item,
                            body=body_html(pub), json_ld=script_json(ld), og_type="article", og_image=item["image"]["url"] if item["image"] else "",
-                           topic=self.topics.get(pub.topics[0]) if pub.topics else None, feeds=[], published_iso=pub.published.isoformat(),
+                           topic=self.topics.get(pub.topics[0]) if pub.topics else None, feeds=self.common["all_feeds"], published_iso=pub.published.isoformat(),
                            modified_iso=pub.updated.isoformat())
 
     def topics_index(self) -> bytes:
@@ -185,11 +188,11 @@ class _Pages:
                   for t in sorted(self.topics.values(), key=lambda t: plain_text(t.name).casefold()) if any(s.topic == t.slug for s in self.specs)]
         types = [{"name": s.title.split(": ", 1)[-1], "url": f"{self.base}{s.page}"} for s in self.specs if s.content_type is not None]
         return self.render("web/site/topics.html.j2", page_title=f"Topics · {self.cfg.site.name}", description=f"Every topic {self.cfg.site.name} covers.",
-                           canonical=f"{self.base}/topics/", topics=topics, types=types, topic=None, feeds=[], og_type="website", og_image="")
+                           canonical=f"{self.base}/topics/", topics=topics, types=types, topic=None, feeds=self.common["all_feeds"], og_type="website", og_image="")
 
     def search(self) -> bytes:
         return self.render("web/site/search.html.j2", page_title=f"Search · {self.cfg.site.name}", description=f"Search {self.cfg.site.name}.",
-                           canonical=f"{self.base}/search/", topic=None, feeds=[], og_type="website", og_image="")
+                           canonical=f"{self.base}/search/", topic=None, feeds=self.common["all_feeds"], og_type="website", og_image="")
 
     def digests(self, issues: list[tuple[str, datetime, str, int]]) -> bytes:
         rows = [{"url": f"{self.base}/digests/{i}.html", "id": i, "date": format_date(sent.astimezone(self.tz).date(), "long",
@@ -224,9 +227,11 @@ def script_json(value: Any) -> str:
 
 
 @lru_cache(maxsize=8)
-def environment(templates: str) -> jinja2.Environment:
+def environment(templates: str, html: bool = True) -> jinja2.Environment:
+    """The pages' environment (autoescaped), or with ``html`` False the stylesheet's: CSS is not HTML, and escaping the
+    quotes of a font list would break its rule (the values that go there are checked by the config instead)."""
     # auto_reload: an edited template is picked up by a long-running `publisher run`
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True, undefined=jinja2.StrictUndefined,
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=html, undefined=jinja2.StrictUndefined,
                               auto_reload=True, trim_blocks=True, lstrip_blocks=True)
 
 
@@ -234,7 +239,7 @@ def stylesheet(cfg: Config) -> bytes:
     """public/assets/site.css, from templates/web/site/site.css.j2 and the [site] colours and font (checked by the config)."""
     template = "web/site/site.css.j2"
     try:
-        css = environment(str(cfg.path(cfg.site.templates_dir))).get_template(template).render(site=cfg.site)
+        css = environment(str(cfg.path(cfg.site.templates_dir)), html=False).get_template(template).render(site=cfg.site)
     except jinja2.TemplateNotFound:
         raise TemplateError(str(cfg.path(cfg.site.templates_dir) / template), None, "template not found; check [site].templates_dir") from None
     return css.encode("utf-8")
@@ -284,10 +289,16 @@ def build_site(cfg: Config, store: Store, *, specs: list[FeedSpec] | None = None
             put(f"{prefix}page/{number}/index.html", pages.listing(spec, chunk, number, len(archived)))
         if archived:  # the newest archived page's "newer" link: on to the front page until it is archived too
             put(f"{prefix}page/{len(archived) + 1}/index.html", pages.forward(f"{pages.base}{spec.page}"))
+    owners: dict[str, str] = {}
     for pub in everything:
         path = own_page(cfg, pub)
-        if path is not None:
-            put(path.strip("/") + "/index.html", pages.publication(pub, path))
+        if path is None:
+            continue
+        if path in owners:  # two files naming one url: the page would flip between them with each build
+            log.error("site: %s has no page of its own: %s is %s's (give one of them another url)", pub.id, path, owners[path])
+            continue
+        owners[path] = pub.id
+        put(path.strip("/") + "/index.html", pages.publication(pub, path))
     put("topics/index.html", pages.topics_index())
     put("search/index.html", pages.search())
     from .digest.archive import link_copies
@@ -314,14 +325,20 @@ def _remove_stale(public: Path, built: set[Path]) -> list[Path]:
         top = public / folder
         if not top.is_dir() or top.is_symlink():
             continue
-        for dirpath, dirnames, filenames in os.walk(top, topdown=False):  # never follows a symlink
+        # fwalk, and unlink by the folder's descriptor: a folder swapped for a symlink mid-walk cannot send the unlink
+        # elsewhere; a symlink (folder or file) is never followed nor removed.
+        for dirpath, dirnames, filenames, fd in os.fwalk(top, topdown=False, follow_symlinks=False):
             here = Path(dirpath)
-            if "index.html" in filenames and here / "index.html" not in built and not (here / "index.html").is_symlink():
-                (here / "index.html").unlink()
-                removed.append(here / "index.html")
-            if here != top:
+            if "index.html" in filenames and here / "index.html" not in built:
                 try:
-                    here.rmdir()  # only when empty: a file someone put there stays
+                    if stat.S_ISREG(os.stat("index.html", dir_fd=fd, follow_symlinks=False).st_mode):
+                        os.unlink("index.html", dir_fd=fd)
+                        removed.append(here / "index.html")
+                except FileNotFoundError:
+                    pass
+            for name in dirnames:
+                try:
+                    os.rmdir(name, dir_fd=fd)  # only when empty: a file someone put there stays
                 except OSError:
                     pass
     return removed
@@ -359,6 +376,9 @@ def _index(cfg: Config, public: Path, finder: list[str] | None, changed: bool) -
     if finder is None:
         return 'off: Pagefind is not installed (pip install "publisher[search]")'
     target = public / SEARCH_DIR
+    if target.is_symlink() or (target.exists() and not target.resolve().is_relative_to(public.resolve())):
+        log.error("search: %s is a symlink or leads out of %s: not written (remove it)", target, public)
+        return f"error: {target} is a symlink; remove it"
     if not changed and (target / "pagefind.js").is_file():
         return "unchanged"
     with tempfile.TemporaryDirectory(prefix="pagefind-") as tmp:
@@ -373,8 +393,13 @@ def _index(cfg: Config, public: Path, finder: list[str] | None, changed: bool) -
             log.error("search: Pagefind failed (exit %d): %s", done.returncode, detail[0])
             return f"error: Pagefind failed ({detail[0]}); the old index stays"
         fresh = {p.relative_to(tmp) for p in Path(tmp).rglob("*") if p.is_file()}
-        written = sum(write_atomic(target / rel, (Path(tmp) / rel).read_bytes(), durable=False) for rel in sorted(fresh))
-    stale = [p for p in target.rglob("*") if p.is_file() and p.relative_to(target) not in fresh]
+        written = 0
+        for rel in sorted(fresh):
+            try:
+                written += write_atomic(safe_join(target, rel.as_posix()), (Path(tmp) / rel).read_bytes(), durable=False)
+            except PathRefused as exc:  # a symlink planted inside public/pagefind/
+                log.error("search: not written: %s", exc)
+    stale = [p for p in target.rglob("*") if p.is_file() and not p.is_symlink() and p.relative_to(target) not in fresh]
     for p in stale:
         p.unlink()
     counted = re.search(r"Indexed (\d+) page", done.stdout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -111,11 +112,26 @@ def test_every_publication_of_content_has_its_page_with_body_image_topics_and_st
 
 
 def test_a_remote_publication_is_linked_where_it_was_published_and_gets_no_page(cfg: Config) -> None:
-    assert own_page(cfg, replace(pub(1), url="https://partner.example/report")) is None
+    ours = replace(pub(1), source=next(n for n, sc in cfg.sources.items() if sc.kind == "files"))
+    assert own_page(cfg, replace(ours, url="https://partner.example/report")) is None
     for url in ("http://127.0.0.1:8000/publications/../../etc/", "http://127.0.0.1:8000/publications/a/b/", "http://127.0.0.1:8000/publications/x?y/",
                 "http://127.0.0.1:8000/publications//", "http://127.0.0.1:8000/publications/%2e%2e/"):
-        assert own_page(cfg, replace(pub(1), url=url)) is None, url
-    assert own_page(cfg, replace(pub(1), url="http://127.0.0.1:8000/publications/a%20b/")) == "/publications/a b/"
+        assert own_page(cfg, replace(ours, url=url)) is None, url
+    assert own_page(cfg, replace(ours, url="http://127.0.0.1:8000/publications/a%20b/")) == "/publications/a b/"
+    # A partner's feed item that links to a page of ours is still the partner's: no page on our domain for it
+    assert own_page(cfg, replace(ours, source="partner-feed", url="http://127.0.0.1:8000/publications/about/")) is None
+
+
+def test_a_remote_item_naming_one_of_our_pages_neither_gets_a_page_nor_overwrites_ours(built: tuple[Config, Store]) -> None:
+    cfg, store = built
+    target = "publications/2024-04-16-gray-zone-aggression-south-china-sea-rule-of-law/index.html"
+    before = (cfg.path(cfg.site.public_dir) / target).read_bytes()
+    squatter = replace(pub(0), id="partner:1", source="partner-feed", title="Squatter", url="http://127.0.0.1:8000/" + target[:-len("index.html")],
+                       first_seen_at=NOW)
+    store.upsert_publication(squatter, NOW)
+    report = run_site(cfg, store)
+    assert (cfg.path(cfg.site.public_dir) / target).read_bytes() == before
+    assert not any("publications/" in p.as_posix() for p in report.written)
 
 
 def test_a_stored_link_or_image_that_is_not_http_never_reaches_a_page(built: tuple[Config, Store]) -> None:
@@ -250,8 +266,56 @@ def test_the_theme_reaches_the_one_stylesheet_and_every_page_links_its_version(p
     run_site(cfg, store)
     css = (cfg.path(cfg.site.public_dir) / "assets" / "site.css").read_text(encoding="utf-8")
     assert "--accent: #8a1538" in css and len(css.encode()) < 8_000
+    assert 'font: 17px/1.55 Georgia, "Times New Roman", serif;' in css  # CSS, not HTML: the quotes stay quotes
     home = page(cfg, "index.html")
     href = home.xpath("//link[@rel='stylesheet']/@href")[0]
     assert re.fullmatch(r"/assets/site\.css\?v=[0-9a-f]{10}", href) and not home.xpath("//style")  # by path: from where it was served
     assert home.xpath("//a[@class='brand']/img/@src") == ["http://127.0.0.1:8000/media/icon.png"]
     store.close()
+
+
+# -- what the site writes and removes stays inside public/ ----------------------------------------------------------------
+
+
+def test_stale_pages_go_but_a_symlink_planted_in_the_sites_folders_is_neither_followed_nor_removed(built: tuple[Config, Store], tmp_path: Path) -> None:
+    cfg, store = built
+    public = cfg.path(cfg.site.public_dir)
+    outside = tmp_path / "outside"
+    (outside / "x").mkdir(parents=True)
+    (outside / "x" / "index.html").write_text("keep me", encoding="utf-8")
+    (public / "topics" / "planted").symlink_to(outside, target_is_directory=True)
+    (public / "topics" / "gone").mkdir()
+    (public / "topics" / "gone" / "index.html").write_text("a topic that is no more", encoding="utf-8")
+    report = run_site(cfg, store)
+    assert report.removed == [public / "topics" / "gone" / "index.html"] and not (public / "topics" / "gone").exists()
+    assert (outside / "x" / "index.html").read_text(encoding="utf-8") == "keep me" and (public / "topics" / "planted").is_symlink()
+
+
+def test_a_symlinked_search_folder_is_refused_and_what_it_points_at_is_left_alone(built: tuple[Config, Store], tmp_path: Path) -> None:
+    from publisher.site import search_engine
+
+    cfg, store = built
+    if search_engine() is None:
+        pytest.skip("Pagefind is not installed (pip install -e '.[test]')")
+    public = cfg.path(cfg.site.public_dir)
+    shutil.rmtree(public / "pagefind")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("mine", encoding="utf-8")
+    (public / "pagefind").symlink_to(outside, target_is_directory=True)
+    (cfg.path("content") / "publications" / "2026-11-30-arctic.md").write_text(NEW_POST, encoding="utf-8")
+    run_ingest(cfg, store, NOW + timedelta(days=3))
+    report = run_site(cfg, store)
+    assert report.search.startswith("error:") and "symlink" in report.search
+    assert [p.name for p in outside.iterdir()] == ["precious.txt"]
+
+
+def test_the_search_policy_cannot_be_pulled_onto_another_file_and_media_is_sandboxed() -> None:
+    from publisher.web.security import site_policy
+
+    policy = site_policy("http://127.0.0.1:8000")
+    assert "script-src 'self' 'wasm-unsafe-eval'" in policy.for_path("/search/")["Content-Security-Policy"]
+    for path in ("/search/../media/evil.svg", "/pagefind/../media/evil.svg", "/search/../../topics/"):
+        assert "script-src" not in policy.for_path(path)["Content-Security-Policy"], path
+    media = policy.for_path("/media/images/x.svg")["Content-Security-Policy"]
+    assert media.startswith("sandbox;") and "form-action 'none'" in media and "script-src" not in media

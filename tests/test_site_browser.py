@@ -230,3 +230,66 @@ def test_the_digest_archive_lists_the_issue_and_its_page_links_back(browser: Any
         assert page.url == base + "/digests/"
     finally:
         page.close()
+
+
+def test_pagination_and_the_archive_links_walked_in_the_browser(browser: Any, tmp_path: Path) -> None:
+    """A site with [site].page_size = 5 (the sample's 22 publications: a front page and three archived pages) and two
+    issues sent (`run --once`, then a new publication and `digest send`): a reader walks Older to the end and Newer back
+    to the front, and from the newer issue to the previous one and back."""
+    import shutil
+
+    from .conftest import REPO
+    from .test_site import NEW_POST
+
+    for name in ("content", "templates"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    shutil.copy(REPO / "config.toml", tmp_path / "config.toml")
+    port = free_port()
+    env = env_for(PUBLISHER_SITE__BASE_URL=f"http://127.0.0.1:{port}", PUBLISHER_WEB__PORT=str(port), PUBLISHER_SITE__PAGE_SIZE="5")
+    run_ok(tmp_path, "run", "--once", env=env)
+    (tmp_path / "content" / "publications" / "2026-11-30-arctic.md").write_text(NEW_POST, encoding="utf-8")
+    run_ok(tmp_path, "ingest", env=env)
+    second = run_ok(tmp_path, "digest", "send", env=env).stdout
+    issues = re.findall(r"digest (\d{4}-W\d{2}(?:-\d+)?): 3 sent", second)
+    assert issues, second
+    run_ok(tmp_path, "feeds", "build", env=env)
+    base = f"http://127.0.0.1:{port}"
+    with (tmp_path / "serve.log").open("w") as log:
+        server = subprocess.Popen([*PUBLISHER, "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    page = browser.new_page()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.2)
+        page.goto(base + PAGES["topic"], wait_until="load")
+        seen = page.locator("section.list h3").all_inner_texts()
+        while page.get_by_role("link", name="Older").count():
+            page.get_by_role("link", name="Older").click()
+            page.wait_for_load_state()
+            seen += page.locator("section.list h3").all_inner_texts()
+        assert page.url == base + PAGES["topic"] + "page/1/" and len(seen) == 23 == len(set(seen))  # each once, to the oldest
+        assert seen[0] == "A New Look at Arctic Security"
+        while "page/" in page.url:
+            page.get_by_role("link", name="Newer").click()
+            page.wait_for_load_state()
+            if page.url.endswith("/page/4/"):  # the newest archived page's Newer: a page that forwards to the front
+                page.wait_for_url(base + PAGES["topic"])
+        assert page.url == base + PAGES["topic"]
+        page.goto(f"{base}/digests/{issues[0]}.html", wait_until="load")
+        nav = page.get_by_role("navigation", name="Digest archive")
+        nav.get_by_role("link", name=re.compile("Previous issue")).click()
+        page.wait_for_load_state()
+        older = page.url
+        assert older != f"{base}/digests/{issues[0]}.html" and older.endswith(".html")
+        page.get_by_role("navigation", name="Digest archive").get_by_role("link", name=re.compile("Next issue")).click()
+        page.wait_for_load_state()
+        assert page.url == f"{base}/digests/{issues[0]}.html"
+    finally:
+        page.close()
+        server.terminate()
+        server.wait(timeout=30)

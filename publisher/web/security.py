@@ -12,6 +12,8 @@ The policies, and why each source is allowed:
                                             script-src 'self' 'wasm-unsafe-eval' and connect-src 'self' (Pagefind's
                                             search box: the site's own files, its WebAssembly and its index),
                                             and on /pagefind/ (its worker runs under its own script's policy)
+    /media/ (images)                      sandbox; default-src 'none'; form-action 'none': an SVG opened as a
+                                            document runs and submits nothing (as <img> its policy does not apply)
       img-src 'self' https: http: data:     the digest web copies show images from [site].base_url and from partner feeds
       style-src 'self' 'unsafe-inline'      MJML's output and the pages style inline (style attributes cannot be hashed)
       form-action 'self' <base_url>         the sign-up, confirm, unsubscribe and preferences forms post here
@@ -30,6 +32,7 @@ other origins (webmail), and that header would break them.
 
 from __future__ import annotations
 
+import posixpath
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,9 +64,12 @@ class HeaderPolicy:
         object.__setattr__(self, "nonce", any(NONCE_SLOT in v for v in values))
 
     def for_path(self, path: str) -> dict[str, str]:
+        """The headers for ``path`` as the file server will resolve it: "/search/../media/x.svg" is /media/x.svg
+        (the server normalises the path after this; the ASGI path is already percent-decoded)."""
         chosen = dict(self.headers)
+        norm = posixpath.normpath("/" + path.lstrip("/")) + ("/" if path.endswith("/") and path.strip("/") else "")
         for prefix, headers in self.by_prefix:
-            if path.startswith(prefix):
+            if norm.startswith(prefix):
                 chosen.update(headers)
         return chosen
 
@@ -82,8 +88,12 @@ def site_policy(base_url: str) -> HeaderPolicy:
     # ('wasm-unsafe-eval' allows that, not eval) and fetches its index from the site.
     search = {"Content-Security-Policy": _csp(**directives, script_src="'self' 'wasm-unsafe-eval'", connect_src="'self'")}
     # Pagefind's worker script gets it too: a worker runs under the policy its own script came with.
+    # An image opened by itself (an SVG from content/ is a document) runs nothing and submits nothing: sandboxed, its
+    # forms would post with Origin "null", which the sign-up refuses. Embedded as <img>, its own policy does not apply.
+    media = {"Content-Security-Policy": _csp(sandbox="", default_src="'none'", img_src="'self' data:", style_src="'unsafe-inline'",
+                                             form_action="'none'", frame_ancestors="'none'", base_uri="'none'").replace("sandbox ;", "sandbox;")}
     return HeaderPolicy(common, (*((prefix, {"Referrer-Policy": "same-origin"}) for prefix in TOKEN_PAGES),
-                                 *((prefix, search) for prefix in SEARCH_PATHS)))
+                                 *((prefix, search) for prefix in SEARCH_PATHS), ("/media/", media)))
 
 
 def preview_policy() -> HeaderPolicy:
