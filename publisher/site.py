@@ -34,15 +34,16 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
+import babel
 import jinja2
 from babel.dates import format_date
 
@@ -53,6 +54,7 @@ from .feeds.content import body_html, plain_text, summary_html
 from .fsutil import PathRefused, safe_join, write_atomic
 from .models import Publication, Topic
 from .store import Store
+from .store.db import content_hash
 
 log = logging.getLogger(__name__)
 FORMAT_NAMES = {"rss": "RSS", "atom": "Atom", "json": "JSON Feed"}
@@ -112,6 +114,7 @@ class _Pages:
         self.topics = {t.slug: t for t in topics}
         self.specs = specs
         self.search_on = search_on
+        self._items: dict[str, tuple[Publication, dict[str, Any]]] = {}
         self.tz = ZoneInfo(cfg.site.timezone)
         self.common = {"site": cfg.site, "base": self.base, "root": site_root(cfg), "css_url": css_address(cfg),
                        "logo": absolute_url(cfg, cfg.site.logo) if cfg.site.logo else "", "search_on": search_on,
@@ -132,14 +135,21 @@ class _Pages:
                  "format": FORMAT_NAMES[fmt]} for fmt in self.cfg.feeds.formats]
 
     def item(self, pub: Publication) -> dict[str, Any]:
-        """What a listing shows of a publication: all text plain or sanitised here, escaped by the template."""
+        """What a listing shows of a publication: all text plain or sanitised here, escaped by the template. Made once
+        a build: a publication is on the home page, its type's and each of its topics'."""
+        made = self._items.get(pub.id)
+        if made is None or made[0] is not pub:
+            made = self._items[pub.id] = (pub, self._item(pub))
+        return made[1]
+
+    def _item(self, pub: Publication) -> dict[str, Any]:
         image = None
         if pub.image and web_url(pub.image.url):
             image = {"url": pub.image.url, "alt": plain_text(pub.image.alt), "caption": plain_text(pub.image.caption),
                      "credit": plain_text(pub.image.credit)}
-        local = pub.published.astimezone(self.tz)
+        day = pub.published.astimezone(self.tz).date()
         return {"title": plain_text(pub.title) or "(untitled)", "url": pub.url if web_url(pub.url) else "#", "summary": summary_html(pub), "type": plain_text(pub.content_type),
-                "date": format_date(local.date(), "medium", locale=self.cfg.site.language.replace("-", "_")), "datetime": local.date().isoformat(),
+                "date": _day(day, self.cfg.site.language), "datetime": day.isoformat(),
                 "authors": [plain_text(a) for a in pub.authors if plain_text(a)], "image": image, "featured": pub.featured,
                 "topics": [{"name": plain_text(self.topics[s].name), "url": f"{self.base}/topics/{s}/"} for s in pub.topics if s in self.topics]}
 
@@ -207,6 +217,12 @@ class _Pages:
         return self.render("web/site/forward.html.j2", target=target)
 
 
+@lru_cache(maxsize=16384)
+def _day(day: date, language: str) -> str:
+    """"Feb 26, 2024" in the site's language (Babel), once per day shown."""
+    return format_date(day, "medium", locale=language.replace("-", "_"))
+
+
 def web_url(url: str) -> bool:
     """http(s) only in an href or src (the sources check this too: a store from before, or a bug, is not trusted)."""
     try:
@@ -263,7 +279,12 @@ def build_site(cfg: Config, store: Store, *, specs: list[FeedSpec] | None = None
     report = SiteReport()
     built: set[Path] = set()
 
-    def put(rel: str, data: bytes) -> Path | None:
+    key = _build_key(cfg, pages, topics)
+    hashes: dict[str, str] = {}
+
+    def put(rel: str, data: bytes | Callable[[], bytes], inputs: Iterable[Any] | None = None) -> Path | None:
+        """Write one file. With ``inputs`` (what the page is made of), a page whose stored mark says it was made from
+        the same inputs by the same code, templates and config is not even rendered again."""
         try:
             path = safe_join(public, rel)
         except PathRefused as exc:  # a name from data leads out of public/: that page only is skipped
@@ -271,7 +292,13 @@ def build_site(cfg: Config, store: Store, *, specs: list[FeedSpec] | None = None
             return None
         built.add(path)
         report.files += 1
-        if write_atomic(path, data, durable=False):  # rebuilt from the store
+        mark = _fingerprint(key, inputs) if inputs is not None else None
+        if mark is not None and _marked_with(path, mark):
+            return path
+        page = data() if callable(data) else data
+        if mark is not None:
+            page = _with_mark(page, mark)
+        if write_atomic(path, page, durable=False):  # rebuilt from the store
             report.written.append(path)
         return path
 
@@ -284,9 +311,12 @@ def build_site(cfg: Config, store: Store, *, specs: list[FeedSpec] | None = None
         front, archived = paginate(listed, cfg.site.page_size)
         root = spec.page.strip("/")
         prefix = f"{root}/" if root else ""
-        put(f"{prefix}index.html", pages.listing(spec, front, None, len(archived), featured_first(listed)))
+        featured = featured_first(listed)
+        put(f"{prefix}index.html", lambda: pages.listing(spec, front, None, len(archived), featured),
+            (spec, None, len(archived), _held(front, hashes), _held(featured, hashes)))
         for number, chunk in enumerate(archived, start=1):
-            put(f"{prefix}page/{number}/index.html", pages.listing(spec, chunk, number, len(archived)))
+            put(f"{prefix}page/{number}/index.html", lambda chunk=chunk, number=number: pages.listing(spec, chunk, number, len(archived)),  # type: ignore[misc]
+                (spec, number, len(archived), _held(chunk, hashes)))
         if archived:  # the newest archived page's "newer" link: on to the front page until it is archived too
             put(f"{prefix}page/{len(archived) + 1}/index.html", pages.forward(f"{pages.base}{spec.page}"))
     owners: dict[str, str] = {}
@@ -298,7 +328,7 @@ def build_site(cfg: Config, store: Store, *, specs: list[FeedSpec] | None = None
             log.error("site: %s has no page of its own: %s is %s's (give one of them another url)", pub.id, path, owners[path])
             continue
         owners[path] = pub.id
-        put(path.strip("/") + "/index.html", pages.publication(pub, path))
+        put(path.strip("/") + "/index.html", lambda pub=pub, path=path: pages.publication(pub, path), (path, _held([pub], hashes)))  # type: ignore[misc]
     put("topics/index.html", pages.topics_index())
     put("search/index.html", pages.search())
     from .digest.archive import link_copies
@@ -310,6 +340,62 @@ def build_site(cfg: Config, store: Store, *, specs: list[FeedSpec] | None = None
     changed_pages = any(p.name == "index.html" and p.parent.parent.name == "publications" for p in report.written + report.removed)
     report.search = _index(cfg, public, finder, changed_pages)
     return report
+
+
+MARK = b"<!-- publisher page "
+
+
+def _held(pubs: Iterable[Publication], hashes: dict[str, str]) -> list[tuple[Any, ...]]:
+    """What a page shows of each publication, as fingerprint input: its content, its source, its fallback date.
+    ``hashes``: the build's content hashes by id, each publication hashed once however many pages show it."""
+    held = []
+    for p in pubs:
+        digest = hashes.get(p.id) or hashes.setdefault(p.id, content_hash(p))
+        held.append((p.id, digest, p.source, p.first_seen_at.isoformat() if p.first_seen_at else None))
+    return held
+
+
+def _build_key(cfg: Config, pages: _Pages, topics: list[Topic]) -> str:
+    """Everything every page depends on besides its publications: the config, the topics, the templates, this code."""
+    digest = hashlib.sha256()
+    templates = cfg.path(cfg.site.templates_dir) / "web"
+    for part in (repr(cfg.site), repr(sorted((n, sc.kind) for n, sc in cfg.sources.items())), repr(cfg.feeds),
+                 repr(sorted((k, v) for k, v in pages.common.items() if k != "site")), repr([(t.slug, t.name, t.description) for t in topics]),
+                 repr([s for s in pages.specs])):
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    for path in sorted(templates.rglob("*.j2")) if templates.is_dir() else ():
+        digest.update(path.as_posix().encode("utf-8", "surrogateescape") + b"\0" + path.read_bytes() + b"\0")
+    for module in (Path(__file__), Path(__file__).parent / "feeds" / "content.py"):
+        digest.update(module.read_bytes())
+    import nh3
+
+    digest.update(f"{getattr(nh3, '__version__', '')}|{babel.__version__}|{jinja2.__version__}".encode())
+    return digest.hexdigest()
+
+
+def _fingerprint(key: str, inputs: Iterable[Any]) -> str:
+    return hashlib.sha256(repr((key, inputs)).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _with_mark(page: bytes, mark: str) -> bytes:
+    """The page with, after its doctype line, a comment holding the fingerprint of its inputs and a hash of its bytes."""
+    head, _, rest = page.partition(b"\n")
+    body = hashlib.sha256(head + b"\n" + rest).hexdigest()[:32]
+    return head + b"\n" + MARK + mark.encode() + b" " + body.encode() + b" -->\n" + rest
+
+
+def _marked_with(path: Path, mark: str) -> bool:
+    """Whether the file is the page made from these inputs, untouched since: a page edited or cut short is made again."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    head, _, rest = data.partition(b"\n")
+    line, _, rest = rest.partition(b"\n")
+    expected = MARK + mark.encode() + b" "
+    if not line.startswith(expected) or not line.endswith(b" -->"):
+        return False
+    return line[len(expected):-4].decode("ascii", "replace") == hashlib.sha256(head + b"\n" + rest).hexdigest()[:32]
 
 
 def digest_index(cfg: Config, store: Store, issues: list[tuple[str, datetime, str, int]]) -> bytes:

@@ -205,6 +205,22 @@ def test_a_rebuild_of_unchanged_content_writes_no_file(built: tuple[Config, Stor
     assert {p: p.stat().st_mtime_ns for p in public.rglob("*") if p.is_file()} == before
 
 
+def test_a_page_edited_by_hand_or_a_template_changed_is_made_again(built: tuple[Config, Store]) -> None:
+    """An unchanged page is not even rendered again (its mark holds what it was made from and a hash of its bytes):
+    but a page someone edited is repaired, and a changed template reaches every page."""
+    cfg, store = built
+    public = cfg.path(cfg.site.public_dir)
+    topic = public / TOPIC
+    good = topic.read_bytes()
+    topic.write_bytes(good.replace(b"Security Cooperation</h1>", b"Hacked</h1>"))
+    assert run_site(cfg, store).written == [topic] and topic.read_bytes() == good
+    template = cfg.path(cfg.site.templates_dir) / "web" / "site" / "macros.html.j2"
+    template.write_text(template.read_text(encoding="utf-8").replace("Get the weekly digest", "Get our weekly digest"), encoding="utf-8")
+    report = run_site(cfg, store)
+    pages = [p for p in report.written if p.name == "index.html" and "pagefind" not in p.parts]
+    assert len(pages) >= 30 and all(b"Get our weekly digest" in p.read_bytes() for p in pages)
+
+
 def test_one_new_publication_rewrites_only_the_pages_that_show_it(built: tuple[Config, Store]) -> None:
     cfg, store = built
     public = cfg.path(cfg.site.public_dir)
