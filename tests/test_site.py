@@ -335,3 +335,22 @@ def test_the_search_policy_cannot_be_pulled_onto_another_file_and_media_is_sandb
         assert "script-src" not in policy.for_path(path)["Content-Security-Policy"], path
     media = policy.for_path("/media/images/x.svg")["Content-Security-Policy"]
     assert media.startswith("sandbox;") and "form-action 'none'" in media and "script-src" not in media
+
+
+def test_without_pagefind_the_site_still_builds_and_says_search_is_off(project: Path) -> None:
+    """`publisher run --once` where Pagefind is not installed: a Python whose import of pagefind_bin fails (as without
+    the package) and a PATH with no pagefind on it."""
+    import subprocess
+    import sys
+
+    from .test_delivery_faults import env_for
+
+    runner = ("import sys; sys.modules['pagefind_bin'] = None; from publisher.cli import main; "
+              "sys.exit(main(['run', '--once'], prog_name='publisher'))")
+    env = env_for(PATH="/usr/bin:/bin")
+    done = subprocess.run([sys.executable, "-c", runner], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'search off: Pagefind is not installed (pip install "publisher[search]")' in done.stdout, done.stdout
+    search = (project / "public" / "search" / "index.html").read_text(encoding="utf-8")
+    assert "Search is off on this site" in search and "pagefind" not in search and not (project / "public" / "pagefind").exists()
+    assert (project / "public" / "topics" / "security-cooperation" / "index.html").is_file()

@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +39,26 @@ def axe_script() -> str:
     return (Path(axe_playwright_python.__file__).with_name("axe.min.js")).read_text(encoding="utf-8")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict[str, str]]]:
-    """The sample project built by `publisher run --once` (a first digest sent to the outbox) and served by
-    `publisher serve` on a free port, base_url set to that address as an operator would."""
+def sample_project(project: Path, **settings: str) -> dict[str, str]:
+    """The repository's config.toml, content/ and templates/ copied into ``project``; the environment to run it with:
+    base_url on a free port (where `publisher serve` will answer, as an operator sets it), and ``settings``."""
     import shutil
 
     from .conftest import REPO
 
-    project = tmp_path_factory.mktemp("site")
     for name in ("content", "templates"):
         shutil.copytree(REPO / name, project / name)
     shutil.copy(REPO / "config.toml", project / "config.toml")
     port = free_port()
-    env = env_for(PUBLISHER_SITE__BASE_URL=f"http://127.0.0.1:{port}", PUBLISHER_WEB__PORT=str(port))
-    first = run_ok(project, "run", "--once", env=env)
-    assert "search on:" in first.stdout, first.stdout  # Pagefind is a test dependency: the index is built
+    return env_for(PUBLISHER_SITE__BASE_URL=f"http://127.0.0.1:{port}", PUBLISHER_WEB__PORT=str(port), **settings)
+
+
+@contextmanager
+def served(project: Path, env: dict[str, str]) -> Iterator[str]:
+    """`publisher serve` over the project; its base URL once it answers."""
+    base = env["PUBLISHER_SITE__BASE_URL"]
     with (project / "serve.log").open("w") as log:
         server = subprocess.Popen([*PUBLISHER, "serve"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -66,10 +68,22 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, 
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, (project / "serve.log").read_text()
                 time.sleep(0.2)
-        yield base, project, env
+        yield base
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """The sample project built by `publisher run --once` (a first digest sent to the outbox) and served by
+    `publisher serve` on a free port."""
+    project = tmp_path_factory.mktemp("site")
+    env = sample_project(project)
+    first = run_ok(project, "run", "--once", env=env)
+    assert "search on:" in first.stdout, first.stdout  # Pagefind is a test dependency: the index is built
+    with served(project, env) as base:
+        yield base, project, env
 
 
 def open_page(browser: Any, url: str, width: int = 1280, **options: Any) -> Any:
@@ -236,16 +250,9 @@ def test_pagination_and_the_archive_links_walked_in_the_browser(browser: Any, tm
     """A site with [site].page_size = 5 (the sample's 22 publications: a front page and three archived pages) and two
     issues sent (`run --once`, then a new publication and `digest send`): a reader walks Older to the end and Newer back
     to the front, and from the newer issue to the previous one and back."""
-    import shutil
-
-    from .conftest import REPO
     from .test_site import NEW_POST
 
-    for name in ("content", "templates"):
-        shutil.copytree(REPO / name, tmp_path / name)
-    shutil.copy(REPO / "config.toml", tmp_path / "config.toml")
-    port = free_port()
-    env = env_for(PUBLISHER_SITE__BASE_URL=f"http://127.0.0.1:{port}", PUBLISHER_WEB__PORT=str(port), PUBLISHER_SITE__PAGE_SIZE="5")
+    env = sample_project(tmp_path, PUBLISHER_SITE__PAGE_SIZE="5")
     run_ok(tmp_path, "run", "--once", env=env)
     (tmp_path / "content" / "publications" / "2026-11-30-arctic.md").write_text(NEW_POST, encoding="utf-8")
     run_ok(tmp_path, "ingest", env=env)
@@ -253,43 +260,31 @@ def test_pagination_and_the_archive_links_walked_in_the_browser(browser: Any, tm
     issues = re.findall(r"digest (\d{4}-W\d{2}(?:-\d+)?): 3 sent", second)
     assert issues, second
     run_ok(tmp_path, "feeds", "build", env=env)
-    base = f"http://127.0.0.1:{port}"
-    with (tmp_path / "serve.log").open("w") as log:
-        server = subprocess.Popen([*PUBLISHER, "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    page = browser.new_page()
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-                time.sleep(0.2)
-        page.goto(base + PAGES["topic"], wait_until="load")
-        seen = page.locator("section.list h3").all_inner_texts()
-        while page.get_by_role("link", name="Older").count():
-            page.get_by_role("link", name="Older").click()
+    with served(tmp_path, env) as base:
+        page = browser.new_page()
+        try:
+            page.goto(base + PAGES["topic"], wait_until="load")
+            seen = page.locator("section.list h3").all_inner_texts()
+            while page.get_by_role("link", name="Older").count():
+                page.get_by_role("link", name="Older").click()
+                page.wait_for_load_state()
+                seen += page.locator("section.list h3").all_inner_texts()
+            assert page.url == base + PAGES["topic"] + "page/1/" and len(seen) == 23 == len(set(seen))  # each once, to the oldest
+            assert seen[0] == "A New Look at Arctic Security"
+            while "page/" in page.url:
+                page.get_by_role("link", name="Newer").click()
+                page.wait_for_load_state()
+                if page.url.endswith("/page/4/"):  # the newest archived page's Newer: a page that forwards to the front
+                    page.wait_for_url(base + PAGES["topic"])
+            assert page.url == base + PAGES["topic"]
+            page.goto(f"{base}/digests/{issues[0]}.html", wait_until="load")
+            nav = page.get_by_role("navigation", name="Digest archive")
+            nav.get_by_role("link", name=re.compile("Previous issue")).click()
             page.wait_for_load_state()
-            seen += page.locator("section.list h3").all_inner_texts()
-        assert page.url == base + PAGES["topic"] + "page/1/" and len(seen) == 23 == len(set(seen))  # each once, to the oldest
-        assert seen[0] == "A New Look at Arctic Security"
-        while "page/" in page.url:
-            page.get_by_role("link", name="Newer").click()
+            older = page.url
+            assert older != f"{base}/digests/{issues[0]}.html" and older.endswith(".html")
+            page.get_by_role("navigation", name="Digest archive").get_by_role("link", name=re.compile("Next issue")).click()
             page.wait_for_load_state()
-            if page.url.endswith("/page/4/"):  # the newest archived page's Newer: a page that forwards to the front
-                page.wait_for_url(base + PAGES["topic"])
-        assert page.url == base + PAGES["topic"]
-        page.goto(f"{base}/digests/{issues[0]}.html", wait_until="load")
-        nav = page.get_by_role("navigation", name="Digest archive")
-        nav.get_by_role("link", name=re.compile("Previous issue")).click()
-        page.wait_for_load_state()
-        older = page.url
-        assert older != f"{base}/digests/{issues[0]}.html" and older.endswith(".html")
-        page.get_by_role("navigation", name="Digest archive").get_by_role("link", name=re.compile("Next issue")).click()
-        page.wait_for_load_state()
-        assert page.url == f"{base}/digests/{issues[0]}.html"
-    finally:
-        page.close()
-        server.terminate()
-        server.wait(timeout=30)
+            assert page.url == f"{base}/digests/{issues[0]}.html"
+        finally:
+            page.close()
