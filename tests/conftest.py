@@ -159,17 +159,3 @@ def fleet_env(broker: str, postgres_url: str) -> dict[str, str]:
 
     return env_for(PUBLISHER_STORE__URL=postgres_url, PUBLISHER_DELIVERY__ENGINE="celery", PUBLISHER_BROKER_URL=broker,
                    PUBLISHER_DELIVERY__TASK_QUEUE=f"publisher-test-{uuid.uuid4().hex[:8]}")
-
-
-# -- the longest files first ------------------------------------------------------------------------------------------
-# The suite runs in three processes, each taking whole files (pyproject's addopts: --dist loadfile), in collection
-# order. These files hold its longest tests (real timers, thousands of real messages: the 20,000-subscriber send took
-# 4.8 minutes of a 14-minute run); taken in alphabetical order, one of them started late could alone decide when the
-# run ends. Taken first, the short files fill in around them.
-SLOW_FILES = ("test_fleet.py", "test_relay_faults.py", "test_walkthrough.py", "test_delivery_faults.py", "test_fleet_kill.py",
-              "test_first_hour.py", "test_signup_abuse.py")
-
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
