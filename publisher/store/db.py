@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -15,9 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, inspect, select, table, tuple_, update
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, InternalError, OperationalError, SQLAlchemyError
 
@@ -32,6 +31,23 @@ from .sendlog import SendLogMixin
 from .signups import SignupMixin
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_REVISION = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*['\"]?(\w+)?", re.M)
+
+
+@functools.lru_cache(maxsize=1)
+def head_revision() -> str:
+    """The newest migration's id, read from migrations/versions/ (the revision no other one comes after)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = dict((key, value) for key, value in _REVISION.findall(path.read_text(encoding="utf-8")))
+        if found.get("revision"):
+            revisions.add(found["revision"])
+        if found.get("down_revision") and found["down_revision"] != "None":
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"the migrations have {len(heads)} heads ({sorted(heads)}); they must form one line")
+    return heads.pop()
 _MIGRATE_LOCK = threading.Lock()  # alembic's migration context is process-global: one migration at a time
 MIGRATE_LOCK_KEY = 0x7075626C6D  # "publm": the PostgreSQL advisory lock that makes migrations one at a time across processes
 
@@ -166,6 +182,14 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin, ContentFi
             raise StoreError(describe_failure(str(self.engine.url), exc)) from exc
 
     def migrate(self) -> None:
+        """Bring the schema to this version's head. A store already there (every command but the first) is known by
+        one query, without loading Alembic: a third of the time every command took to start."""
+        if self._at_head():
+            return
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+        from alembic.util.exc import CommandError
+
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         sqlite = self.engine.dialect.name == "sqlite"
@@ -195,6 +219,14 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin, ContentFi
         except CommandError as exc:  # e.g. a revision this version does not know: the store was made by a newer publisher
             raise StoreError(f"cannot migrate the store {_safe_url(str(self.engine.url))}: {exc}. Was it made by a newer version of "
                              "the publisher? Run that version, or restore a backup made by this one.") from None
+
+    def _at_head(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                current = [str(v) for v in conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars()]
+        except (DBAPIError, sqlite3.Error):  # no such table yet (a new store), or not a store at all: Alembic decides
+            return False
+        return current == [head_revision()]
 
     def probe(self) -> None:
         """Read the first row of every table (the scheduler's included): a damaged table fails here, at once, not
