@@ -213,5 +213,5 @@ def next_runs(store: Store, cfg: Config) -> dict[str, datetime | None]:
     jobstore.start(sched, "default")
     try:
         return {job.id: job.next_run_time for job in jobstore.get_all_jobs()}
-    except Exception:  # noqa: BLE001 - no job table yet: the scheduler never ran
+    except Exception:  # noqa: BLE001 - an unreadable job (a job store of another version): nothing to show
         return {}
