@@ -316,6 +316,37 @@ def _print_delivery_status(c: Context, now: Any) -> None:
         click.echo(f"DELIVERY STOPPED at {stamp[:19]}: {rest.partition(chr(9))[2]}")
 
 
+# -- doctor --------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--network", is_flag=True, help="Also look up the SPF, DKIM and DMARC records in DNS.")
+@click.option("--nameserver", metavar="HOST[:PORT]", help="Ask this DNS server instead of the system's (implies --network).")
+@pass_ctx
+def doctor(c: Context, network: bool, nameserver: str | None) -> None:
+    """Before the first send: what is wrong with the sending setup (DMARC alignment, DKIM, one-click unsubscribe,
+    postal address, SMTP TLS, signing key) and the DNS records to publish. Offline unless --network; exits 1 on
+    any error.
+
+    \b
+    Example:
+      $ publisher doctor
+      $ publisher doctor --network --nameserver 127.0.0.1:5353
+    """
+    from .doctor import parse_nameserver, report_lines, run_checks
+
+    if nameserver:
+        try:
+            parse_nameserver(nameserver)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--nameserver") from None
+    network = network or bool(nameserver)
+    findings = run_checks(c.cfg, network=network, nameserver=nameserver)
+    for line in report_lines(findings, network=network):
+        click.echo(line)
+    if any(f.level == "error" for f in findings):
+        click.get_current_context().exit(1)
+
+
 # -- feeds ---------------------------------------------------------------------------------------
 
 @main.group()
