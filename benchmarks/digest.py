@@ -13,6 +13,7 @@ Run: .venv/bin/python benchmarks/digest.py [--recipients N]
 from __future__ import annotations
 
 import argparse
+import secrets
 import shutil
 import statistics
 import sys
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from publisher.config import load_config  # noqa: E402
-from publisher.delivery.message import compile_message, message_id  # noqa: E402
+from publisher.delivery.message import MessageIds, compile_message  # noqa: E402
 from publisher.delivery.send import links_for  # noqa: E402
 from publisher.digest import Renderer, plan_issue, render_variants  # noqa: E402
 from publisher.models import Subscriber, SubscriberStatus  # noqa: E402
@@ -65,10 +66,11 @@ def main() -> None:
 
     subs = [Subscriber(i + 1, f"reader{i + 1}@example.com", SubscriberStatus.ACTIVE, NOW, NOW, VARIANTS[i % len(VARIANTS)])
             for i in range(args.recipients)]
+    ids = MessageIds("example.org", secrets.token_bytes(32))
     t0 = time.perf_counter()
     total = 0
     for sub in subs:
-        total += len(messages[sub.topics].for_recipient(sub.id, sub.email, links_for(cfg, sub)))
+        total += len(messages[sub.topics].for_recipient(ids(plan.id, sub.id), sub.email, links_for(cfg, sub)))
     fast_s = time.perf_counter() - t0
 
     sample = subs[: args.baseline_sample]
@@ -81,7 +83,7 @@ def main() -> None:
         msg["From"] = cfg.digest.from_address
         msg["To"] = sub.email
         msg["Subject"] = rendered.subject
-        msg["Message-ID"] = message_id(plan.id, sub.id, "example.org")
+        msg["Message-ID"] = ids(plan.id, sub.id)
         msg["List-Unsubscribe"] = f"<{links['unsubscribe_url']}>"
         msg.set_content(text, charset="utf-8", cte="quoted-printable")
         msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")

@@ -202,6 +202,9 @@ def _print_send(outcome: Any, cfg: Config | None = None) -> None:
                f"{outcome.skipped} skipped" + open_note)
     for failure in outcome.failures[:5]:
         click.echo(f"  {failure}", err=True)
+    if outcome.held and outcome.held_until:
+        click.echo(f"  {outcome.held} held back by the warm-up ([delivery].warmup): today's allowance is used; `publisher run` "
+                   f"sends them from {outcome.held_until.isoformat(timespec='minutes')}")
     if outcome.deferred and not outcome.fault:
         when = outcome.next_retry.isoformat(timespec="seconds") if outcome.next_retry else "soon"
         click.echo(f"  {outcome.deferred} deferred: `publisher run` retries them by itself (next {when}), "
@@ -249,7 +252,7 @@ def status(c: Context) -> None:
     Example:
       publisher status
     """
-    from .pipeline import digest_due
+    from .pipeline import WARMUP_SETTING, digest_due
     from .scheduler import LEASE, next_runs
 
     now = _now()
@@ -283,7 +286,9 @@ def status(c: Context) -> None:
     _print_delivery_status(c, now)
     opened = c.store.open_issue()
     due, why = digest_due(c.cfg, c.store, now)
-    if opened:
+    if opened and c.cfg.delivery.warmup and c.store.setting(WARMUP_SETTING):
+        click.echo(f"pending issue: {opened[0]} (held by the warm-up), resumed when the next day's allowance begins")
+    elif opened:
         click.echo(f"pending issue: {opened[0]} (interrupted; {c.store.unfinished_sends(opened[0])} sends left), resumed by the next send")
     else:
         from .digest import plan_issue
@@ -303,6 +308,8 @@ def _print_delivery_status(c: Context, now: Any) -> None:
         nxt = c.store.next_retry(last[0])
         retry = f"; next retry {nxt.isoformat(timespec='seconds')}" if nxt else ""
         click.echo(f"last issue: {last[0]}, sent {last[2].isoformat(timespec='seconds')}: {parts}{retry}")
+        _print_rates(*c.store.issue_rates(last[0]))
+    _print_warmup(c, now)
     for run_id, issue_id, holder, started in c.store.live_runs():
         click.echo(f"  sending now: {issue_id} by {holder} since {started.isoformat(timespec='seconds')}")
     workers = c.store.live_workers(now)
@@ -314,6 +321,50 @@ def _print_delivery_status(c: Context, now: Any) -> None:
     if fault:
         stamp, _, rest = fault.partition(" ")
         click.echo(f"DELIVERY STOPPED at {stamp[:19]}: {rest.partition(chr(9))[2]}")
+
+
+# Complaint rates as Gmail's and Yahoo's bulk-sender rules judge them (keep under 0.1 %, never reach 0.3 %); bounce
+# rates as the providers review accounts (Amazon SES: under review from 5 %; most ask to stay under 2 %).
+RATE_LIMITS = {"complaint": (0.001, 0.003), "bounce": (0.02, 0.05)}
+
+
+def _print_rates(attempted: int, bounced: int, complained: int) -> None:
+    """The last issue's bounce and complaint rates (from the relay's refusals and the providers' webhooks)."""
+    if not attempted:
+        return
+    for name, n in (("bounce", bounced), ("complaint", complained)):
+        rate = n / attempted
+        warn, error = RATE_LIMITS[name]
+        line = f"  {name} rate: {rate:.2%} ({n} of {attempted:,})"
+        if rate > error:
+            click.echo(f"{line}: ERROR, above {error:.1%}" + (" (Gmail's limit for bulk senders): mail from this domain goes to spam "
+                       "or is refused. Stop and find out who is complaining: confirm sign-ups (double opt-in), remove old addresses"
+                       if name == "complaint" else ": providers suspend senders here. Clean the list (remove old, never-confirmed addresses)"))
+        elif rate > warn:
+            click.echo(f"{line}: warning, above {warn:.1%}" + (" (Gmail asks bulk senders to stay under it)" if name == "complaint" else ""))
+        else:
+            click.echo(line)
+
+
+def _print_warmup(c: Context, now: Any) -> None:
+    """How far a warming-up domain's ramp has come, and whether an issue waits for tomorrow's allowance."""
+    from .delivery.send import warmup_allowance
+    from .pipeline import WARMUP_SETTING
+
+    d = c.cfg.delivery
+    if not d.warmup:
+        return
+    allowance = warmup_allowance(c.cfg, c.store, now)
+    if allowance is None:
+        click.echo(f"warm-up: done (the ramp's {d.warmup_days} days are over): no daily limit")
+        return
+    day = allowance.state()
+    click.echo(f"warm-up: {day.domain}, day {day.day + 1} of {d.warmup_days}: {day.used:,} of today's {day.allowance:,} sent; "
+               f"tomorrow {allowance.ramp.allowance(day.day + 1) or 'no limit'}")
+    held = c.store.setting(WARMUP_SETTING)
+    opened = c.store.open_issue()
+    if held and opened:
+        click.echo(f"  issue {opened[0]} waits for the next allowance, from {held[:16]}")
 
 
 # -- doctor --------------------------------------------------------------------------------------
@@ -447,7 +498,7 @@ def digest_preview(c: Context, out: Path | None, email: str | None, as_text: boo
     """
     from subscribers import normalise_email
 
-    from .delivery.message import compile_message
+    from .delivery.message import compile_message, preview_message_id
     from .delivery.send import links_for
     from .models import Subscriber
     from .pipeline import next_issue
@@ -465,7 +516,8 @@ def digest_preview(c: Context, out: Path | None, email: str | None, as_text: boo
     rendered = variants[sub.topics]
     links = links_for(c.cfg, sub)
     if as_eml:
-        body = compile_message(c.cfg, rendered, now).for_recipient(sub.id, sub.email, links)
+        message = compile_message(c.cfg, rendered, now)
+        body = message.for_recipient(preview_message_id(message.domain), sub.email, links)
     else:
         html, text = rendered.personalise({**links, "email": sub.email})
         body = (text if as_text else html).encode("utf-8")

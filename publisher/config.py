@@ -154,6 +154,10 @@ class DeliveryConfig:
     give_up_after: str = "5d"  # still deferred this long after the issue started: undeliverable (Postfix's queue lifetime)
     dkim_selector: str = ""
     dkim_domain: str = ""
+    warmup: bool = False  # a new sending domain's daily volume ramps up (see delivery.warmup)
+    warmup_start: int = 200  # messages on its first day...
+    warmup_full: int = 200_000  # ...growing each day to this many on day warmup_days,
+    warmup_days: int = 42  # when the ramp ends (no limit from then on)
     engine: str = "threads"  # "threads": this process sends; "celery": `publisher worker` processes send (PostgreSQL only)
     broker_url: str = "amqp://guest@127.0.0.1:5672//"  # celery: RabbitMQ (amqp://) or Redis (redis://); a password only in PUBLISHER_BROKER_URL
     task_queue: str = "publisher"  # celery: the broker queue (two lists sharing one broker each need their own)

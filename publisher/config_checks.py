@@ -135,6 +135,12 @@ def validate(cfg: Config) -> None:
         if value < low:
             raise ConfigError(f"expected at least {low}, got {value}.", file=f, key=key)
     _validate_smtp_auth(cfg.delivery.smtp, f)
+    for key, value in (("delivery.warmup_start", cfg.delivery.warmup_start), ("delivery.warmup_days", cfg.delivery.warmup_days)):
+        if value < 1:
+            raise ConfigError(f"expected at least 1, got {value}.", file=f, key=key)
+    if cfg.delivery.warmup_full <= cfg.delivery.warmup_start:
+        raise ConfigError(f"expected more than warmup_start ({cfg.delivery.warmup_start}), got {cfg.delivery.warmup_full}: the ramp "
+                          "grows from warmup_start on the first day to warmup_full on day warmup_days.", file=f, key="delivery.warmup_full")
     for key, value in (("delivery.smtp.rate_limit", cfg.delivery.smtp.rate_limit), ("delivery.api.rate_limit", cfg.delivery.api.rate_limit),
                        ("delivery.retry_base", cfg.delivery.retry_base)):
         if value < 0:

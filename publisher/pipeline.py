@@ -141,6 +141,9 @@ def send_digest(cfg: Config, store: Store, now: datetime, *, make_transport: Cal
     earlier issues' stragglers are retried after it and never hold it back."""
     stop = stop or threading.Event()
     recover(cfg, store, now_utc())  # runs that died: their journals replayed, their rows free
+    held = warmup_held(cfg, store, now)
+    if held is not None:  # the warm-up's allowance for today is used: nothing goes (retries neither) until tomorrow
+        return held
     plan, rendered = next_issue(cfg, store, now)  # plan → render
     if plan.is_empty(cfg) and not cfg.digest.send_empty:
         outcome = SendOutcome(plan.id, reason="nothing new since the last issue")
@@ -156,11 +159,33 @@ def send_digest(cfg: Config, store: Store, now: datetime, *, make_transport: Cal
 
 
 FAULT_SETTING = "delivery.fault"  # "<iso time> <seconds until the service tries again>\t<what stopped the last send>"
+WARMUP_SETTING = "delivery.warmup_held_until"  # an issue waits for the next day's allowance (see delivery.warmup)
+
+
+def warmup_held(cfg: Config, store: Store, now: datetime) -> SendOutcome | None:
+    """The outcome of a send that would find today's warm-up allowance used, without planning or rendering (the
+    service looks every 20 seconds); None when something may go."""
+    until = store.setting(WARMUP_SETTING)
+    opened = store.open_issue()
+    if not (cfg.delivery.warmup and until and opened):
+        return None
+    try:
+        resumes = datetime.fromisoformat(until)
+    except ValueError:
+        return None
+    if now >= resumes:
+        return None
+    return SendOutcome(opened[0], reason=f"the warm-up's allowance for today is used; the issue goes on from {resumes.isoformat()}",
+                       held_until=resumes)
 
 
 def record_outcome(store: Store, outcome: SendOutcome) -> None:
     """Keep a fault that needs a human where `publisher status` shows it (and the service backs off: it tries again
     after a minute, then twice as long each time, up to an hour); clear it once a send delivers again."""
+    if outcome.held_until is not None:
+        store.set_setting(WARMUP_SETTING, outcome.held_until.isoformat())
+    elif outcome.finished or outcome.sent:
+        store.set_setting(WARMUP_SETTING, None)
     held = store.setting(FAULT_SETTING)
     if outcome.fault:
         wait = min(float(held.partition(" ")[2].partition("\t")[0] or 30) * 2, 3600.0) if held else 60.0

@@ -33,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .config import Config, parse_duration
 from .delivery.send import SendOutcome, retry_deferred
 from .feeds import FeedBuilder
-from .pipeline import FAULT_SETTING, now_utc, record_outcome, run_feeds, run_ingest, run_signups, run_site, send_digest
+from .pipeline import FAULT_SETTING, now_utc, record_outcome, run_feeds, run_ingest, run_signups, run_site, send_digest, warmup_held
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def delivery_job() -> None:
         return
     try:
         now = now_utc()
-        if not _fault_allows(store, now):
-            return
+        if not _fault_allows(store, now) or warmup_held(cfg, store, now) is not None:
+            return  # a fault waits for its next try; a warm-up's issue for the next day's allowance
         if store.open_issue():
             log.info("resuming the interrupted issue %s", store.open_issue()[0])  # type: ignore[index]
             _report(store, send_digest(cfg, store, now, stop=_context.get("stop"), due=now))
@@ -118,6 +118,9 @@ def _report(store: Store, outcome: SendOutcome) -> None:
                f"{outcome.sent} sent, {outcome.deferred} deferred, {outcome.failed} failed, {outcome.skipped} skipped")
     if outcome.fault:
         log.error("digest %s stopped, needs a fix: %s", outcome.issue_id, outcome.fault)
+    if outcome.held and outcome.held_until:
+        log.info("digest %s: %d recipient(s) wait for the warm-up's next allowance, from %s", outcome.issue_id, outcome.held,
+                 outcome.held_until.isoformat())
     if outcome.deferred:
         log.warning("digest %s: %d deferred, retried by the service from %s", outcome.issue_id, outcome.deferred,
                     outcome.next_retry.isoformat() if outcome.next_retry else "soon")

@@ -175,7 +175,7 @@ def test_variants_round_trip_through_the_store_format(cfg) -> None:  # type: ign
         original, _ = variants.get(())
         again = load_variant(dump_variant(original))
         links = {"unsubscribe_url": "https://x.test/u", "preferences_url": "https://x.test/p"}
-        assert again.message.for_recipient(7, "a@b.test", links) == original.message.for_recipient(7, "a@b.test", links)
+        assert again.message.for_recipient("<m@b.test>", "a@b.test", links) == original.message.for_recipient("<m@b.test>", "a@b.test", links)
         assert again.prepared == original.prepared
     finally:
         store.close()

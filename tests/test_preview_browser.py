@@ -133,6 +133,9 @@ def test_desktop_preview_shows_the_issue_in_send_order(page: Page, preview: str)
     size = page.locator("p#size")
     expect(size).to_contain_text(re.compile(r"\d"))
     expect(size).not_to_have_class(re.compile(r"\bwarning\b"))  # the sample issue is well under 102,000 bytes
+    # Both figures: the HTML as it is in the message (what Gmail counts) is the bigger one.
+    as_sent, decoded = (int(page.locator(f"#size-{which}").inner_text().replace(",", "")) for which in ("sent", "html"))
+    assert decoded < as_sent < decoded * 1.2, (as_sent, decoded)
 
 
 def test_mobile_and_text_views(page: Page, preview: str) -> None:

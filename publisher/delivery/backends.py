@@ -53,7 +53,7 @@ class OutboxTransport:
     def send(self, variant: Variant, recipients: Sequence[Recipient]) -> list[Result]:
         results = []
         for r in recipients:
-            message = variant.message.for_recipient(r.subscriber_id, r.email, r.links)
+            message = variant.message.for_recipient(r.message_id, r.email, r.links)
             self.maildir.add(self.signer.sign(message) + message if self.signer else message)
             results.append(Result(r.subscriber_id, "sent"))
         return results
@@ -118,9 +118,9 @@ class SmtpTransport:
                 return refused
         assert self._conn is not None
         try:
-            data = variant.message.for_recipient(r.subscriber_id, r.email, r.links, dot_stuffed=True)
+            data = variant.message.for_recipient(r.message_id, r.email, r.links, dot_stuffed=True)
             if self.signer:  # sign what the recipient will read (not dot-stuffed); the header itself never starts with "."
-                data = self.signer.sign(variant.message.for_recipient(r.subscriber_id, r.email, r.links)) + data
+                data = self.signer.sign(variant.message.for_recipient(r.message_id, r.email, r.links)) + data
             code, reply = self._transaction(self._conn, r.email, data)
             if code == 250:
                 return Result(r.subscriber_id, "sent")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..models import Subscriber
 from .api import Recipient, Result
-from .ports import Mailer, RateLimiter, SendLog, Variants, WorkQueue
+from .ports import Allowance, Mailer, RateLimiter, SendLog, Variants, WorkQueue
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int], None]  # ("total", n) once, then (status, count) as results are recorded
@@ -47,6 +47,8 @@ class SendOutcome:
     failures: list[str] = field(default_factory=list)
     fault: str = ""  # what stopped the send and needs a human (or a fix of the machine); "" when nothing did
     next_retry: datetime | None = None  # when the service next retries what is still deferred
+    held: int = 0  # recipients the warm-up held back: today's allowance was used (they go from held_until)
+    held_until: datetime | None = None
 
     @property
     def exit_code(self) -> int:
@@ -246,7 +248,7 @@ class Engine:
     def __init__(self, settings: Settings, log_: SendLog, issue_id: str, variants: Variants, recipient: Callable[[Subscriber], Recipient],
                  message_id: Callable[[int], str], make_mailer: Callable[[], Mailer], workers: int, stop: threading.Event,
                  outcome: SendOutcome, progress: Progress | None = None, *, due: datetime | None = None,
-                 work: WorkQueue | None = None, limiter: RateLimiter | None = None) -> None:
+                 work: WorkQueue | None = None, limiter: RateLimiter | None = None, allowance: Allowance | None = None) -> None:
         self.settings, self.store, self.issue_id, self.variants = settings, log_, issue_id, variants
         self.recipient, self.message_id = recipient, message_id
         self.make_transport, self.workers, self.stop, self.outcome = make_mailer, workers, stop, outcome
@@ -260,6 +262,8 @@ class Engine:
         self.halt = threading.Event()  # set on stop (a signal) or on a fault: every thread winds down
         self.breaker = _Breaker()
         self.limiter: RateLimiter | None = limiter or _rate_limiter(settings.rate_limit)
+        self.allowance = allowance
+        self.held = False  # the warm-up's allowance for today is used: the walk stops, the rest waits for tomorrow
 
     def fail(self, fault: str) -> None:
         with self.lock:
@@ -296,7 +300,7 @@ class Engine:
             for thread in threads:
                 thread.start()
             for batch in batches:
-                if self.halted():
+                if self.halted() or self.held:
                     break
                 claimed = self._claim(batch)
                 while claimed and not self.halted():
@@ -350,11 +354,20 @@ class Engine:
             return []
         send_empty = self.settings.send_empty
         wanted = [s for s in batch if send_empty or not self.variants.get(s.topics)[1]]  # nothing in their topics: skip
+        held: list[Subscriber] = []
+        if self.allowance is not None and wanted:
+            granted = self.allowance.take(len(wanted))
+            if granted < len(wanted):
+                wanted, held = wanted[:granted], wanted[granted:]
+                self.held = True
         now = _now()
         got = self.store.claim_batch(self.issue_id, self.run_id, [(s.id, self.message_id(s.id)) for s in wanted],
                                      now, now - self.stale, due=self.due)
+        if self.allowance is not None:
+            self.allowance.give_back(len(wanted) - len(got))  # sent already, or no longer subscribed: not today's messages
         with self.lock:
-            self.outcome.skipped += len(batch) - len(got)
+            self.outcome.skipped += len(batch) - len(got) - len(held)
+            self.outcome.held += len(held)
         return [s for s in wanted if s.id in got]
 
     def _worker(self, work: WorkQueue) -> None:

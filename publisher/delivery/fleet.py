@@ -38,7 +38,7 @@ from ..store.db import _safe_url
 from .api import Prepared
 from .backends import Variant, transport_factory
 from .engine import SendOutcome, burst_for, holder
-from .message import CompiledMessage, message_id
+from .message import CompiledMessage, MessageIds, sender_domain
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ class Dispatch:
         self.hinted: dict[tuple[int, int], float] = {}
         self.before = store.send_counts(issue_id)
         self.seen = dict(self.before)
-        self.domain = cfg.digest.from_address.rpartition("@")[2] or "localhost"
+        self.ids = MessageIds(sender_domain(cfg), store.message_id_key())
+        self.allowance: Any = None  # the warm-up's (delivery.warmup.Allowance): set by deliver()
 
     def hint(self, lo: int, hi: int, due: datetime | None) -> None:
         body = {"v": HINT_VERSION, "issue": self.issue_id, "lo": lo, "hi": hi, "due": due.isoformat() if due else None, "dispatch": self.id}
@@ -166,10 +167,19 @@ class Dispatch:
                 return
             wanted = [s for s in batch if send_empty or not variants.get(s.topics)[1]]
             self.outcome.skipped += len(batch) - len(wanted)
-            if not wanted:
-                continue
+            if self.allowance is not None and wanted:  # the warm-up: rows are made only for today's allowance
+                have = self.store.have_rows(self.issue_id, [s.id for s in wanted])
+                wanted = [s for s in wanted if s.id not in have]  # sent (or queued) on an earlier day: not today's
+                if not wanted:
+                    continue
+                granted = self.allowance.take(len(wanted))
+                if granted < len(wanted):
+                    self.outcome.held += len(wanted) - granted
+                    wanted = wanted[:granted]
+                    if not wanted:
+                        return
             store_variants(self.store, self.issue_id, variants.by_topics, saved)  # before any worker can need them
-            self.store.queue_rows(self.issue_id, [(s.id, message_id(self.issue_id, s.id, self.domain)) for s in wanted], _now())
+            self.store.queue_rows(self.issue_id, [(s.id, self.ids(self.issue_id, s.id)) for s in wanted], _now())
             self.hint(wanted[0].id, wanted[-1].id, due)
 
     def hint_pending(self, retry: tuple[datetime, datetime] | None, due: datetime | None) -> None:
@@ -240,11 +250,12 @@ class Dispatch:
 
 def deliver(cfg: Config, store: Any, issue_id: str, variants: Any, batches: Iterable[list[Subscriber]] | None, outcome: SendOutcome,
             stop: threading.Event, progress: Callable[[str, int], None] | None, due: datetime | None, *,
-            recover: Callable[[], Any]) -> None:
+            recover: Callable[[], Any], allowance: Any = None) -> None:
     """The fleet's send of one issue: ``batches`` walked and hinted (a new issue), or, with ``batches`` None, what is
     deferred and due by ``due`` (None: all of it) hinted (retries); then watched until done."""
     try:
         d = Dispatch(cfg, store, issue_id, outcome, stop, progress, recover=recover)
+        d.allowance = allowance
         if batches is not None:
             d.walk(batches, variants, due)
             d.watch(None)  # its first look also hints rows an earlier, interrupted dispatch handed back

@@ -15,8 +15,8 @@ the bodies and in the headers alike, so a source's data can never be taken for o
 
 from __future__ import annotations
 
-import binascii
 import hashlib
+import hmac
 import html
 import re
 import secrets
@@ -28,7 +28,7 @@ from email.utils import format_datetime, formataddr
 from urllib.parse import urlsplit
 
 from ..config import Config
-from ..digest.render import RenderedIssue, Slots
+from ..digest.render import RenderedIssue, Slots, quoted_printable
 
 # Headers stay on one line up to RFC 5322's hard limit: some receivers mis-parse a List-Unsubscribe
 # folded right after its colon.
@@ -46,15 +46,42 @@ def list_id(cfg: Config) -> str:
     return f"{cfg.site.name} <digest.{domain}>"
 
 
-def message_id(issue_id: str, subscriber_id: int, domain: str) -> str:
-    """Unique per recipient and stable across retries, so a resend after a crash is recognisable."""
-    digest = hashlib.sha256(f"{issue_id}:{subscriber_id}".encode()).hexdigest()[:24]
-    return f"<digest.{issue_id}.{digest}@{domain}>"
+class MessageIds:
+    """The digest's Message-IDs: ``<digest.<issue>.<tag>@<From domain>>``, the tag an HMAC of (issue, subscriber) under
+    the store's own random key (:meth:`Store.message_id_key`).
+
+    The same for one (issue, subscriber) on every retry, in every process and on every worker of the fleet (they share
+    the store), so a resend after a crash is recognisable; different between two stores, so two installs or two lists
+    sending from one domain never give one id to two messages; and not guessable from outside (the key never leaves the
+    store). Not the signing key: rotating PUBLISHER_SECRET_KEY mid-issue must not change the retries' ids.
+    """
+
+    __slots__ = ("domain", "_key")
+
+    def __init__(self, domain: str, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("a Message-ID key of at least 16 bytes is needed")
+        self.domain, self._key = domain, key
+
+    def __call__(self, issue_id: str, subscriber_id: int) -> str:
+        tag = hmac.new(self._key, f"{issue_id}:{subscriber_id}".encode(), hashlib.sha256).hexdigest()[:32]
+        return f"<digest.{issue_id}.{tag}@{self.domain}>"
+
+    def __repr__(self) -> str:
+        return f"MessageIds(domain={self.domain!r})"
 
 
-def _qp(data: bytes) -> bytes:
-    """Quoted-printable with CRLF line ends, lines at most 76 octets."""
-    return binascii.b2a_qp(data, istext=True).replace(b"\n", CRLF)
+def sender_domain(cfg: Config) -> str:
+    """The From address's domain: the right-hand side of every Message-ID."""
+    return cfg.digest.from_address.rpartition("@")[2] or "localhost"
+
+
+def preview_message_id(domain: str) -> str:
+    """A message that is looked at, not sent (the preview, `digest show`): a random id, never one a real send uses."""
+    return f"<preview.{secrets.token_hex(16)}@{domain}>"
+
+
+_qp = quoted_printable  # the digest's size cap counts the HTML exactly as it is encoded here
 
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -88,16 +115,17 @@ class CompiledMessage:
         self._stuffed = [_stuff(p) for p in self._parts]
         self._plan = [(2 * i + 1, where, name) for i, (where, name) in enumerate(slots)]
 
-    def for_recipient(self, subscriber_id: int, email: str, links: dict[str, str], *, dot_stuffed: bool = False) -> bytes:
+    def for_recipient(self, message_id: str, email: str, links: dict[str, str], *, dot_stuffed: bool = False) -> bytes:
         """The recipient's message: each distinct value encoded once, then one join of chunks and values.
 
-        ``dot_stuffed`` gives the form SMTP's DATA command carries (lines starting with "." doubled).
+        ``message_id`` is the recipient's (:class:`MessageIds`, as recorded in the send log). ``dot_stuffed`` gives the
+        form SMTP's DATA command carries (lines starting with "." doubled).
         """
-        if "\r" in email or "\n" in email:
-            raise ValueError("refusing a line break in an address")
+        if any(c in value for value in (email, message_id) for c in "\r\n"):
+            raise ValueError("refusing a line break in an address or a Message-ID")
         unsubscribe, preferences = links["unsubscribe_url"], links["preferences_url"]
         header = {"to": email.encode("ascii"), "list_unsubscribe_url": unsubscribe.encode("ascii"),
-                  "message_id": message_id(self.issue_id, subscriber_id, self.domain).encode("ascii")}
+                  "message_id": message_id.encode("ascii")}
         text = {"email": _body(email), "unsubscribe_url": _body(unsubscribe), "preferences_url": _body(preferences)}
         markup = text
         if not (_HTML_SPECIAL.isdisjoint(email) and _HTML_SPECIAL.isdisjoint(unsubscribe) and _HTML_SPECIAL.isdisjoint(preferences)):
@@ -112,7 +140,7 @@ class CompiledMessage:
 
 
 def compile_message(cfg: Config, rendered: RenderedIssue, now: datetime, *, test: bool = False) -> CompiledMessage:
-    domain = cfg.digest.from_address.rpartition("@")[2] or "localhost"
+    domain = sender_domain(cfg)
     slot = rendered.slots.marker
     head = EmailMessage(policy=POLICY)
     head["From"] = formataddr((cfg.digest.from_name, cfg.digest.from_address))

@@ -76,3 +76,15 @@ class RateLimiter(Protocol):
     def wait(self, stop: threading.Event) -> None:
         """Return when the next message may go (or at once when ``stop`` is set)."""
         ...
+
+
+class Allowance(Protocol):
+    """A daily allowance of messages (the warm-up, see ``delivery.warmup``): taken before recipients are claimed."""
+
+    def take(self, n: int) -> int:
+        """How many of ``n`` may go now (fewer, or 0, once the day's allowance is used)."""
+        ...
+
+    def give_back(self, n: int) -> None:
+        """Taken but not sent after all."""
+        ...

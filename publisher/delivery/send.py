@@ -36,8 +36,9 @@ from ..store import Store
 from .api import Prepared, Recipient, Result
 from .backends import Transport, Variant, transport_factory
 from .engine import Engine, Progress, SendOutcome, Settings, replay_journals
-from .message import compile_message, list_id, message_id
+from .message import MessageIds, compile_message, list_id, sender_domain
 from .ports import RateLimiter
+from .warmup import Allowance, Ramp
 
 log = logging.getLogger(__name__)
 __all__ = ["SendOutcome", "archive", "compose", "deliver", "finish", "links_for", "merge", "recover", "retry_deferred", "send_test"]
@@ -55,8 +56,8 @@ def prepare(cfg: Config, rendered: RenderedIssue, *, test: bool = False) -> Prep
                     list_id(cfg), extra, rendered.slots)
 
 
-def recipient(cfg: Config, issue_id: str, sub: Subscriber, domain: str) -> Recipient:
-    return Recipient(sub.id, sub.email, message_id(issue_id, sub.id, domain), links_for(cfg, sub), f"{issue_id}:{sub.id}")
+def recipient(cfg: Config, issue_id: str, sub: Subscriber, ids: MessageIds) -> Recipient:
+    return Recipient(sub.id, sub.email, ids(issue_id, sub.id), links_for(cfg, sub), f"{issue_id}:{sub.id}")
 
 
 def compose(cfg: Config, plan: PlannedIssue, rendered: dict[tuple[str, ...], RenderedIssue], now: datetime) -> _Variants:
@@ -75,17 +76,28 @@ def deliver(cfg: Config, store: Store, plan: PlannedIssue, variants: _Variants, 
     outcome.total = store.count_recipients(started)
     if progress:
         progress("total", outcome.total)
-    if cfg.delivery.engine == "celery" and make_transport is None:  # the `publisher worker` processes send it
+    allowance = warmup_allowance(cfg, store, now)
+    if allowance is not None and allowance.state().left == 0:  # today's messages have gone: nothing to walk
+        done = sum(n for status, n in store.send_counts(plan.id).items() if status not in ("queued", "deferred"))
+        outcome.held = max(0, outcome.total - done)
+    elif cfg.delivery.engine == "celery" and make_transport is None:  # the `publisher worker` processes send it
         from . import fleet
 
         fleet.deliver(cfg, store, plan.id, variants, store.recipients(started, batch=cfg.delivery.task_size), outcome,
-                      stop or threading.Event(), progress, due, recover=lambda: recover(cfg, store, _now()))
+                      stop or threading.Event(), progress, due, recover=lambda: recover(cfg, store, _now()), allowance=allowance)
     else:
         factory, default_workers = transport_factory(cfg)
         engine = _engine(cfg, store, plan.id, variants, make_transport or factory, workers or default_workers, stop or threading.Event(),
-                         outcome, progress, due)
+                         outcome, progress, due, allowance=allowance)
         engine.run(store.recipients(started, batch=cfg.delivery.batch_size))
-    outcome.finished = not outcome.stopped and not outcome.fault and store.unfinished_sends(plan.id, queued_only=True) == 0
+    if outcome.held and allowance is not None:  # the walk stopped: everybody not walked waits too
+        rows = sum(store.send_counts(plan.id).values())
+        outcome.held = max(outcome.held, outcome.total - rows - outcome.skipped)
+        outcome.held_until = allowance.resumes_at
+        log.warning("digest %s: the warm-up's allowance for today (%s messages, day %d of the ramp) is used; %d recipient(s) "
+                    "wait for %s", plan.id, allowance.limit, allowance.day_number, outcome.held, allowance.resumes_at.isoformat())
+    outcome.finished = (not outcome.stopped and not outcome.fault and not outcome.held
+                        and store.unfinished_sends(plan.id, queued_only=True) == 0)
     outcome.next_retry = store.next_retry(plan.id)
     if cfg.delivery.backend == "outbox":
         outcome.outbox = cfg.path(cfg.delivery.outbox_dir)
@@ -144,12 +156,14 @@ def retry_deferred(cfg: Config, store: Store, now: datetime, *, due: datetime | 
 
             fleet.deliver(cfg, store, issue_id, variants, None, outcome, stop, None, due, recover=lambda: recover(cfg, store, _now()))
         else:
-            engine = _engine(cfg, store, issue_id, variants, make_transport or factory, workers, stop, outcome, None, due)
+            engine = _engine(cfg, store, issue_id, variants, make_transport or factory, workers, stop, outcome, None, due,
+                             allowance=warmup_allowance(cfg, store, now))
             engine.run(store.deferred_recipients(issue_id, due, batch=cfg.delivery.batch_size))
         for name in ("sent", "deferred", "failed", "skipped"):
             setattr(total, name, getattr(total, name) + getattr(outcome, name))
         total.failures += outcome.failures[: 20 - len(total.failures)]
         total.fault, total.stopped = outcome.fault, outcome.stopped
+        total.held += outcome.held
     total.next_retry = store.next_retry()
     return total
 
@@ -241,7 +255,7 @@ def send_test(cfg: Config, store: Store, now: datetime, address: str, make_trans
     variant = Variant(compile_message(cfg, rendered, now, test=True), prepare(cfg, rendered, test=True))
     transport = (make_transport or transport_factory(cfg)[0])()
     try:
-        [result] = transport.send(variant, [recipient(cfg, f"test-{plan.id}", sub, variant.message.domain)])
+        [result] = transport.send(variant, [recipient(cfg, f"test-{plan.id}", sub, MessageIds(variant.message.domain, store.message_id_key()))])
     finally:
         transport.close()
     return result
@@ -256,7 +270,16 @@ def settings_of(cfg: Config) -> Settings:
     return Settings(attempts=d.attempts, retry_base=d.retry_base, retry_first=parse_duration(d.retry_first), retry_max=parse_duration(d.retry_max),
                     stale_after=parse_duration(d.stale_after), rate_limit=_rate_limit(cfg),
                     send_empty=cfg.digest.send_empty, soft_bounce_limit=cfg.subscribers.soft_bounce_limit,
-                    journal_dir=cfg.path(d.journal_dir), domain=cfg.digest.from_address.rpartition("@")[2] or "localhost")
+                    journal_dir=cfg.path(d.journal_dir), domain=sender_domain(cfg))
+
+
+def warmup_allowance(cfg: Config, store: Store, now: datetime) -> Allowance | None:
+    """Today's allowance of the sending domain while it warms up ([delivery].warmup); None when off or warmed up."""
+    d = cfg.delivery
+    if not d.warmup:
+        return None
+    allowance = Allowance(store, Ramp(d.warmup_start, d.warmup_full, d.warmup_days), sender_domain(cfg).lower(), now, cfg.site.timezone)
+    return allowance if allowance.limit is not None else None
 
 
 def _rate_limit(cfg: Config) -> float:
@@ -267,11 +290,12 @@ def _rate_limit(cfg: Config) -> float:
 
 def _engine(cfg: Config, store: Store, issue_id: str, variants: _Variants, make_transport: Callable[[], Transport], workers: int,
             stop: threading.Event, outcome: SendOutcome, progress: Progress | None, due: datetime | None, *,
-            limiter: RateLimiter | None = None) -> Engine:
+            limiter: RateLimiter | None = None, allowance: Allowance | None = None) -> Engine:
     settings = settings_of(cfg)
-    return Engine(settings, store, issue_id, variants, lambda sub: recipient(cfg, issue_id, sub, settings.domain),
-                  lambda sid: message_id(issue_id, sid, settings.domain), make_transport, workers, stop, outcome, progress, due=due,
-                  limiter=limiter)
+    ids = MessageIds(settings.domain, store.message_id_key())
+    return Engine(settings, store, issue_id, variants, lambda sub: recipient(cfg, issue_id, sub, ids),
+                  lambda sid: ids(issue_id, sid), make_transport, workers, stop, outcome, progress, due=due,
+                  limiter=limiter, allowance=allowance)
 
 
 class _Variants:

@@ -9,12 +9,14 @@ from datetime import datetime
 from ..config import Config
 from ..models import DigestIssue, Publication
 from ..store import Store
-from .render import RenderedIssue, Renderer
+from .render import RenderedIssue, Renderer, size_as_sent
 from .select import issue_id_for, select_issue
 
 NOTE_SETTING = "digest.next_note"
-# Gmail clips a message whose HTML passes about 102 KB; personalisation adds a few hundred bytes.
+# Gmail clips a message whose HTML passes about 102 KB as it is in the message (quoted-printable, see size_as_sent);
+# personalisation adds a few hundred bytes.
 MAX_HTML_BYTES = 100_000
+GMAIL_CLIPS_AT = 102_000
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,12 @@ def render_variants(cfg: Config, plan: PlannedIssue, topic_sets: Iterable[tuple[
 
 
 def render_fitting(cfg: Config, plan: PlannedIssue, topics: tuple[str, ...], renderer: Renderer) -> RenderedIssue:
-    """Render; when the HTML passes MAX_HTML_BYTES, hold fewer items (the rest are "N more on the site")."""
+    """Render; when the HTML as sent passes MAX_HTML_BYTES, hold fewer items (the rest are "N more on the site")."""
     cap = cfg.digest.max_items
     rendered = renderer.render(plan.select(cfg, topics, cap))
-    while len(rendered.html.encode("utf-8")) > MAX_HTML_BYTES and cap > 1:
+    while (size := size_as_sent(rendered.html)) > MAX_HTML_BYTES and cap > 1:
         shown = len(rendered.issue.publications)
-        ratio = MAX_HTML_BYTES / len(rendered.html.encode("utf-8"))
+        ratio = MAX_HTML_BYTES / size
         cap = max(1, min(shown - 1, int(shown * ratio)))
         rendered = renderer.render(plan.select(cfg, topics, cap))
     return rendered

@@ -13,6 +13,7 @@ recipient's address or working link.
 
 from __future__ import annotations
 
+import binascii
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,6 +68,17 @@ class RenderedIssue:
 
     def personalise(self, values: dict[str, str]) -> tuple[str, str]:
         return personalise(self.html, self.text, values, self.slots)
+
+
+def quoted_printable(data: bytes) -> bytes:
+    """Quoted-printable with CRLF line ends, lines at most 76 octets: how both bodies travel in the message."""
+    return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
+
+
+def size_as_sent(html: str) -> int:
+    """The HTML's bytes as they are in the message (quoted-printable): what Gmail's clipping at about 102 KB counts.
+    About 8 % more than the decoded HTML ("=" becomes "=3D", and a soft break ends every 76th octet)."""
+    return len(quoted_printable(html.encode("utf-8")))
 
 
 def personalise(html: str, text: str, values: dict[str, str], slots: Slots) -> tuple[str, str]:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -575,6 +576,20 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin, ContentFi
     def setting(self, key: str) -> str | None:
         with self._tx() as conn:
             return conn.execute(select(t.settings.c.value).where(t.settings.c.key == key)).scalar()
+
+    def message_id_key(self) -> bytes:
+        """This store's own random key for the digest's Message-IDs (see ``delivery.message.MessageIds``): made the
+        first time it is asked for, then the same for every process that opens the store. Two processes asking at once
+        both try to insert; the loser reads the winner's."""
+        key = "delivery.message_id_key"
+        if (value := self.setting(key)) is None:
+            try:
+                with self._tx() as conn:
+                    conn.execute(insert(t.settings).values(key=key, value=secrets.token_hex(32)))
+            except IntegrityError:
+                pass
+            value = self.setting(key)
+        return bytes.fromhex(value or "")
 
     def set_setting(self, key: str, value: str | None) -> None:
         """Set, or with None remove, a named value."""

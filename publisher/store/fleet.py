@@ -9,7 +9,7 @@ compiled variants (made once, read by every worker), the workers alive, and one 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, insert, or_, select, text, update
@@ -60,6 +60,12 @@ class FleetMixin:
                 conn.execute(_insert_ignore(conn, t.send_log), [
                     {"issue_id": issue_id, "subscriber_id": sid, "status": "queued", "message_id": mid, "updated_at": now,
                      "attempts": 0, "claimed_by": None} for sid, mid in rows])
+
+    def have_rows(self, issue_id: str, ids: Sequence[int]) -> set[int]:
+        """Which of these subscribers already have a row of the issue (queued, sent, deferred...)."""
+        sl = t.send_log
+        with self._tx() as conn:
+            return set(conn.execute(select(sl.c.subscriber_id).where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(list(ids)))).scalars())
 
     def _pending(self, issue_id: str, retry: tuple[datetime, datetime] | None) -> Any:
         """Rows of active subscribers a dispatch waits for: queued (claimed or not), or deferred and never answered
@@ -150,6 +156,33 @@ class FleetMixin:
         return [(r.id, r.holder, r.started_at, r.sent, r.rate) for r in alive]
 
     # -- one rate for the fleet -------------------------------------------------------------------
+
+    def take_allowance(self, name: str, n: int, limit: int) -> int:
+        """Up to ``n`` more of the counter ``name``, keeping it at most ``limit``: how many were granted. A negative
+        ``n`` gives that many back. The row is locked while it is counted, so processes sending at once share it."""
+        b = t.rate_buckets
+        with self._tx() as conn:
+            conn.execute(_insert_ignore(conn, b), [{"name": name, "tat": 0.0}])
+            q = select(b.c.tat).where(b.c.name == name)
+            used = int(conn.execute(q.with_for_update() if conn.dialect.name == "postgresql" else q).scalar_one())
+            granted = max(-used, min(n, limit - used))
+            if granted:
+                conn.execute(update(b).where(b.c.name == name).values(tat=float(used + granted)))
+        return granted
+
+    def allowance_used(self, name: str) -> int:
+        with self._tx() as conn:
+            return int(conn.execute(select(t.rate_buckets.c.tat).where(t.rate_buckets.c.name == name)).scalar() or 0)
+
+    def warmup_started(self, domain: str, today: date, *, begin: bool = False) -> date | None:
+        """The first day of ``domain``'s warm-up (kept in the settings); None before its first message. ``begin``: it
+        starts today unless it already has."""
+        key = f"warmup.{domain}.first_day"
+        with self._tx() as conn:
+            if begin:
+                conn.execute(_insert_ignore(conn, t.settings), [{"key": key, "value": today.isoformat()}])
+            value = conn.execute(select(t.settings.c.value).where(t.settings.c.key == key)).scalar()
+        return date.fromisoformat(value) if value else None
 
     def take_slots(self, name: str, n: int, interval: float, burst: int = 1) -> tuple[float, float]:
         """``n`` send slots of the shared bucket ``name`` (one message each, ``interval`` seconds apart). Returns

@@ -151,6 +151,32 @@ class SendLogMixin:
         with self._tx() as conn:
             return conn.execute(select(d.c.created_at).where(d.c.id == issue_id)).scalar_one()
 
+    def issue_rates(self, issue_id: str) -> tuple[int, int, int]:
+        """(messages delivered or refused for good, bounces, spam complaints) of one issue. A bounce is an address
+        the relay refused for good (hard) or one a provider's webhook reported bounced after the issue started; a
+        complaint, one a webhook reported as spam after the issue started, among those it was delivered to."""
+        sl, subs, issues = t.send_log, t.subscribers, t.digest_issues
+        with self._tx() as conn:
+            started = conn.execute(select(issues.c.created_at).where(issues.c.id == issue_id)).scalar()
+            if started is None:
+                return 0, 0, 0
+            since = (subs.c.updated_at >= started).label("since")
+            rows = conn.execute(
+                select(sl.c.status, sl.c.kind, subs.c.status.label("now"), since, func.count())
+                .join(subs, subs.c.id == sl.c.subscriber_id)
+                .where(sl.c.issue_id == issue_id, sl.c.status.in_(("sent", "failed")))
+                .group_by(sl.c.status, sl.c.kind, subs.c.status, since)).all()
+        attempted = bounced = complained = 0
+        for status, kind, now, after, n in rows:
+            attempted += n
+            if status == "failed":
+                bounced += n if kind == "hard" else 0
+            elif after and now == SubscriberStatus.BOUNCED.value:
+                bounced += n
+            elif after and now == SubscriberStatus.COMPLAINED.value:
+                complained += n
+        return attempted, bounced, complained
+
     def claim_batch(self, issue_id: str, run_id: str, candidates: Sequence[tuple[int, str]], now: datetime,
                     stale_before: datetime, *, due: datetime | None = None) -> set[int]:
         """Claim these (subscriber id, message id) for this run; returns the ids it got.

@@ -33,9 +33,9 @@ from starlette.routing import Route
 from subscribers import InvalidAddress, normalise_email
 
 from ..config import Config, load_config
-from ..delivery.message import compile_message
+from ..delivery.message import compile_message, preview_message_id
 from ..delivery.send import links_for, send_test
-from ..digest.issue import MAX_HTML_BYTES
+from ..digest.issue import GMAIL_CLIPS_AT, MAX_HTML_BYTES
 from ..digest.render import RenderedIssue
 from ..errors import PublisherError, TemplateError
 from ..feeds import FeedBuilder, FeedSpec
@@ -168,13 +168,21 @@ def create_preview_app(cfg: Config, store: Store, *, watch: bool = True) -> Star
             context["error"] = str(exc)
         else:
             sub = SAMPLE
-            message = compile_message(cfg, rendered, datetime.now(timezone.utc)).for_recipient(sub.id, sub.email, links_for(cfg, sub))
+            compiled = compile_message(cfg, rendered, datetime.now(timezone.utc))
+            message = compiled.for_recipient(preview_message_id(compiled.domain), sub.email, links_for(cfg, sub))
             headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(message)
             html_text, text = rendered.personalise({**links_for(cfg, sub), "email": sub.email})
-            context.update(error="", rendered=rendered, text=text, size=len(html_text.encode("utf-8")),
+            context.update(error="", rendered=rendered, text=text, size=len(html_text.encode("utf-8")), sent_size=_html_as_sent(message),
+                           clips_at=GMAIL_CLIPS_AT,
                            headers=[(k, str(v)) for k, v in headers.items() if k.lower() not in ("content-type", "mime-version")],
                            links=_links(cfg, html_text), items=[(p, _warnings(cfg, p)) for p in rendered.issue.publications])
         return HTMLResponse(env.get_template("web/preview.html.j2").render(**context))
+
+    def _html_as_sent(message: bytes) -> int:
+        """The HTML part's bytes as they are in the message (quoted-printable): what Gmail's clipping counts."""
+        parsed = email.message_from_bytes(message, policy=email.policy.compat32)
+        part = next(p for p in parsed.walk() if p.get_content_type() == "text/html")
+        return len(str(part.get_payload(decode=False)).encode("ascii"))
 
     async def frame(request: Request) -> Response:
         q = request.query_params
