@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
-
-import pytest
 
 from publisher.delivery.api import Prepared, Recipient, Result, Slots
 
@@ -102,6 +101,32 @@ def recipient(i: int, email: str | None = None) -> Recipient:
     return _recipient(i, email or f"reader{i}@example.com", site="http://127.0.0.1:8000", idempotency_key=f"2026-W48:{i}")
 
 
+def digest_html(size: int, slots: Slots = SLOTS) -> str:
+    """A digest's HTML of ``size`` bytes or a little more: item after item as the renderer lays them out (inline
+    styles, linked, not embedded, images), the recipient's address at the top and their links at the bottom."""
+    p = slots.markers
+    head = f'<!doctype html><html><body><table role="presentation" width="100%"><tr><td><p>Sent to {p["email"]}.</p></td></tr>'
+    tail = (f'<tr><td><p><a href="{p["unsubscribe_url"]}">Unsubscribe</a> · <a href="{p["preferences_url"]}">Preferences</a></p>'
+            "</td></tr></table></body></html>")
+    items, n, i = [], len(head) + len(tail), 0
+    while n < size:
+        item = (f'<tr><td style="padding:16px 0;border-bottom:1px solid #e2e2e2;font-family:Georgia,serif">'
+                f'<img src="https://example.org/media/items/{i:05d}.jpg" width="560" alt="" style="display:block;max-width:100%">'
+                f'<h2 style="font-size:20px;margin:8px 0"><a href="https://example.org/research/{i:05d}-what-the-study-found" '
+                f'style="color:#0b3d91;text-decoration:none">Item {i}: what the study found, and why it matters</a></h2>'
+                '<p style="color:#333;line-height:1.5">A summary of two or three sentences, as the source gives it: the question, '
+                "the method, the finding, and who wrote it, with the date and the topic it was filed under.</p></td></tr>")
+        items.append(item)
+        n += len(item)
+        i += 1
+    return head + "".join(items) + tail
+
+
+def assert_each_sent_once(delivered: Counter[str], recipients: list[Recipient], *, but: frozenset[str] = frozenset()) -> None:
+    """The provider accepted a message for every recipient exactly once, except ``but`` (never)."""
+    assert dict(delivered) == {r.email: 1 for r in recipients if r.email not in but}
+
+
 # -- the server's answers and the results ---------------------------------------------------------------
 
 
@@ -163,14 +188,6 @@ def closing_all(make: Callable[..., A]) -> Iterator[Callable[..., A]]:
     yield tracked
     for a in made:
         a.close()
-
-
-def assert_an_oversized_batch_is_refused(adapter_for: Callable[..., AbstractContextManager[A]], max_batch: int, key: str) -> None:
-    """More than ``max_batch`` recipients is the caller's error (a ValueError that does not show the key)."""
-    with adapter_for("http://127.0.0.1:9") as adapter:
-        with pytest.raises(ValueError, match=f"at most {max_batch}") as exc:
-            adapter.send_batch(make_prepared(), [make_recipient(i, f"u{i}@example.com") for i in range(max_batch + 1)])
-    assert key not in str(exc.value)
 
 
 def assert_no_key(results: list[Result], key: str) -> None:

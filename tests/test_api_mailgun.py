@@ -7,23 +7,26 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 
 from publisher import __version__
-from publisher.delivery.api.mailgun import MailgunAdapter, variable
+from publisher.delivery.api._http import MB
+from publisher.delivery.api.mailgun import MAX_REQUEST_BYTES, MailgunAdapter, variable
 
 from .api_support import (
     assert_a_deferral_while_isolating_defers_the_rest,
     assert_a_timeout_defers,
     assert_close_releases_the_pool,
     assert_connection_refused_defers,
+    assert_each_sent_once,
     by_id,
     closing_all,
     prepared,
     recipient,
 )
+from .provider_emulators import MailgunEmulator, serve
 from .servers import recording_server
 
 KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
@@ -277,6 +280,86 @@ def test_when_the_request_budget_runs_out_the_rest_is_deferred_untried(adapter_f
 
 def test_a_deferral_while_isolating_stops_and_defers_the_rest(adapter_for) -> None:
     assert_a_deferral_while_isolating_defers_the_rest(adapter_for, NOT_AN_ADDRESS, b'{"message": "slow down"}')
+
+
+# -- Mailgun's limits: 1,000 recipients, and 25 MB of body per request -------------------------------------
+
+
+def body_size(adapter: MailgunAdapter, p: Any, rs: list[Any]) -> int:
+    return len(adapter.encode(adapter.payload(p, rs)))
+
+
+def test_1001_recipients_go_in_two_requests_of_1000_and_1(adapter_for) -> None:
+    rs = [recipient(i) for i in range(1001)]
+    emulator = MailgunEmulator(KEY, DOMAIN)
+    with serve(emulator) as url:
+        results = adapter_for(url).send_batch(prepared(), rs)
+    assert {r.status for r in results} == {"sent"} and len(by_id(results)) == 1001
+    assert emulator.batch_sizes == [1000, 1]
+    assert_each_sent_once(emulator.delivered, rs)
+
+
+def test_the_body_measured_is_the_body_sent(adapter_for) -> None:
+    rs = [recipient(1), recipient(2, "a&b+c@example.org")]
+    with recording_server(lambda m, path, b: QUEUED) as (url, reqs):
+        adapter = adapter_for(url)
+        adapter.send_batch(prepared(), rs)
+    assert reqs[0]["body"] == adapter.encode(adapter.payload(prepared(), rs)) == urlencode(adapter.payload(prepared(), rs)).encode()
+    assert int(reqs[0]["headers"]["Content-Length"]) == body_size(adapter, prepared(), rs)
+    form(reqs[0])  # application/x-www-form-urlencoded, and it parses
+
+
+def test_a_request_over_25_mb_is_split_in_two_under_it_at_the_real_limit(adapter_for) -> None:
+    """Text and HTML go once per request, each recipient adds its variables: an issue just under the limit with
+    1,000 recipients is over it, and goes in two requests of 500, each within 25 MB."""
+    rs = [recipient(i) for i in range(1000)]
+    emulator = MailgunEmulator(KEY, DOMAIN)  # a 413 over 25 MB, as Mailgun does
+    with serve(emulator) as url:
+        adapter = adapter_for(url)
+        assert adapter.max_request_bytes == MAX_REQUEST_BYTES == 25 * MB
+        # "x" is sent as it is: the body of all 1,000 in one request would be the limit + 200 KB.
+        filler = "x" * (25 * MB - body_size(adapter, prepared(), rs) + 200_000)
+        results = adapter.send_batch(prepared(html=prepared().html + filler), rs)
+    sizes = [r["size"] for r in emulator.posts()]
+    assert emulator.batch_sizes == [500, 500] and max(sizes) <= 25 * MB and emulator.too_large == 0
+    assert {r.status for r in results} == {"sent"} and len(by_id(results)) == 1000
+    assert_each_sent_once(emulator.delivered, rs)
+
+
+def test_an_issue_over_25_mb_for_one_recipient_is_deferred_with_no_request_at_the_real_limit(adapter_for) -> None:
+    emulator = MailgunEmulator(KEY, DOMAIN)
+    with serve(emulator) as url:
+        results = adapter_for(url).send_batch(prepared(html=prepared().html + "x" * (25 * MB)), [recipient(1), recipient(2)])
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")} and len(results) == 2
+    assert results[0].error.startswith("too large to send: the request comes to 25.0 MB (25,00")
+    assert "over Mailgun's 25 MB request size limit; nothing was sent to them" in results[0].error
+    assert "[digest].max_items" in results[0].error
+    assert emulator.posts() == [] and not emulator.delivered
+
+
+def test_a_recipient_alone_over_a_lowered_limit_is_deferred_and_the_others_are_sent(adapter_for) -> None:
+    rs = [recipient(i) for i in range(10)]
+    rs[3].links["unsubscribe_url"] += "&x=" + "y" * 5000
+    with serve(MailgunEmulator(KEY, DOMAIN)) as url:
+        limit = body_size(adapter_for(url), prepared(), rs[:3])  # three ordinary recipients per request
+    emulator = MailgunEmulator(KEY, DOMAIN, max_request_bytes=limit)
+    with serve(emulator) as url:
+        adapter = adapter_for(url)
+        adapter.max_request_bytes = limit
+        results = by_id(adapter.send_batch(prepared(), rs))
+    assert (results[3].status, results[3].kind) == ("deferred", "sender")
+    assert "over Mailgun's" in results[3].error and "for this recipient alone" in results[3].error
+    assert all(r.status == "sent" for i, r in results.items() if i != 3)
+    sizes = [r["size"] for r in emulator.posts()]
+    assert len(sizes) >= 4 and max(sizes) <= limit and emulator.too_large == 0
+    assert_each_sent_once(emulator.delivered, rs, but=frozenset({rs[3].email}))
+
+
+def test_a_413_says_the_limit_has_changed(adapter_for) -> None:
+    with recording_server(lambda m, path, b: (413, {"Content-Type": "text/html"}, b"<h1>413 Request Entity Too Large</h1>")) as (url, _):
+        results = adapter_for(url).send_batch(prepared(), [recipient(1), recipient(2)])
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")}
+    assert "too large (413)" in results[0].error and "MAX_REQUEST_BYTES" in results[0].error
 
 
 # -- the key and the session ----------------------------------------------------------------------------

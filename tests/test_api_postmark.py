@@ -10,22 +10,26 @@ from typing import Any
 
 from publisher import __version__
 from publisher.delivery.api import Recipient, Result
-from publisher.delivery.api.postmark import PostmarkAdapter, mailbox, retry_after
+from publisher.delivery.api._http import MB
+from publisher.delivery.api.postmark import MAX_REQUEST_BYTES, PostmarkAdapter, mailbox, retry_after
 
 from .api_support import (
     RECIPIENTS,
     Respond,
     answer,
     assert_a_timeout_defers_all,
-    assert_an_oversized_batch_is_refused,
     assert_close_releases_the_pool,
     assert_connection_refused_defers_all,
+    assert_each_sent_once,
     assert_no_key,
     assert_personalised,
     by_id,
+    digest_html,
     make_prepared,
+    make_recipient,
     send_through,
 )
+from .provider_emulators import PostmarkEmulator, serve
 from .servers import recording_server
 
 KEY = "pm-server-token-7d41c0ffee"
@@ -115,8 +119,102 @@ def test_empty_batch_sends_nothing() -> None:
     assert results == [] and requests == []
 
 
-def test_oversized_batch_is_a_caller_error() -> None:
-    assert_an_oversized_batch_is_refused(adapter_for, 500, KEY)
+# -- Postmark's limits: 500 messages and 50 MB per request, 10 MB per message, 5 MB per body ------------------
+
+
+def readers(n: int, start: int = 1) -> list[Recipient]:
+    return [make_recipient(i, f"reader{i}@example.com") for i in range(start, start + n)]
+
+
+def test_501_messages_go_in_two_requests_of_500_and_1() -> None:
+    rs = readers(501)
+    emulator = PostmarkEmulator(KEY)
+    with serve(emulator) as url, adapter_for(url) as adapter:
+        results = adapter.send_batch(make_prepared(), rs)
+    assert {r.status for r in results} == {"sent"} and len(by_id(results)) == 501
+    assert emulator.batch_sizes == [500, 1]
+    assert_each_sent_once(emulator.delivered, rs)
+
+
+def test_500_messages_of_a_110_kb_digest_go_in_requests_under_50_mb_at_the_real_limit() -> None:
+    """The measured case: 500 messages of the sample digest in one batch were 52 MB, and Postmark refuses over 50 MB."""
+    p = make_prepared(html=digest_html(110_000))
+    rs = readers(500)
+    emulator = PostmarkEmulator(KEY)  # refuses a request over 50 MB with a 413, as Postmark does
+    with serve(emulator) as url, adapter_for(url) as adapter:
+        assert adapter.max_request_bytes == MAX_REQUEST_BYTES == 50 * MB
+        results = adapter.send_batch(p, rs)
+    sizes = [r["size"] for r in emulator.posts()]
+    assert sum(sizes) > 55 * MB  # one request would have been refused
+    assert len(sizes) >= 2 and max(sizes) <= 50 * MB and emulator.too_large == 0
+    assert sum(emulator.batch_sizes) == 500
+    assert {r.status for r in results} == {"sent"} and len(by_id(results)) == 500
+    assert_each_sent_once(emulator.delivered, rs)
+
+
+def test_a_message_alone_over_the_request_limit_is_deferred_as_ours_and_never_sent() -> None:
+    """A limit lowered to a few messages: batches split to fit, and the one message that cannot fit alone is not sent."""
+    rs = readers(9)
+    huge = make_recipient(5, "huge@example.com")
+    huge.links["unsubscribe_url"] += "&x=" + "y" * 6000  # its message alone is over the limit
+    rs[4] = huge
+    with serve(PostmarkEmulator(KEY)) as url, adapter_for(url) as probe:
+        one = len(json.dumps(probe.payload(make_prepared(), rs[:1]), ensure_ascii=False).encode())
+    limit = 3 * one + 200  # three ordinary messages per request
+    emulator = PostmarkEmulator(KEY, max_request_bytes=limit)
+    with serve(emulator) as url, adapter_for(url) as adapter:
+        adapter.max_request_bytes = limit
+        results = by_id(adapter.send_batch(make_prepared(), rs))
+    assert results[5].status == "deferred" and results[5].kind == "sender"
+    assert "over Postmark's" in results[5].error and "request size limit" in results[5].error
+    assert "[digest].max_items" in results[5].error and "bytes) for this recipient alone" in results[5].error
+    assert all(r.status == "sent" for i, r in results.items() if i != 5)
+    sizes = [r["size"] for r in emulator.posts()]
+    assert len(sizes) >= 3 and max(sizes) <= limit and emulator.too_large == 0
+    assert_each_sent_once(emulator.delivered, rs, but=frozenset({"huge@example.com"}))
+
+
+def test_an_html_body_over_5_mb_base64_encoded_is_deferred_with_no_request_at_the_real_limit() -> None:
+    p = make_prepared(html=digest_html(4 * MB))  # 4 MB: 5.3 MB once base64-encoded, as Postmark counts it
+    emulator = PostmarkEmulator(KEY)
+    with serve(emulator) as url, adapter_for(url) as adapter:
+        results = adapter.send_batch(p, RECIPIENTS)
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")} and len(results) == 3
+    error = results[0].error
+    assert error.startswith("too large to send: the HTML part, base64-encoded as Postmark counts it, comes to 5.3 MB (")
+    assert "over Postmark's 5 MB limit per body part; nothing was sent to them" in error and "[digest].max_items" in error
+    assert emulator.posts() == [] and not emulator.delivered
+
+
+def test_a_message_over_the_message_limit_is_deferred_and_the_others_are_sent() -> None:
+    rs = readers(3)
+    rs[1].links["preferences_url"] += "&x=" + "y" * 3000
+    emulator = PostmarkEmulator(KEY)
+    with serve(emulator) as url, adapter_for(url) as adapter:
+        adapter.max_message_bytes = 4000
+        results = by_id(adapter.send_batch(make_prepared(), rs))
+    assert (results[2].status, results[2].kind) == ("deferred", "sender")
+    assert "the message, base64-encoded as Postmark counts it," in results[2].error and "message size limit" in results[2].error
+    assert results[1].status == results[3].status == "sent"
+    assert emulator.batch_sizes == [2]
+    assert_each_sent_once(emulator.delivered, rs, but=frozenset({rs[1].email}))
+
+
+def test_a_refusal_of_the_first_request_stops_the_others() -> None:
+    """Split by size, and the first request answered 429: the rest is deferred untried, not sent into a rate limit."""
+    with recording_server(answer(429, {"ErrorCode": 429, "Message": "Rate limit exceeded"}, {"Retry-After": "9"})) as (url, requests):
+        with adapter_for(url) as adapter:
+            adapter.max_request_bytes = 2500  # one message per request
+            results = adapter.send_batch(make_prepared(), RECIPIENTS)
+    assert len(requests) == 1
+    assert {(r.status, r.retry_after) for r in results} == {("deferred", 9.0)}
+    assert [r.error.startswith("not attempted: Postmark rate limit (429)") for r in results] == [False, True, True]
+
+
+def test_a_413_says_the_limit_has_changed() -> None:
+    results, _ = send(answer(413, {"ErrorCode": 413, "Message": "Payload Too Large"}))
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")}
+    assert "too large (413)" in results[0].error and "MAX_REQUEST_BYTES" in results[0].error
 
 
 # -- per-message results ------------------------------------------------------------------------------

@@ -4,34 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from typing import Any
 
 import pytest
 
 from publisher import __version__
 from publisher.delivery.api import Recipient, Result
-from publisher.delivery.api.resend import ResendAdapter
+from publisher.delivery.api._http import MB
+from publisher.delivery.api.resend import MAX_REQUEST_BYTES, ResendAdapter
 
 from .api_support import (
     RECIPIENTS,
     Respond,
     answer,
     assert_a_timeout_defers_all,
-    assert_an_oversized_batch_is_refused,
     assert_close_releases_the_pool,
     assert_connection_refused_defers_all,
+    assert_each_sent_once,
     assert_no_key,
     assert_personalised,
     by_id,
+    digest_html,
     lower,
     make_prepared,
+    make_recipient,
     send_through,
 )
-from .servers import http_server, recording_server
+from .provider_emulators import ResendEmulator, serve
+from .servers import recording_server
 
 KEY = "re_Secr3tKey_9f8e7d6c5b4a"
 
@@ -127,8 +128,72 @@ def test_empty_batch_sends_nothing() -> None:
     assert results == [] and requests == []
 
 
-def test_oversized_batch_is_a_caller_error() -> None:
-    assert_an_oversized_batch_is_refused(adapter_for, 100, KEY)
+# -- Resend's limits: 100 emails per request; 40 MB, its per-email limit, held to the whole request ----------
+
+
+def readers(n: int) -> list[Recipient]:
+    return [make_recipient(i, f"reader{i}@example.com") for i in range(1, n + 1)]
+
+
+def test_101_emails_go_in_two_requests_of_100_and_1_each_with_its_own_key() -> None:
+    rs = readers(101)
+    emulator = ResendEmulator(KEY)
+    with serve(emulator) as url, adapter_for(url) as adapter:
+        results = adapter.send_batch(make_prepared(), rs)
+    assert {r.status for r in results} == {"sent"} and len(by_id(results)) == 101
+    assert emulator.batch_sizes == [100, 1]
+    assert len(emulator.seen) == 2  # two idempotency keys
+    assert_each_sent_once(emulator.delivered, rs)
+
+
+def test_100_emails_of_a_450_kb_digest_go_in_requests_under_40_mb_at_the_real_limit() -> None:
+    p = make_prepared(html=digest_html(450_000))
+    rs = readers(100)
+    emulator = ResendEmulator(KEY)  # a 413 over 40 MB
+    with serve(emulator) as url, adapter_for(url) as adapter:
+        assert adapter.max_request_bytes == MAX_REQUEST_BYTES == 40 * MB
+        results = adapter.send_batch(p, rs)
+        again = adapter.send_batch(p, list(reversed(rs)))  # a retry: split the same way, the same keys, nothing sent twice
+    sizes = [r["size"] for r in emulator.posts()]
+    assert sum(sizes[:2]) > 45 * MB and len(sizes) == 4 and max(sizes) <= 40 * MB and emulator.too_large == 0
+    assert emulator.batch_sizes == [50, 50] and len(emulator.seen) == 2
+    assert {r.status for r in results + again} == {"sent"} and len(by_id(results)) == 100
+    assert_each_sent_once(emulator.delivered, rs)
+
+
+def test_an_email_over_40_mb_is_deferred_with_no_request_at_the_real_limit() -> None:
+    emulator = ResendEmulator(KEY)
+    with serve(emulator) as url, adapter_for(url) as adapter:
+        results = adapter.send_batch(make_prepared(html=make_prepared().html + "x" * (40 * MB)), RECIPIENTS[:2])
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")} and len(results) == 2
+    assert results[0].error.startswith("too large to send: the request comes to 40.0 MB (40,00")
+    assert "over Resend's 40 MB request size limit; nothing was sent to them" in results[0].error
+    assert "[digest].max_items" in results[0].error
+    assert emulator.posts() == [] and not emulator.delivered
+
+
+def test_an_email_alone_over_a_lowered_limit_is_deferred_and_the_others_are_sent() -> None:
+    rs = readers(9)
+    rs[2].links["unsubscribe_url"] += "&x=" + "y" * 6000
+    with serve(ResendEmulator(KEY)) as url, adapter_for(url) as probe:
+        one = len(json.dumps(probe.payload(make_prepared(), rs[:1]), ensure_ascii=False).encode())
+    limit = 3 * one + 200  # three ordinary emails per request
+    emulator = ResendEmulator(KEY, max_request_bytes=limit)
+    with serve(emulator) as url, adapter_for(url) as adapter:
+        adapter.max_request_bytes = limit
+        results = by_id(adapter.send_batch(make_prepared(), rs))
+    assert (results[3].status, results[3].kind) == ("deferred", "sender")
+    assert "over Resend's" in results[3].error and "for this recipient alone" in results[3].error
+    assert all(r.status == "sent" for i, r in results.items() if i != 3)
+    sizes = [r["size"] for r in emulator.posts()]
+    assert len(sizes) >= 3 and max(sizes) <= limit and emulator.too_large == 0
+    assert_each_sent_once(emulator.delivered, rs, but=frozenset({rs[2].email}))
+
+
+def test_a_413_says_the_limit_has_changed() -> None:
+    results, _ = send(error(413, "request_too_large", "Request Entity Too Large"))
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")}
+    assert "too large (413)" in results[0].error and "MAX_REQUEST_BYTES" in results[0].error
 
 
 # -- per-email results (permissive batch validation) --------------------------------------------------
@@ -255,64 +320,11 @@ def test_close_releases_the_connection_pool() -> None:
 # -- Idempotency-Key against a server that honours it as Resend documents ------------------------------
 
 
-class ResendEmulator:
-    """Resend's ``POST /emails/batch`` as https://resend.com/docs/dashboard/emails/idempotency-keys describes it.
-
-    A key (1-256 characters) is remembered for 24 hours: the same key with the same body gets the first
-    response again and sends nothing; with another body, ``409 invalid_idempotent_request``; while the first
-    request is still being processed, ``409 concurrent_idempotent_requests``. ``delay`` holds each response
-    back after the emails are queued, to lose it to a client timeout as a crash would.
-    """
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.sent: list[str] = []  # every email queued, by recipient
-        self.seen: dict[str, tuple[bytes, bytes] | None] = {}  # key -> (body, response); None while in progress
-        self.done = threading.Event()
-        self.lock = threading.Lock()
-
-    def __call__(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        key = lower(headers).get("idempotency-key")
-        if key is not None and not 1 <= len(key) <= 256:
-            return self._error(400, "invalid_idempotency_key", "The key must be between 1-256 chars.")
-        with self.lock:
-            if key is not None and key in self.seen:
-                first = self.seen[key]
-                if first is None:
-                    return self._error(409, "concurrent_idempotent_requests", "Same idempotency key used while original request is still in progress.")
-                if first[0] != body:
-                    return self._error(409, "invalid_idempotent_request", "Same idempotency key used with a different request payload.")
-                return 200, {"Content-Type": "application/json"}, first[1]
-            if key is not None:
-                self.seen[key] = None
-            emails = json.loads(body)
-            ids = [{"id": f"{len(self.sent) + i:08x}-0000-4000-8000-000000000000"} for i in range(len(emails))]
-            self.sent += [e["to"][0] for e in emails]
-        response = json.dumps({"data": ids}).encode()
-        time.sleep(self.delay)
-        with self.lock:
-            if key is not None:
-                self.seen[key] = (body, response)
-        self.done.set()
-        return 200, {"Content-Type": "application/json"}, response
-
-    @staticmethod
-    def _error(status: int, name: str, message: str) -> tuple[int, dict[str, str], bytes]:
-        return status, {"Content-Type": "application/json"}, json.dumps({"statusCode": status, "name": name, "message": message}).encode()
-
-
-@contextmanager
-def resend_server(emulator: ResendEmulator) -> Iterator[str]:
-    """The emulator behind a real HTTP server on a free port (the recording server does not pass headers on)."""
-    with http_server(lambda method, path, headers, body: emulator(method, path, body, headers)) as base:
-        yield base
-
-
 def test_a_batch_resent_after_a_crash_is_deduplicated_by_its_idempotency_key() -> None:
     """The first attempt is queued but its answer lost (the process died waiting); the restarted process
     rebuilds the batch, in another order, and sends it again: Resend replays the first answer, sends nothing."""
-    emulator = ResendEmulator(delay=1.0)
-    with resend_server(emulator) as url:
+    emulator = ResendEmulator(KEY, delay=1.0)
+    with serve(emulator) as url:
         with adapter_for(url, timeout=0.3) as before_the_crash:
             lost = before_the_crash.send_batch(make_prepared(), RECIPIENTS)
         assert {r.status for r in lost} == {"deferred"}  # outcome unknown
@@ -335,8 +347,8 @@ def test_the_key_is_the_same_across_processes_and_differs_per_batch_and_issue() 
 
 def test_the_same_key_with_a_re_rendered_batch_is_deferred_not_sent_twice() -> None:
     """A 409 invalid_idempotent_request (the issue was re-rendered between attempts) sends nothing again."""
-    emulator = ResendEmulator()
-    with resend_server(emulator) as url, adapter_for(url) as adapter:
+    emulator = ResendEmulator(KEY)
+    with serve(emulator) as url, adapter_for(url) as adapter:
         first = adapter.send_batch(make_prepared(), RECIPIENTS)
         second = adapter.send_batch(make_prepared(subject="Research digest, corrected"), RECIPIENTS)
     assert {r.status for r in first} == {"sent"}
@@ -346,8 +358,8 @@ def test_the_same_key_with_a_re_rendered_batch_is_deferred_not_sent_twice() -> N
 
 
 def test_a_retry_while_the_first_request_is_in_flight_is_deferred_not_sent_twice() -> None:
-    emulator = ResendEmulator(delay=1.0)
-    with resend_server(emulator) as url:
+    emulator = ResendEmulator(KEY, delay=1.0)
+    with serve(emulator) as url:
         with adapter_for(url, timeout=0.3) as adapter:
             adapter.send_batch(make_prepared(), RECIPIENTS)  # times out; the server is still at it
             racing = adapter.send_batch(make_prepared(), RECIPIENTS)

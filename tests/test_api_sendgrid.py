@@ -10,19 +10,21 @@ from typing import Any
 import pytest
 
 from publisher import __version__
-from publisher.delivery.api._http import split_budget
-from publisher.delivery.api.sendgrid import SendGridAdapter, tags
+from publisher.delivery.api._http import MB, split_budget
+from publisher.delivery.api.sendgrid import MAX_REQUEST_BYTES, SendGridAdapter, tags
 
 from .api_support import (
     assert_a_deferral_while_isolating_defers_the_rest,
     assert_a_timeout_defers,
     assert_close_releases_the_pool,
     assert_connection_refused_defers,
+    assert_each_sent_once,
     by_id,
     closing_all,
     prepared,
     recipient,
 )
+from .provider_emulators import SendGridEmulator, serve
 from .servers import recording_server
 
 KEY = "SG.test-key.Zm9vYmFyLXNlY3JldA"
@@ -39,6 +41,9 @@ def accepted() -> tuple[int, dict[str, str], bytes]:
 @pytest.fixture
 def adapter_for() -> Iterator[Any]:
     yield from closing_all(lambda base_url, **kw: SendGridAdapter(KEY, base_url=base_url, **kw))
+
+
+HTML_WITH_SLOTS = prepared().html
 
 
 def apply_substitutions(value: str, subs: dict[str, str]) -> str:
@@ -271,6 +276,77 @@ def test_the_number_of_requests_is_bounded() -> None:
 def test_a_deferral_while_isolating_stops_and_defers_the_rest(adapter_for) -> None:
     refusal = json.dumps({"errors": [{"field": "personalizations", "message": "invalid"}]}).encode()
     assert_a_deferral_while_isolating_defers_the_rest(adapter_for, refusal, b"")
+
+
+# -- SendGrid's limits: 1,000 personalizations, and a request of less than 30 MB --------------------------
+
+
+def body_size(adapter: SendGridAdapter, p: Any, rs: list[Any]) -> int:
+    return len(json.dumps(adapter.payload(p, rs), ensure_ascii=False).encode("utf-8"))
+
+
+def test_1001_recipients_go_in_two_requests_of_1000_and_1(adapter_for) -> None:
+    rs = [recipient(i) for i in range(1001)]
+    emulator = SendGridEmulator(KEY)
+    with serve(emulator) as url:
+        results = adapter_for(url).send_batch(prepared(), rs)
+    assert {r.status for r in results} == {"sent"} and len(by_id(results)) == 1001
+    assert emulator.batch_sizes == [1000, 1]
+    assert_each_sent_once(emulator.delivered, rs)
+
+
+def test_a_request_over_30_mb_is_split_in_two_under_it_at_the_real_limit(adapter_for) -> None:
+    """The content goes once per request, each recipient adds a personalization: an issue just under the limit
+    with 1,000 recipients is over it, and goes in two requests of 500, each under 30 MB."""
+    rs = [recipient(i) for i in range(1000)]
+    emulator = SendGridEmulator(KEY)  # a 413 at 30 MB or more, as SendGrid does
+    with serve(emulator) as url:
+        adapter = adapter_for(url)
+        assert adapter.max_request_bytes == MAX_REQUEST_BYTES == 30 * MB - 1
+        filler = "x" * (30 * MB - body_size(adapter, prepared(), rs) + 200_000)
+        p = prepared(html=HTML_WITH_SLOTS + filler)
+        assert body_size(adapter, p, rs) > 30 * MB
+        results = adapter.send_batch(p, rs)
+    sizes = [r["size"] for r in emulator.posts()]
+    assert emulator.batch_sizes == [500, 500] and max(sizes) < 30 * MB and emulator.too_large == 0
+    assert {r.status for r in results} == {"sent"} and len(by_id(results)) == 1000
+    assert_each_sent_once(emulator.delivered, rs)
+
+
+def test_an_issue_over_30_mb_for_one_recipient_is_deferred_with_no_request_at_the_real_limit(adapter_for) -> None:
+    emulator = SendGridEmulator(KEY)
+    with serve(emulator) as url:
+        results = adapter_for(url).send_batch(prepared(html=HTML_WITH_SLOTS + "x" * (30 * MB)), [recipient(1), recipient(2)])
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")} and len(results) == 2
+    assert results[0].error.startswith("too large to send: the request comes to 30.0 MB (30,00")
+    assert "over SendGrid's 30 MB request size limit; nothing was sent to them" in results[0].error
+    assert "[digest].max_items" in results[0].error
+    assert emulator.posts() == [] and not emulator.delivered
+
+
+def test_a_recipient_alone_over_a_lowered_limit_is_deferred_and_the_others_are_sent(adapter_for) -> None:
+    rs = [recipient(i) for i in range(10)]
+    rs[6].links["unsubscribe_url"] += "&x=" + "y" * 5000
+    with serve(SendGridEmulator(KEY)) as url:
+        limit = body_size(adapter_for(url), prepared(), rs[:3])  # three ordinary recipients per request
+    emulator = SendGridEmulator(KEY, max_request_bytes=limit)
+    with serve(emulator) as url:
+        adapter = adapter_for(url)
+        adapter.max_request_bytes = limit
+        results = by_id(adapter.send_batch(prepared(), rs))
+    assert (results[6].status, results[6].kind) == ("deferred", "sender")
+    assert "over SendGrid's" in results[6].error and "for this recipient alone" in results[6].error
+    assert all(r.status == "sent" for i, r in results.items() if i != 6)
+    sizes = [r["size"] for r in emulator.posts()]
+    assert len(sizes) >= 4 and max(sizes) <= limit and emulator.too_large == 0
+    assert_each_sent_once(emulator.delivered, rs, but=frozenset({rs[6].email}))
+
+
+def test_a_413_says_the_limit_has_changed(adapter_for) -> None:
+    with recording_server(lambda m, path, b: (413, {"Content-Type": "text/html"}, b"<h1>413 Request Entity Too Large</h1>")) as (url, _):
+        results = adapter_for(url).send_batch(prepared(), [recipient(1), recipient(2)])
+    assert {(r.status, r.kind) for r in results} == {("deferred", "sender")}
+    assert "too large (413)" in results[0].error and "MAX_REQUEST_BYTES" in results[0].error
 
 
 # -- the key --------------------------------------------------------------------------------------------

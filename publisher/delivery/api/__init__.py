@@ -2,7 +2,9 @@
 
 An adapter gets a :class:`Prepared` issue variant (subject, sender, HTML and text with the renderer's
 per-recipient slots, the list headers) and a batch of :class:`Recipient`, sends them in as few
-requests as the provider allows, and reports one :class:`Result` per recipient:
+requests as the provider allows (never more recipients or more bytes per request than its documentation
+allows: each module cites its limits, and a batch over one is split), and reports one :class:`Result` per
+recipient:
 
 - ``sent``: the provider accepted it;
 - ``deferred``: try again later (429, 5xx, a timeout, a dropped connection); ``retry_after`` in seconds
@@ -16,8 +18,9 @@ and ``kind`` says whose problem a refusal is (:mod:`publisher.delivery.classify`
 - ``"soft"``: this recipient, for now (mailbox full, greylisted): counted across issues, not suppressed
   at once; ``failed`` for a permanent reply (5.2.2), ``deferred`` for a temporary one;
 - ``"sender"``: our side (relay or API refusing us, credentials, an unverified sender, a request the
-  provider cannot take): always ``deferred``, never anybody's bounce; the engine's circuit breaker
-  stops the send when it hits most recipients;
+  provider cannot take, a message too large for the provider's size limits even alone, which is then
+  not sent at all): always ``deferred``, never anybody's bounce; the engine's circuit breaker stops the
+  send when it hits most recipients;
 - ``""``: sent, or a transient fault (timeout, dropped connection, 421, 429, 5xx): retry.
 
 Adapters never retry and never sleep: the send engine owns retries, backoff and the send log. They use
@@ -89,7 +92,7 @@ class Result:
 
 class ApiAdapter(Protocol):
     name: str
-    max_batch: int  # recipients per request the provider allows
+    max_batch: int  # recipients per request the provider allows (the adapter also splits a batch by size)
 
     def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:
         """One Result per recipient, in any order. Must not raise for a provider or network error: report deferred."""

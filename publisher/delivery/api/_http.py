@@ -1,8 +1,15 @@
-"""What the HTTP adapters share: the session and the key, error text, Retry-After, and isolating refused addresses.
+"""What the HTTP adapters share: the session and the key, error text, Retry-After, the providers' size limits,
+and isolating refused addresses.
 
 Private to :mod:`publisher.delivery.api`: each provider's module (``postmark``, ``resend``, ``sendgrid``,
-``mailgun``) keeps its wire format and its reading of the provider's answers; the machinery around them
-lives here once.
+``mailgun``) keeps its wire format, its documented limits and its reading of the provider's answers; the
+machinery around them lives here once.
+
+Size limits (:func:`fit`, :func:`in_requests`, and ``Answer("too_large")`` in :func:`isolate`): a request is
+built, its body encoded exactly as it goes on the wire and measured; one over the provider's limit is never
+sent but split in halves, each built and measured again. A recipient whose message alone is over the limit
+is not sent at all: deferred with kind ``"sender"`` (our issue is too large, not their address) and an error
+that names the limit, the size and the fix (:func:`too_large`); nobody else waits for them.
 
 Reconciliation (:func:`reconcile_each`) is the one place an adapter waits and asks again: after a crash,
 the recovery asks the provider, recipient by recipient, whether it accepted a batch whose answer was
@@ -16,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +37,10 @@ from ... import __version__
 from . import Kind, Prepared, Recipient, Result, Status
 
 MAX_ERROR = 500  # characters of an error kept in a Result
+
+# The providers' "MB", as bytes. Their documents do not say whether they mean 10^6 or 2^20 bytes: 10^6 is the
+# smaller reading (2^20 would allow 4.9% more), so every limit here is counted in 10^6 bytes.
+MB = 1_000_000
 
 # The headers that differ per recipient (Prepared.headers); any other header whose value differs within
 # a batch is also sent per recipient (see split_headers).
@@ -197,6 +208,83 @@ def split_headers(prepared: Prepared, recipients: Sequence[Recipient]) -> tuple[
     return {n: v for n, v in first.items() if n not in varying}, varying
 
 
+# -- the providers' size limits ------------------------------------------------------------------------
+
+
+def megabytes(n: int) -> str:
+    """``52.3 MB``: a measured size, in the providers' MB (10^6 bytes)."""
+    return f"{n / MB:.1f} MB"
+
+
+def limit_text(limit: int) -> str:
+    """``50 MB``: a limit as the provider states it (``30 MB`` for "less than 30MB", i.e. 29,999,999 bytes)."""
+    return f"{limit / MB:.4g} MB"
+
+
+def too_large(provider: str, what: str, size: int, limit: int, which: str = "request size limit") -> str:
+    """The error of a recipient whose message alone is over one of ``provider``'s size limits: it says which limit,
+    how large it came to, and what to change. Never the key (nothing here comes from the request's headers)."""
+    return (f"too large to send: {what} comes to {megabytes(size)} ({size:,} bytes) for this recipient alone, over {provider}'s "
+            f"{limit_text(limit)} {which}; nothing was sent to them. Lower [digest].max_items in config.toml (fewer items make a "
+            "shorter issue), then send again")[:MAX_ERROR]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """One request's worth of recipients and its encoded body (at most the limit), or ``body=None``: ``part`` is one
+    recipient whose body alone is ``size`` bytes, over the limit, and must not be sent."""
+
+    part: Sequence[Recipient]
+    body: bytes | None
+    size: int
+
+
+def fit(recipients: Sequence[Recipient], encode: Callable[[Sequence[Recipient]], bytes], limit: int) -> Iterator[Fitted]:
+    """``recipients`` (in order) in requests whose body, ``encode(part)``, is at most ``limit`` bytes.
+
+    The whole is encoded and measured first (most batches fit); a body over the limit is split in halves, each
+    encoded and measured again, depth first, until every part fits or is one recipient alone over the limit
+    (yielded with ``body=None``, never sent). Lazy: one body at a time is held, the one about to be sent.
+    """
+    stack = [recipients] if recipients else []
+    while stack:
+        part = stack.pop()
+        body = encode(part)
+        if len(body) <= limit:
+            yield Fitted(part, body, len(body))
+        elif len(part) == 1:
+            yield Fitted(part, None, len(body))
+        else:
+            mid = len(part) // 2
+            stack += [part[mid:], part[:mid]]  # the first half first
+
+
+def in_requests(recipients: Sequence[Recipient], *, max_batch: int, limit: int, encode: Callable[[Sequence[Recipient]], bytes],
+                post: Callable[[Sequence[Recipient], bytes], list[Result]], oversize: Callable[[int], str]) -> list[Result]:
+    """Send ``recipients`` in requests of at most ``max_batch`` of them and ``limit`` bytes of body (see :func:`fit`).
+
+    For the providers that answer per message (Postmark, Resend): ``post(part, body)`` sends one request and reads
+    its answer. A recipient alone over the limit is deferred, kind ``"sender"``, with ``oversize(size)`` as the
+    error, and no request is made for them. A request that came to nothing (everybody in it deferred: a 429, a
+    5xx, a timeout, the key...) stops the call: the requests not made yet are deferred with its error, as
+    :func:`isolate` does, so a provider that is down or refusing us is not sent the same thing again at once.
+    """
+    results: list[Result] = []
+    stop: Result | None = None
+    for start in range(0, len(recipients), max_batch):
+        for f in fit(recipients[start : start + max_batch], encode, limit):
+            if f.body is None:
+                results += all_results(f.part, "deferred", oversize(f.size), kind="sender")
+            elif stop is not None:
+                results += all_results(f.part, "deferred", f"not attempted: {stop.error}"[:MAX_ERROR], stop.retry_after, stop.kind)
+            else:
+                got = post(f.part, f.body)
+                results += got
+                if got and all(r.status == "deferred" for r in got):
+                    stop = got[0]
+    return results
+
+
 # -- isolating refused addresses (SendGrid, Mailgun) -----------------------------------------------------
 
 
@@ -211,9 +299,12 @@ class Answer:
 
     ``fault`` is the kind of a ``deferred`` answer: ``"sender"`` for the key, the domain or the sender
     identity, ``""`` for a transient fault (429, 5xx, no answer).
+
+    ``too_large``: the request was built but not sent, its body being over the provider's size limit; ``error``
+    is what a lone recipient so refused is told (see :func:`too_large`).
     """
 
-    kind: Literal["sent", "deferred", "refused"]
+    kind: Literal["sent", "deferred", "refused", "too_large"]
     error: str = ""
     retry_after: float | None = None
     bad: dict[int, str] = field(default_factory=dict)
@@ -247,6 +338,10 @@ def isolate(recipients: Sequence[Recipient], max_batch: int, send: Callable[[Seq
       refused fails (hard) when the refusal was about an address, and is deferred (``"sender"``) when the
       provider's message says nothing we recognise: an unknown refusal never suppresses anyone.
 
+    A part whose body is over the provider's size limit (``send`` answers ``too_large`` without sending it) is
+    split in halves the same way; a lone recipient over the limit is deferred with kind ``"sender"`` and
+    ``send``'s error. Such a split costs no request and adds one part, so it adds to the budget below.
+
     The number of requests is bounded (:func:`split_budget`): what is left when it runs out is reported
     deferred, untried, and the engine's next attempt goes on with it (without the ones already failed).
     A deferral (429, 5xx, timeout...) stops the whole call: the rest is deferred without hammering the API.
@@ -271,7 +366,15 @@ def isolate(recipients: Sequence[Recipient], max_batch: int, send: Callable[[Seq
             continue
         budget -= 1
         answer = send(part)
-        if answer.kind == "sent":
+        if answer.kind == "too_large":
+            budget += 1  # nothing was sent
+            if len(part) == 1:
+                results += all_results(part, "deferred", answer.error, kind="sender")
+            else:
+                budget += 1  # one more part to send
+                mid = len(part) // 2
+                stack += [part[mid:], part[:mid]]
+        elif answer.kind == "sent":
             results += all_results(part, "sent")
         elif answer.kind == "deferred" or answer.whole:
             fault: Kind = "sender" if answer.whole else answer.fault

@@ -40,6 +40,23 @@ then the request itself is broken and everybody in it is deferred with Mailgun's
 ``"sender"`` (our request, nobody's bounce). A lone recipient refused about ``to`` is failed (hard); one
 refused with a message we do not recognise is deferred (``"sender"``), never failed.
 
+Limits (module constants, and attributes of the adapter a test may lower):
+
+- "The maximum number of recipients allowed for batch is 1,000"
+  (https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/batch-sending):
+  :data:`MAX_BATCH`.
+- "The maximum message size Mailgun supports is 25MB", and of a compressed body "This limit is enforced on
+  the uncompressed body" (https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages): so
+  the limit is on the request's body, :data:`MAX_REQUEST_BYTES`, measured on the form body exactly as it is
+  sent (``application/x-www-form-urlencoded``, built here rather than by ``requests``, so the bytes measured
+  are the bytes posted). Read as a limit on each message Mailgun builds instead, it would allow more: one
+  message holds the same text and HTML, with one recipient's variables instead of all of them. A request
+  over it is split in halves (see :func:`~._http.isolate`); a recipient alone over it is not sent: deferred,
+  kind ``"sender"``, with an error naming the limit, the size and the fix.
+- a body over the limit is answered ``413 Request Entity Too Large`` (not in Mailgun's error list; reported
+  in https://github.com/mailgun/documentation/issues/325): we never send one, and a 413 all the same is
+  reported as the limit having changed.
+
 Mailgun has no idempotency key: after a timeout it may have queued the batch, and a retry may deliver
 twice. Reporting it sent instead could silently drop the issue for up to 1000 subscribers.
 
@@ -72,7 +89,7 @@ import time
 from collections.abc import Sequence
 from email.utils import formataddr
 from typing import Self
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import requests
 
@@ -80,6 +97,7 @@ from ..classify import classify_http
 from . import SLOT_NAMES, Prepared, Recipient, Result
 from ._http import (
     MAX_ERROR,
+    MB,
     Answer,
     HttpAdapter,
     LookupFailed,
@@ -89,10 +107,16 @@ from ._http import (
     excerpt,
     isolate,
     json_body,
+    limit_text,
     reconcile_each,
     retry_after,
     split_headers,
+    too_large,
 )
+
+MAX_BATCH = 1000  # recipients ('to') per request
+MAX_REQUEST_BYTES = 25 * MB  # the request's (form) body
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 _TO_PARAMETER = re.compile(r"(?<![\w:-])'?to'?\s+parameter", re.IGNORECASE)
 # Parameters of ours other than 'to': a 400 naming one of them is about the request, not an address.
@@ -147,7 +171,8 @@ def literal_text(text: str, kept: dict[str, str]) -> str:
 class MailgunAdapter(HttpAdapter):
     name = "mailgun"
     provider = "Mailgun"
-    max_batch = 1000
+    max_batch = MAX_BATCH
+    max_request_bytes = MAX_REQUEST_BYTES
 
     def __init__(self, api_key: str, *, domain: str, base_url: str = "https://api.mailgun.net", timeout: float = 30.0,
                  lookups: Lookups = Lookups()) -> None:
@@ -210,12 +235,32 @@ class MailgunAdapter(HttpAdapter):
         return fields
 
     def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:
-        return isolate(recipients, self.max_batch, lambda part: self._send(prepared, part))
+        memo: dict[str, str] = {}  # the text and HTML parts, encoded once for all the requests of this batch
+        return isolate(recipients, self.max_batch, lambda part: self._send(prepared, part, memo))
 
-    def _send(self, prepared: Prepared, part: Sequence[Recipient]) -> Answer:
+    @staticmethod
+    def encode(fields: list[tuple[str, str]], memo: dict[str, str] | None = None) -> bytes:
+        """The form body as it goes on the wire: byte for byte ``urllib.parse.urlencode(fields)``, which is what
+        ``requests`` makes of the same fields (UTF-8, then ``+`` and ``%XX``). ``memo`` keeps the encoding of long
+        values (the text and HTML parts: 1 s for 25 MB) for the other requests of a batch split to fit."""
+        memo = {} if memo is None else memo
+        out = []
+        for name, value in fields:
+            if len(value) < 4096:
+                quoted = quote_plus(value)
+            elif (quoted := memo.get(value)) is None:
+                quoted = memo[value] = quote_plus(value)
+            out.append(f"{quote_plus(name)}={quoted}")
+        return "&".join(out).encode("ascii")
+
+    def _send(self, prepared: Prepared, part: Sequence[Recipient], memo: dict[str, str]) -> Answer:
+        body = self.encode(self.payload(prepared, part), memo)
+        if len(body) > self.max_request_bytes:  # not sent: isolate() splits it, or defers a lone recipient with this error
+            return Answer("too_large", too_large(self.provider, "the request", len(body), self.max_request_bytes))
         return self._post(
             self.url,
-            data=self.payload(prepared, part),
+            data=body,
+            headers=FORM,
             allow_redirects=False,
             read=self._answer,
             unanswered=lambda error: Answer("deferred", error[:MAX_ERROR]),
@@ -275,6 +320,11 @@ class MailgunAdapter(HttpAdapter):
         if status == 404:
             error = f"Mailgun does not know the domain {self.domain!r} at {self.base_url} (404)"
             return Answer("deferred", f"{error}: check the domain and the region (api.eu.mailgun.net){detail}", fault="sender")
+        if status == 413:
+            # Never sent knowingly (_send keeps every request within MAX_REQUEST_BYTES): the limit has changed.
+            error = (f"Mailgun refused the request as too large (413), although it was within the documented "
+                     f"{limit_text(self.max_request_bytes)} (MAX_REQUEST_BYTES in publisher/delivery/api/mailgun.py){detail}")
+            return Answer("deferred", error[:MAX_ERROR], fault="sender")
         if status == 429:
             return Answer("deferred", f"Mailgun rate limit (429){detail}", retry_after(resp.headers.get("Retry-After")))
         if status >= 500:

@@ -6,6 +6,25 @@ JSON array of message objects; Postmark answers ``200`` with an array of results
 per-message refusal. A refusal of the whole request comes as ``401`` (bad token), ``422`` with one
 ``{"ErrorCode", "Message"}`` object, ``429`` (rate limit) or ``5xx``.
 
+Limits (the numbers below are module constants, and attributes of the adapter a test may lower):
+
+- 500 messages per request, "and up to 50 MB payload size, including attachments"
+  (https://postmarkapp.com/developer/user-guide/send-email-with-api/batch-emails): :data:`MAX_BATCH`,
+  :data:`MAX_REQUEST_BYTES`, measured on the JSON body exactly as it is sent. A batch over it is split in
+  halves until every request fits (:func:`~._http.in_requests`); 500 messages of a 104 KB digest are 52 MB,
+  so they go in two requests.
+- per message, "TextBody and HtmlBody can each be up to 5 MB each" and "Total message size, including
+  attachments, can be 10 MB", and "We calculate the size of the email after it has been base64 encoded"
+  (https://postmarkapp.com/support/article/1056-what-are-the-attachment-and-email-size-limits):
+  :data:`MAX_BODY_BYTES`, :data:`MAX_MESSAGE_BYTES`. Whether the base64 sentence applies to the text and HTML
+  bodies or to attachments only is not said: we take the smaller reading, the base64 size (4/3) of each body
+  and of the message's JSON object (which holds its text, HTML and headers), so a body may be 3.75 MB and a
+  message 7.5 MB. A message over either is not sent: deferred, kind ``"sender"``, with an error naming the
+  limit, the size and the fix.
+- a request over the limit is answered ``413 Payload Too Large``
+  (https://postmarkapp.com/developer/api/overview, "HTTP response codes"); we never send one, and a 413 all
+  the same is reported as the limit having changed.
+
 Reconciliation after a crash: every message carries ``"Metadata": {"publisher-key": <key>}``, the
 recipient's idempotency key (``<issue>:<subscriber>``), or ``sha256:<hex>`` of it past Postmark's limits
 (field names up to 20 characters, values up to 80, at most 10 fields: Postmark answers 422 "Invalid
@@ -28,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from math import ceil
 from typing import Any
 
 import requests
@@ -36,16 +56,20 @@ from ..classify import classify_http, postmark_error
 from . import Prepared, Recipient, Result
 from ._http import (
     MAX_ERROR,
+    MB,
     HttpAdapter,
     LookupFailed,
     Lookups,
     all_results,
     as_detail,
     excerpt,
+    in_requests,
     json_body,
+    limit_text,
     mailbox,
     reconcile_each,
     retry_after,
+    too_large,
 )
 
 # What an ErrorCode means (per message, or in a whole-request 422) is decided by
@@ -62,8 +86,18 @@ from ._http import (
 # account pending, 413 account may not send), named as such in the error.
 ACCOUNT_CODES = frozenset({10, 400, 401, 405, 412, 413})
 
+MAX_BATCH = 500  # messages per request
+MAX_REQUEST_BYTES = 50 * MB  # the request's body
+MAX_MESSAGE_BYTES = 10 * MB  # one message, base64-encoded (the smaller reading: see the module's docstring)
+MAX_BODY_BYTES = 5 * MB  # its HtmlBody, and its TextBody, each base64-encoded (the same)
+
 METADATA_KEY = "publisher-key"  # Postmark: a field name of at most 20 characters
 METADATA_VALUE_MAX = 80  # Postmark: a field value of at most 80 characters
+
+
+def base64_size(n: int) -> int:
+    """Bytes of ``n`` bytes once base64-encoded, as Postmark counts a message's size."""
+    return 4 * ceil(n / 3)
 
 
 def metadata_value(idempotency_key: str) -> str:
@@ -76,7 +110,10 @@ def metadata_value(idempotency_key: str) -> str:
 class PostmarkAdapter(HttpAdapter):
     name = "postmark"
     provider = "Postmark"
-    max_batch = 500
+    max_batch = MAX_BATCH
+    max_request_bytes = MAX_REQUEST_BYTES
+    max_message_bytes = MAX_MESSAGE_BYTES
+    max_body_bytes = MAX_BODY_BYTES
 
     def __init__(
         self,
@@ -120,12 +157,44 @@ class PostmarkAdapter(HttpAdapter):
         return messages
 
     def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:
-        if not recipients:
-            return []
-        if len(recipients) > self.max_batch:
-            raise ValueError(f"Postmark takes at most {self.max_batch} messages per batch, got {len(recipients)}")
-        body = json.dumps(self.payload(prepared, recipients), ensure_ascii=False).encode("utf-8")
-        return self._post_batch(f"{self.base_url}/email/batch", recipients, self._results, data=body)
+        """Every recipient's message, in as few requests as Postmark's limits allow (500 messages, 50 MB each).
+
+        Each message is encoded once; a request's body is the JSON array of its messages, byte for byte what
+        ``json.dumps`` of the whole list gives, so what is measured is what goes on the wire. A message over
+        Postmark's per-message limits is not sent (deferred, kind ``"sender"``); nor is one that alone would
+        make a request over the limit.
+        """
+        results: list[Result] = []
+        encoded: dict[int, bytes] = {}  # id(recipient) -> their message as JSON
+        for r, message in zip(recipients, self.payload(prepared, recipients), strict=True):
+            body = json.dumps(message, ensure_ascii=False).encode("utf-8")
+            if error := self._oversize(message, body):
+                results.append(Result(r.subscriber_id, "deferred", error, kind="sender"))
+            else:
+                encoded[id(r)] = body
+        url = f"{self.base_url}/email/batch"
+        results += in_requests(
+            [r for r in recipients if id(r) in encoded],
+            max_batch=self.max_batch,
+            limit=self.max_request_bytes,
+            encode=lambda part: b"[" + b", ".join(encoded[id(r)] for r in part) + b"]",
+            post=lambda part, body: self._post_batch(url, part, self._results, data=body),
+            oversize=lambda size: too_large(self.provider, "the request", size, self.max_request_bytes),
+        )
+        return results
+
+    def _oversize(self, message: dict[str, Any], encoded: bytes) -> str:
+        """Why Postmark would reject this one message for its size, or ""."""
+        for field, part in (("HtmlBody", "the HTML part"), ("TextBody", "the text part")):
+            size = base64_size(len(str(message.get(field, "")).encode("utf-8")))
+            if size > self.max_body_bytes:
+                return too_large(self.provider, f"{part}, base64-encoded as Postmark counts it,", size, self.max_body_bytes,
+                                 "limit per body part")
+        size = base64_size(len(encoded))
+        if size > self.max_message_bytes:
+            return too_large(self.provider, "the message, base64-encoded as Postmark counts it,", size, self.max_message_bytes,
+                             "message size limit")
+        return ""
 
     # -- after a crash -------------------------------------------------------------------------------
 
@@ -182,7 +251,12 @@ class PostmarkAdapter(HttpAdapter):
             # Invalid JSON, too many messages, a malformed message, a 300 about the From...: our request,
             # which no subscriber would fix. Failing everybody in it would suppress them all.
             return all_results(recipients, "deferred", f"Postmark refused the request (422){detail}", kind="sender")
-        # 404 (wrong base URL), 413 and other surprises: nothing says these addresses are bad.
+        if status == 413:
+            # Never sent knowingly (send_batch keeps every request within MAX_REQUEST_BYTES): the limit has changed.
+            error = (f"Postmark refused the request as too large (413){detail}, although it was within the documented "
+                     f"{limit_text(self.max_request_bytes)} (MAX_REQUEST_BYTES in publisher/delivery/api/postmark.py)")
+            return all_results(recipients, "deferred", error[:MAX_ERROR], kind="sender")
+        # 404 (wrong base URL) and other surprises: nothing says these addresses are bad.
         return all_results(recipients, "deferred", f"unexpected answer from Postmark ({status}){detail}", kind=classify_http(status)[1])
 
     def _per_message(self, resp: requests.Response, recipients: Sequence[Recipient]) -> list[Result]:

@@ -15,6 +15,21 @@ Two documented features make a batch safe to hand back to the send engine:
   the position in our request. Those about the ``to`` address are failed (a hard bounce); any other
   (a bad ``from``...) is ours, deferred with kind ``"sender"``; every other email of the batch is sent.
 
+Limits (module constants, and attributes of the adapter a test may lower):
+
+- 100 emails per request (https://resend.com/docs/api-reference/emails/send-batch-emails, "Trigger up to 100
+  batch emails at once"): :data:`MAX_BATCH`.
+- size: the batch endpoint's documentation gives no limit per request (and takes no attachments). The only
+  size Resend documents is per email, "max 40MB per email, after Base64 encoding of the attachments"
+  (https://resend.com/docs/api-reference/emails/send-email, ``attachments``). Rather than guess that a batch
+  may be up to 100 times that, we hold the whole request to it: :data:`MAX_REQUEST_BYTES`, 40 MB of JSON body
+  as it is sent, which also keeps every email in it under 40 MB. A batch over it is split in halves until
+  every request fits (:func:`~._http.in_requests`), each with its own idempotency key (derived from its own
+  recipients, so a retry of the same batch splits the same way and gets the same keys). An email alone over
+  it is not sent: deferred, kind ``"sender"``, with an error naming the limit, the size and the fix.
+- what Resend answers to a request over a size limit is not documented (its error list,
+  https://resend.com/docs/api-reference/errors, names none): a 413 is reported as the limit having changed.
+
 Whole-request refusals are never a verdict on the addresses: 401/403 (key, unverified domain) and
 400/422 (``validation_error``, ``invalid_from_address``, ``missing_required_field``) are deferred with
 kind ``"sender"``; 429, 5xx and 409 (an idempotency conflict) are deferred, transient.
@@ -31,13 +46,30 @@ import requests
 
 from ..classify import classify_http, resend_email_error
 from . import Prepared, Recipient, Result
-from ._http import MAX_ERROR, HttpAdapter, all_results, as_detail, excerpt, json_body, mailbox, retry_after
+from ._http import (
+    MAX_ERROR,
+    MB,
+    HttpAdapter,
+    all_results,
+    as_detail,
+    excerpt,
+    in_requests,
+    json_body,
+    limit_text,
+    mailbox,
+    retry_after,
+    too_large,
+)
+
+MAX_BATCH = 100  # emails per request
+MAX_REQUEST_BYTES = 40 * MB  # the request's body: Resend's per-email limit, held to the whole batch (see above)
 
 
 class ResendAdapter(HttpAdapter):
     name = "resend"
     provider = "Resend"
-    max_batch = 100
+    max_batch = MAX_BATCH
+    max_request_bytes = MAX_REQUEST_BYTES
 
     def __init__(self, api_key: str, *, base_url: str = "https://api.resend.com", timeout: float = 30.0) -> None:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}", "x-batch-validation": "permissive"}
@@ -74,14 +106,28 @@ class ResendAdapter(HttpAdapter):
         return emails
 
     def send_batch(self, prepared: Prepared, recipients: Sequence[Recipient]) -> list[Result]:
-        if not recipients:
-            return []
-        if len(recipients) > self.max_batch:
-            raise ValueError(f"Resend takes at most {self.max_batch} emails per batch, got {len(recipients)}")
-        batch = self.ordered(recipients)  # errors[].index refers to this order
-        body = json.dumps(self.payload(prepared, batch), ensure_ascii=False).encode("utf-8")
-        headers = {"Idempotency-Key": self.idempotency_key(prepared, batch)}
-        return self._post_batch(f"{self.base_url}/emails/batch", batch, self._results, data=body, headers=headers)
+        """Every recipient's email, in as few requests as Resend's limits allow (100 emails, 40 MB each).
+
+        Each email is encoded once; a request's body is the JSON array of its emails, byte for byte what
+        ``json.dumps`` of the whole list gives, so what is measured is what goes on the wire.
+        """
+        batch = self.ordered(recipients)  # errors[].index refers to the order within each request
+        encoded = {id(r): json.dumps(email, ensure_ascii=False).encode("utf-8")
+                   for r, email in zip(batch, self.payload(prepared, batch), strict=True)}
+        url = f"{self.base_url}/emails/batch"
+
+        def post(part: Sequence[Recipient], body: bytes) -> list[Result]:
+            headers = {"Idempotency-Key": self.idempotency_key(prepared, part)}
+            return self._post_batch(url, list(part), self._results, data=body, headers=headers)
+
+        return in_requests(
+            batch,
+            max_batch=self.max_batch,
+            limit=self.max_request_bytes,
+            encode=lambda part: b"[" + b", ".join(encoded[id(r)] for r in part) + b"]",
+            post=post,
+            oversize=lambda size: too_large(self.provider, "the request", size, self.max_request_bytes),
+        )
 
     # -- the answer ----------------------------------------------------------------------------------
 
@@ -108,6 +154,11 @@ class ResendAdapter(HttpAdapter):
             # error tells the operator what to fix, and the engine's retry limit bounds the wait.
             error = f"Resend refused the API key or the sender ({status}){detail}: check PUBLISHER_API_KEY and the sending domain"
             return all_results(batch, "deferred", error, kind="sender")
+        if status == 413:
+            # Never sent knowingly (send_batch keeps every request within MAX_REQUEST_BYTES): the limit is lower than we hold.
+            error = (f"Resend refused the request as too large (413){detail}, although it was within "
+                     f"{limit_text(self.max_request_bytes)} (MAX_REQUEST_BYTES in publisher/delivery/api/resend.py)")
+            return all_results(batch, "deferred", error[:MAX_ERROR], kind="sender")
         if status in (400, 422):
             # validation_error, invalid_from_address, missing_required_field, a domain not verified...: a
             # property of our request (per-email problems come back in errors[] in permissive mode), which

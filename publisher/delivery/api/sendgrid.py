@@ -37,6 +37,24 @@ so everybody in it is deferred with SendGrid's message and kind ``"sender"`` (se
 in two accepted requests: a recipient is only sent again after a ``400``, which means SendGrid took
 nothing from that request.
 
+Limits (module constants, and attributes of the adapter a test may lower), from
+https://docs.sendgrid.com/api-reference/mail-send/limitations ("Limitations" of v3 Mail Send):
+
+- "The total number of recipients must be no more than 1000" (to + cc + bcc across all personalizations;
+  ours have one ``to`` each), and "The personalization block is limited to 1000 personalizations per API
+  request" (https://www.twilio.com/docs/sendgrid/api-reference/mail-send/errors): :data:`MAX_BATCH`.
+- "The total size of your email, including attachments, must be less than 30MB." Whether "your email" is
+  the request or each message it makes is not said; the request is the larger of the two (it holds the
+  content once and every personalization), so we hold the request to it, the smaller reading:
+  :data:`MAX_REQUEST_BYTES`, measured on the JSON body exactly as it is sent, less than 30 MB. The content
+  is sent once per request, so the body grows by a personalization (about 1 KB) per recipient: only a very
+  large issue comes near it. A request over it is split in halves (see :func:`~._http.isolate`); a recipient
+  alone over it is not sent: deferred, kind ``"sender"``, with an error naming the limit, the size and the
+  fix. (Transfer encoding of the message SendGrid builds is not counted: SendGrid does not say it counts it.)
+- a request over the limit is answered ``413 PAYLOAD TOO LARGE``, "The JSON payload you have included in your
+  request is too large" (https://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html); we never send
+  one, and a 413 all the same is reported as the limit having changed.
+
 SendGrid has no idempotency key: after a timeout SendGrid may have accepted the request, and the engine's
 retry may then deliver twice. The alternative (reporting the batch sent) could silently drop it; the
 stable per-subscriber ``Message-ID`` at least lets mail clients thread the duplicate.
@@ -55,7 +73,24 @@ import requests
 
 from ..classify import classify_http
 from . import SLOT_NAMES, Prepared, Recipient, Result
-from ._http import MAX_ERROR, Answer, HttpAdapter, as_detail, check_key, excerpt, isolate, json_body, retry_after, split_headers
+from ._http import (
+    MAX_ERROR,
+    MB,
+    Answer,
+    HttpAdapter,
+    as_detail,
+    check_key,
+    excerpt,
+    isolate,
+    json_body,
+    limit_text,
+    retry_after,
+    split_headers,
+    too_large,
+)
+
+MAX_BATCH = 1000  # personalizations (and recipients) per request
+MAX_REQUEST_BYTES = 30 * MB - 1  # the request's body: "must be less than 30MB"
 
 
 def tags(prepared: Prepared, part: str) -> dict[str, str]:
@@ -69,7 +104,8 @@ _FIELD_INDEX = re.compile(r"^personalizations\.(\d+)(?:\.(\w+)|$)")
 class SendGridAdapter(HttpAdapter):
     name = "sendgrid"
     provider = "SendGrid"
-    max_batch = 1000
+    max_batch = MAX_BATCH
+    max_request_bytes = MAX_REQUEST_BYTES
 
     def __init__(self, api_key: str, *, base_url: str = "https://api.sendgrid.com", timeout: float = 30.0) -> None:
         check_key(api_key, "SendGrid")
@@ -128,6 +164,8 @@ class SendGridAdapter(HttpAdapter):
 
     def _send(self, prepared: Prepared, part: Sequence[Recipient]) -> Answer:
         body = json.dumps(self.payload(prepared, part), ensure_ascii=False).encode("utf-8")
+        if len(body) > self.max_request_bytes:  # not sent: isolate() splits it, or defers a lone recipient with this error
+            return Answer("too_large", too_large(self.provider, "the request", len(body), self.max_request_bytes))
         return self._post(
             f"{self.base_url}/v3/mail/send",
             data=body,
@@ -157,7 +195,12 @@ class SendGridAdapter(HttpAdapter):
             return Answer("deferred", f"SendGrid rate limit (429){detail}", _retry_after(resp))
         if status >= 500:
             return Answer("deferred", f"SendGrid server error ({status}){detail}", _retry_after(resp))
-        # 3xx/404 (wrong base URL), 413 and other surprises: nothing says these addresses are bad.
+        if status == 413:
+            # Never sent knowingly (_send keeps every request under MAX_REQUEST_BYTES): the limit has changed.
+            error = (f"SendGrid refused the request as too large (413){detail}, although it was under the documented "
+                     f"{limit_text(self.max_request_bytes)} (MAX_REQUEST_BYTES in publisher/delivery/api/sendgrid.py)")
+            return Answer("deferred", error[:MAX_ERROR], fault="sender")
+        # 3xx/404 (wrong base URL) and other surprises: nothing says these addresses are bad.
         return Answer("deferred", f"unexpected answer from SendGrid ({status}){detail}", fault=classify_http(status)[1])
 
     def _refused(self, errors: list[dict[str, Any]], detail: str, n: int) -> Answer:
