@@ -391,6 +391,7 @@ def doctor(c: Context, network: bool, nameserver: str | None) -> None:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--nameserver") from None
     network = network or bool(nameserver)
+    c.store.probe()  # a damaged store is the first thing to fix: one clear line (restore it), as every command says
     findings = run_checks(c.cfg, network=network, nameserver=nameserver)
     for line in report_lines(findings, network=network):
         click.echo(line)

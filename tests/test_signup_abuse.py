@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -311,8 +311,8 @@ def test_a_queue_in_front_of_a_hanging_relay_delays_a_cycle_by_its_budget_at_mos
     """`run --once` and the scheduler drain the queue first; an attacker's queue and a relay that hangs must not hold
     the ingest, the feeds and the digest for an SMTP timeout per request. The shipped timeouts, untouched."""
     run_ingest(cfg, db, NOW)
-    for i in range(8):
-        db.enqueue_signup(f"queued{i}@example.net", (), NOW)
+    for i in range(8):  # on the real clock, as the web form queues them: run_signups prunes by it
+        db.enqueue_signup(f"queued{i}@example.net", (), datetime.now(timezone.utc))
     with silent_relay() as port:
         hanging = smtp_to(cfg, port)
         started = time.monotonic()
@@ -373,7 +373,7 @@ def test_publisher_run_once_sends_what_no_web_app_is_left_to_send(project: Path,
     try:
         add_subscriber(store, "already@example.net", NOW, confirmed=True)
         for address in ("queued@example.net", "already@example.net"):  # queued by a web app that died, or runs elsewhere
-            store.enqueue_signup(address, (), NOW)
+            store.enqueue_signup(address, (), datetime.now(timezone.utc))  # the real clock: the command prunes by it
     finally:
         store.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUBLISHER_")} | {"PUBLISHER_SECRET_KEY": SUBPROCESS_KEY}
