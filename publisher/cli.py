@@ -252,7 +252,7 @@ def status(c: Context) -> None:
     Example:
       publisher status
     """
-    from .pipeline import WARMUP_SETTING, digest_due
+    from .pipeline import digest_due, warmup_held
     from .scheduler import LEASE, next_runs
 
     now = _now()
@@ -286,7 +286,7 @@ def status(c: Context) -> None:
     _print_delivery_status(c, now)
     opened = c.store.open_issue()
     due, why = digest_due(c.cfg, c.store, now)
-    if opened and c.cfg.delivery.warmup and c.store.setting(WARMUP_SETTING):
+    if opened and warmup_held(c.cfg, c.store, now) is not None:
         click.echo(f"pending issue: {opened[0]} (held by the warm-up), resumed when the next day's allowance begins")
     elif opened:
         click.echo(f"pending issue: {opened[0]} (interrupted; {c.store.unfinished_sends(opened[0])} sends left), resumed by the next send")
@@ -349,7 +349,7 @@ def _print_rates(attempted: int, bounced: int, complained: int) -> None:
 def _print_warmup(c: Context, now: Any) -> None:
     """How far a warming-up domain's ramp has come, and whether an issue waits for tomorrow's allowance."""
     from .delivery.send import warmup_allowance
-    from .pipeline import WARMUP_SETTING
+    from .pipeline import warmup_held
 
     d = c.cfg.delivery
     if not d.warmup:
@@ -361,10 +361,9 @@ def _print_warmup(c: Context, now: Any) -> None:
     day = allowance.state()
     click.echo(f"warm-up: {day.domain}, day {day.day + 1} of {d.warmup_days}: {day.used:,} of today's {day.allowance:,} sent; "
                f"tomorrow {allowance.ramp.allowance(day.day + 1) or 'no limit'}")
-    held = c.store.setting(WARMUP_SETTING)
-    opened = c.store.open_issue()
-    if held and opened:
-        click.echo(f"  issue {opened[0]} waits for the next allowance, from {held[:16]}")
+    held = warmup_held(c.cfg, c.store, now)
+    if held is not None and held.held_until is not None:
+        click.echo(f"  issue {held.issue_id} waits for the next allowance, from {held.held_until.isoformat(timespec='minutes')}")
 
 
 # -- doctor --------------------------------------------------------------------------------------

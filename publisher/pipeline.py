@@ -175,6 +175,11 @@ def warmup_held(cfg: Config, store: Store, now: datetime) -> SendOutcome | None:
         return None
     if now >= resumes:
         return None
+    from .delivery.send import warmup_allowance
+
+    allowance = warmup_allowance(cfg, store, now)
+    if allowance is None or allowance.state().left:  # the ramp was changed (or given back to) since: something may go
+        return None
     return SendOutcome(opened[0], reason=f"the warm-up's allowance for today is used; the issue goes on from {resumes.isoformat()}",
                        held_until=resumes)
 

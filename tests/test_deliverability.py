@@ -222,3 +222,54 @@ def test_status_shows_the_last_issues_bounce_and_complaint_rates_against_gmails_
     complain(3, 4)
     assert "complaint rate: 0.40% (4 of 1,000): ERROR, above 0.3% (Gmail's limit" in run_ok(project, "status").stdout
     store.close()
+
+
+def test_give_up_after_counts_from_each_recipients_first_try_not_the_issues_start(store) -> None:  # type: ignore[no-untyped-def]
+    """A warm-up sends one issue over days: a recipient first tried on its sixth day and deferred (greylisted) gets
+    the same five days as the first ones, instead of being given up at once as undeliverable and a soft bounce."""
+    from publisher.models import SubscriberStatus
+
+    now = datetime.now(timezone.utc)
+    started = now - timedelta(days=6)
+    store.start_issue("2026-W01", started, started)
+    early, late = (add_subscriber(store, f"{who}@example.com", started - timedelta(days=1), confirmed=True)[0] for who in ("early", "late"))
+    for sub, when in ((early, started), (late, now)):  # early: tried on the first day; late: on the sixth (the warm-up)
+        assert store.claim_batch("2026-W01", f"run-{sub.id}", [(sub.id, f"<{sub.id}@x>")], when, when) == {sub.id}
+        store.record_sends("2026-W01", [(sub.id, "deferred", "450 4.2.0 greylisted", 1, "")], when, run_id=f"run-{sub.id}")
+    assert store.give_up(now - timedelta(days=5), now) == 1  # [delivery].give_up_after, the default 5 days
+    with store.engine.connect() as conn:
+        rows = dict(conn.execute(select(tables.send_log.c.subscriber_id, tables.send_log.c.status)).all())
+    assert rows == {early.id: "undeliverable", late.id: "deferred"}
+    assert store.subscriber("late@example.com").status is SubscriberStatus.ACTIVE
+
+
+def test_a_send_stopped_mid_way_gives_back_the_allowance_it_claimed_and_did_not_send(project: Path) -> None:
+    """The engine claims ahead of its senders; a Ctrl-C (or a fault) after a few messages leaves the rest of what it
+    claimed untried. Those are given back: the day's allowance still holds 200 messages, and the next send that day
+    delivers up to it."""
+    import threading
+
+    from publisher.delivery.send import warmup_allowance
+
+    cfg = _warming(project)
+    store = open_store(cfg.store_url)
+    today = datetime.now(timezone.utc)
+    run_ingest(cfg, store, today)
+    for n in range(250):
+        add_subscriber(store, f"reader{n}@example.com", today - timedelta(days=1), confirmed=True)
+    stop, sent = threading.Event(), []
+
+    def progress(status: str, n: int) -> None:
+        if status == "sent":
+            sent.append(n)
+            if sum(sent) >= 20:
+                stop.set()
+
+    first = send_digest(cfg, store, today, stop=stop, progress=progress)
+    assert first.stopped and 20 <= first.sent < 200 and not first.finished
+    state = warmup_allowance(cfg, store, today).state()  # type: ignore[union-attr]
+    assert state.used == first.sent, (state, first)  # claimed-and-untried given back
+    second = send_digest(cfg, store, today)
+    assert first.sent + second.sent == 200 and second.held == 50, second
+    store.close()
+    assert len(outbox(project)) == 200

@@ -225,3 +225,26 @@ def test_pending_rows_are_hinted_in_ranges_of_at_most_task_size_and_the_gone_are
 
 
 # -- a worker dying on another machine ---------------------------------------------------------------------------
+
+
+def test_the_warm_up_holds_back_the_fleets_rows_too(project: Path, fleet_env: dict[str, str]) -> None:
+    """With the warm-up on, the coordinator makes rows only for today's allowance (200 of 250 on the first day): the
+    workers send those, the issue stays open and says so. With the warm-up off again (or the next day), the next
+    send finishes the issue: everyone once."""
+    handler = FaultyRelay()
+    warming = fleet_env | {"PUBLISHER_DELIVERY__WARMUP": "true"}
+    with relay(handler) as port:
+        smtp_project(project, port)
+        emails = subscribe(project, 250, warming)
+        with workers(project, warming):
+            first = publisher(project, "digest", "send", "--no-progress", env=warming, timeout=300)
+            assert first.returncode == 0, first.stdout + first.stderr + worker_log(project)[-3000:]
+            assert "200 sent" in first.stdout and "50 held back by the warm-up" in first.stdout, first.stdout
+            assert len(handler.delivered) == 200
+            status = publisher(project, "status", env=warming).stdout
+            assert "200 of today's 200 sent" in status and "(held by the warm-up)" in status, status
+            again = publisher(project, "digest", "send", "--no-progress", env=warming, timeout=300)
+            assert "warm-up's allowance for today is used" in again.stdout and len(handler.delivered) == 200, again.stdout
+            rest = publisher(project, "digest", "send", "--no-progress", env=fleet_env, timeout=300)
+    assert rest.returncode == 0 and "50 sent" in rest.stdout, rest.stdout + rest.stderr
+    assert sorted(handler.delivered) == sorted(emails) and set(handler.delivered.values()) == {1}

@@ -239,6 +239,7 @@ class _Breaker:
         return r
 
 
+SETTLED = ("sent", "failed", "undeliverable")  # send-log rows nobody sends again
 _ADDRESS = re.compile(r"<[^<>]*>|[^\s<>]+@[^\s<>]+")
 
 
@@ -264,6 +265,7 @@ class Engine:
         self.limiter: RateLimiter | None = limiter or _rate_limiter(settings.rate_limit)
         self.allowance = allowance
         self.held = False  # the warm-up's allowance for today is used: the walk stops, the rest waits for tomorrow
+        self.taken = self.tried = 0  # of the allowance: claimed, and handed to the relay (the rest is given back)
 
     def fail(self, fault: str) -> None:
         with self.lock:
@@ -330,6 +332,11 @@ class Engine:
                     self.fail(_describe(exc))
             if journal is not None:
                 journal.close(keep=self._unrecorded)
+            if self.allowance is not None and self.taken > self.tried:
+                try:  # claimed and never tried (a stop, a fault): not sent today, so not counted against today
+                    self.allowance.give_back(self.taken - self.tried)
+                except Exception:  # noqa: BLE001 - the allowance is a courtesy to the providers; the lock must still go
+                    log.warning("could not give back %d of the warm-up's allowance", self.taken - self.tried, exc_info=True)
             lock.release()
             self.outcome.stopped = self.stop.is_set()
 
@@ -356,6 +363,9 @@ class Engine:
         wanted = [s for s in batch if send_empty or not self.variants.get(s.topics)[1]]  # nothing in their topics: skip
         held: list[Subscriber] = []
         if self.allowance is not None and wanted:
+            # Those an earlier day (or run) settled are not today's messages: only the rest draw on the allowance.
+            settled = self.store.have_rows(self.issue_id, [s.id for s in wanted], SETTLED)
+            wanted = [s for s in wanted if s.id not in settled]
             granted = self.allowance.take(len(wanted))
             if granted < len(wanted):
                 wanted, held = wanted[:granted], wanted[granted:]
@@ -364,7 +374,9 @@ class Engine:
         got = self.store.claim_batch(self.issue_id, self.run_id, [(s.id, self.message_id(s.id)) for s in wanted],
                                      now, now - self.stale, due=self.due)
         if self.allowance is not None:
-            self.allowance.give_back(len(wanted) - len(got))  # sent already, or no longer subscribed: not today's messages
+            self.allowance.give_back(len(wanted) - len(got))  # another run has them, or no longer subscribed
+            with self.lock:
+                self.taken += len(got)
         with self.lock:
             self.outcome.skipped += len(batch) - len(got) - len(held)
             self.outcome.held += len(held)
@@ -445,6 +457,9 @@ class Engine:
             self._unrecorded = True  # the journal has them: the next run replays it
             raise
         with self.lock:
+            # What the relay or the provider took a look at counts against the warm-up (a refusal of our own sending,
+            # kind "sender", reached nobody's mailbox and does not).
+            self.tried += sum(1 for _, status, _, _, kind in records if not (status == "deferred" and kind == "sender"))
             for _, status, error, _, _ in records:
                 setattr(self.outcome, status, getattr(self.outcome, status) + 1)
                 if status != "sent" and error and len(self.outcome.failures) < 20:

@@ -43,6 +43,8 @@ class SendLog(Protocol):
     def record_sends(self, issue_id: str, results: Iterable[tuple[Any, ...]], now: datetime, *, run_id: str | None = None,
                      retry_in: Callable[[int], float] | None = None, soft_bounce_limit: int = 0) -> None: ...
 
+    def have_rows(self, issue_id: str, ids: Sequence[int], statuses: Sequence[str] = ()) -> set[int]: ...
+
 
 class Mailer(Protocol):
     max_batch: int  # recipients per call it can take (an API request); SMTP and the outbox take one at a time

@@ -91,8 +91,8 @@ def deliver(cfg: Config, store: Store, plan: PlannedIssue, variants: _Variants, 
                          outcome, progress, due, allowance=allowance)
         engine.run(store.recipients(started, batch=cfg.delivery.batch_size))
     if outcome.held and allowance is not None:  # the walk stopped: everybody not walked waits too
-        rows = sum(store.send_counts(plan.id).values())
-        outcome.held = max(outcome.held, outcome.total - rows - outcome.skipped)
+        rows = sum(store.send_counts(plan.id).values())  # everyone with a row is sent, deferred or on the way
+        outcome.held = max(outcome.held, outcome.total - rows)
         outcome.held_until = allowance.resumes_at
         log.warning("digest %s: the warm-up's allowance for today (%s messages, day %d of the ramp) is used; %d recipient(s) "
                     "wait for %s", plan.id, allowance.limit, allowance.day_number, outcome.held, allowance.resumes_at.isoformat())

@@ -59,13 +59,14 @@ class FleetMixin:
             with self._tx() as conn:
                 conn.execute(_insert_ignore(conn, t.send_log), [
                     {"issue_id": issue_id, "subscriber_id": sid, "status": "queued", "message_id": mid, "updated_at": now,
-                     "attempts": 0, "claimed_by": None} for sid, mid in rows])
+                     "attempts": 0, "claimed_by": None, "first_tried_at": now} for sid, mid in rows])
 
-    def have_rows(self, issue_id: str, ids: Sequence[int]) -> set[int]:
-        """Which of these subscribers already have a row of the issue (queued, sent, deferred...)."""
+    def have_rows(self, issue_id: str, ids: Sequence[int], statuses: Sequence[str] = ()) -> set[int]:
+        """Which of these subscribers already have a row of the issue (of one of ``statuses``; none given: any)."""
         sl = t.send_log
+        where = [sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(list(ids))] + ([sl.c.status.in_(list(statuses))] if statuses else [])
         with self._tx() as conn:
-            return set(conn.execute(select(sl.c.subscriber_id).where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(list(ids)))).scalars())
+            return set(conn.execute(select(sl.c.subscriber_id).where(*where)).scalars())
 
     def _pending(self, issue_id: str, retry: tuple[datetime, datetime] | None) -> Any:
         """Rows of active subscribers a dispatch waits for: queued (claimed or not), or deferred and never answered

@@ -193,7 +193,7 @@ class SendLogMixin:
         with self._tx() as conn:
             active = set(conn.execute(select(subs.c.id).where(subs.c.id.in_(ids), subs.c.status == SubscriberStatus.ACTIVE.value)).scalars())
             rows = [{"issue_id": issue_id, "subscriber_id": sid, "status": "queued", "message_id": mid, "updated_at": now,
-                     "attempts": 0, "claimed_by": run_id} for sid, mid in candidates if sid in active]
+                     "attempts": 0, "claimed_by": run_id, "first_tried_at": now} for sid, mid in candidates if sid in active]
             if rows:
                 conn.execute(_insert_ignore(conn, sl), rows)
             dead = select(runs.c.id).where(or_(runs.c.finished_at.is_not(None), and_(runs.c.holder.is_(None), runs.c.heartbeat_at < stale_before)))
@@ -276,15 +276,18 @@ class SendLogMixin:
                          .values(status=SubscriberStatus.BOUNCED.value, updated_at=now))
 
     def give_up(self, started_before: datetime, now: datetime, *, soft_bounce_limit: int = 0) -> int:
-        """Rows still deferred of issues started before ``started_before``: undeliverable (not bounced), each a soft
-        bounce of its subscriber. Returns how many."""
+        """Rows still deferred that were first tried before ``started_before`` (rows of versions before 0014: whose
+        issue started before it): undeliverable (not bounced), each a soft bounce of its subscriber. Returns how many.
+        Counted per row, not per issue: a warm-up sends one issue over days, and its last recipients get the same
+        time to be delivered as its first."""
         sl, d = t.send_log, t.digest_issues
-        old = select(d.c.id).where(d.c.created_at < started_before)
+        old = or_(sl.c.first_tried_at < started_before,
+                  and_(sl.c.first_tried_at.is_(None), sl.c.issue_id.in_(select(d.c.id).where(d.c.created_at < started_before))))
         with self._tx() as conn:
-            ids = list(conn.execute(select(sl.c.subscriber_id).where(sl.c.status == "deferred", sl.c.issue_id.in_(old))).scalars())
+            ids = list(conn.execute(select(sl.c.subscriber_id).where(sl.c.status == "deferred", old)).scalars())
             if not ids:
                 return 0
-            conn.execute(update(sl).where(sl.c.status == "deferred", sl.c.issue_id.in_(old))
+            conn.execute(update(sl).where(sl.c.status == "deferred", old)
                          .values(status="undeliverable", next_attempt_at=None, updated_at=now))
             self._soft_bounced(conn, sorted(set(ids)), soft_bounce_limit, now)
         return len(ids)

@@ -157,6 +157,7 @@ send_log = Table(
     Column("next_attempt_at", UTCDateTime),  # a deferred row is retried by the service from then on
     Column("kind", String(10)),  # why the last try did not deliver: hard / soft / sender (see delivery.classify)
     Column("deferrals", Integer, nullable=False, server_default="0"),  # how many times deferred: the retry backoff
+    Column("first_tried_at", UTCDateTime),  # when the row was made: give_up_after counts from it (NULL: the issue's start)
     Index("ix_send_log_issue_status", "issue_id", "status"),
 )
 
