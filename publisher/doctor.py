@@ -9,8 +9,9 @@ Nothing secret is ever part of a finding: not the signing key, not the DKIM priv
 
 The organisational domain (DMARC's relaxed alignment) is taken as the last two labels of a name: no public-suffix
 library is installed, and the list it needs goes stale. For a domain under a two-label public suffix (``co.uk``,
-``com.au``) that is too short, so two unrelated domains there may be called aligned; the DMARC lookup asks the From
-domain itself first, as receivers do, which finds the record wherever it is published for that name.
+``com.au``) that is too short, so two unrelated domains there may be called aligned. The DMARC lookup does not rely on
+it: it asks the From domain and each of its parents in turn (see :func:`check_dmarc`), which finds the record wherever
+it is published for that name.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import MAKE_KEY, Config, SiteConfig
+from .config import MAKE_KEY, SECRET_ENV, Config, SiteConfig
 from .config_checks import is_local_host
 from .errors import PublisherError
 
@@ -439,13 +440,10 @@ def check_smtp_tls(cfg: Config) -> list[Finding]:
 
 def check_secret_key(cfg: Config) -> list[Finding]:
     """PUBLISHER_SECRET_KEY from the environment, not the development key load_config made in var/secret_key."""
-    key = cfg.secret_key.get()
+    # As config._secret_key decides: a non-empty PUBLISHER_SECRET_KEY in the environment is the key, whatever its value
+    # (an operator moving to production may set it to the development key's value, to keep the links already sent working).
     dev_file = cfg.path("var/secret_key")
-    try:
-        development = dev_file.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        development = None
-    if not key or key == development:
+    if not os.environ.get(SECRET_ENV["secret_key"], ""):
         return [Finding("error", "secret-key", f"PUBLISHER_SECRET_KEY is not set: the unsubscribe and preferences links are signed with the "
                         f"development key in {dev_file}, made on this machine. A new server, or a cleaned var/, makes a new one, and "
                         f"every link already in readers' inboxes stops working. Make a key with {MAKE_KEY}, keep it with your other "
@@ -588,27 +586,76 @@ def check_dkim_dns(cfg: Config, resolver: Any) -> list[Finding]:
     if not published:
         return [Finding("error", "dns-dkim", f"the DKIM record at {key.name} has an empty p=, which means the key was revoked: every "
                         "signature fails. Publish this record instead:", key.publish())]
-    if tags.get("k", "rsa").lower() != "rsa" or published != key.public_key:
+    numbers = _rsa_public_numbers(published) if tags.get("k", "rsa").lower() == "rsa" else None
+    if numbers is None:
+        return [Finding("error", "dns-dkim", f"the DKIM record at {key.name} has p={published[:12]}..., which is not an RSA public key "
+                        "(base64 DER): every signature would fail. Replace it with this record:", key.publish())]
+    if numbers != _rsa_public_numbers(key.public_key):
         return [Finding("error", "dns-dkim", f"the DKIM record at {key.name} holds a different key from PUBLISHER_DKIM_KEY_PATH "
                         f"(published p={published[:12]}..., ours p={key.public_key[:12]}...): every signature would fail. Replace "
                         "it with this record (or point PUBLISHER_DKIM_KEY_PATH at the key it was made from):", key.publish())]
     return [Finding("ok", "dns-dkim", f"the DKIM record at {key.name} holds the public key of PUBLISHER_DKIM_KEY_PATH.")]
 
 
+def _rsa_public_numbers(p: str) -> Any:
+    """A DKIM p= (base64, whitespace ignored) as RSA public numbers, or None. Receivers accept the key as DER
+    SubjectPublicKeyInfo (RFC 6376, what we print) or as a bare PKCS#1 RSAPublicKey (what `openssl rsa -RSAPublicKey_out`
+    and some DNS tools write): the same key either way, so it is the numbers that are compared, not the text."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    text = re.sub(r"\s", "", p)
+    try:
+        der = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    try:
+        key: Any = serialization.load_der_public_key(der)  # SubjectPublicKeyInfo (and, in newer cryptography, PKCS#1)
+    except (ValueError, UnsupportedAlgorithm):
+        lines = "\n".join(text[i:i + 64] for i in range(0, len(text), 64))
+        try:
+            key = serialization.load_pem_public_key(f"-----BEGIN RSA PUBLIC KEY-----\n{lines}\n-----END RSA PUBLIC KEY-----\n".encode())
+        except (ValueError, UnsupportedAlgorithm):
+            return None
+    return key.public_numbers() if isinstance(key, rsa.RSAPublicKey) else None
+
+
+# Second-level labels under which a country's names are registered (co.uk, com.au, ac.jp): see registrable_guess.
+SUFFIX_LABELS = frozenset({"co", "com", "net", "org", "gov", "ac", "edu"})
+
+
+def registrable_guess(domain: str) -> str:
+    """The name its owner registered, guessed without the public suffix list: the last two labels, or the last three
+    when those two look like a public suffix (both at most 3 characters, the first of them co, com, net, org, gov, ac
+    or edu: co.uk, com.au, ac.jp), so that mail.example.co.uk gives example.co.uk and never co.uk."""
+    labels = domain.lower().rstrip(".").split(".")
+    if len(labels) >= 3 and len(labels[-1]) <= 3 and len(labels[-2]) <= 3 and labels[-2] in SUFFIX_LABELS:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
 def check_dmarc(cfg: Config, resolver: Any) -> list[Finding]:
+    """The DMARC record for the From domain: ``_dmarc.<From domain>``, then ``_dmarc.<each parent>`` up to (not
+    including) the single-label top-level domain, the first found counting. Receivers look at the From domain, then its
+    organisational domain from the public suffix list (RFC 7489 6.6.3; DMARCbis walks the same tree), and which of the
+    parents that is cannot be told here without the list: the walk finds it wherever it is (mail.example.co.uk asks
+    mail.example.co.uk, example.co.uk, co.uk). When there is none, the record to publish is advised at
+    ``_dmarc.<registrable_guess(From domain)>``, never at a public-suffix-looking name like co.uk."""
     domain = from_domain(cfg)
-    org = org_domain(domain)
-    names = [f"_dmarc.{domain}"] + ([f"_dmarc.{org}"] if org != domain else [])
-    found_at, records = names[-1], []
-    for name in names:  # the From domain's own record first, then the organisational domain's (RFC 7489 6.6.3)
+    labels = domain.split(".")
+    names = [f"_dmarc.{'.'.join(labels[i:])}" for i in range(max(len(labels) - 1, 1))]
+    found_at, records = names[0], []
+    for name in names:  # the From domain's own record first, then each parent's
         records = [r for r in txt_records(resolver, name) if re.match(r"(?i)v\s*=\s*DMARC1\s*(;|$)", r)]
         if records:
             found_at = name
             break
     if not records:
+        home = registrable_guess(domain)
         return [Finding("error", "dns-dmarc", f"no DMARC record at {' or '.join(names)}: Gmail and Yahoo require one from bulk senders. "
                         "Start with this one, which asks for reports and blocks nothing (p=none); once the reports show only your "
-                        "own mail, move to p=quarantine:", (f'{names[-1]} TXT "v=DMARC1; p=none; rua=mailto:dmarc-reports@{org}"',))]
+                        "own mail, move to p=quarantine:", (f'_dmarc.{home} TXT "v=DMARC1; p=none; rua=mailto:dmarc-reports@{home}"',))]
     if len(records) > 1:
         return [Finding("error", "dns-dmarc", f"{len(records)} DMARC records at {found_at}: receivers then ignore DMARC (RFC 7489). "
                         "Keep one.", tuple(f'"{r}"' for r in records))]

@@ -248,6 +248,16 @@ def test_the_development_signing_key_is_an_error(tmp_path: Path, rsa_key: tuple[
     assert dev_key not in proc.stdout + proc.stderr
 
 
+def test_the_development_keys_value_set_in_the_environment_is_ok(tmp_path: Path, rsa_key: tuple[Path, str, bytes]) -> None:
+    # Moving to production without breaking the links already sent: PUBLISHER_SECRET_KEY set to var/secret_key's value.
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "secret_key").write_text(TEST_SECRET_KEY + "\n", encoding="ascii")
+    proc = doctor(tmp_path, GOOD, key=rsa_key[0])  # PUBLISHER_SECRET_KEY = TEST_SECRET_KEY
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one(proc, "ok", "secret-key", "PUBLISHER_SECRET_KEY is set")
+    assert TEST_SECRET_KEY not in proc.stdout + proc.stderr
+
+
 # -- 7. --network: a real DNS server on this machine ---------------------------------------------
 
 class TxtServer:
@@ -338,6 +348,84 @@ def test_network_reports_dmarc_p_none_as_a_warning(tmp_path: Path, rsa_key: tupl
     proc = doctor(tmp_path, GOOD, "--network", "--nameserver", dns_server.address, key=rsa_key[0])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     one(proc, "warning", "dns-dmarc", "p=none", "p=quarantine")
+
+
+def spaced(p: str) -> str:
+    """p= as some DNS tools show and operators paste it: in pieces with spaces between."""
+    return " ".join(p[i:i + 64] for i in range(0, len(p), 64))
+
+
+def pkcs1(public_key: rsa.RSAPublicKey) -> str:
+    """The key as a bare PKCS#1 RSAPublicKey, base64 DER (`openssl rsa -RSAPublicKey_out`), not SubjectPublicKeyInfo."""
+    return base64.b64encode(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)).decode("ascii")
+
+
+@pytest.mark.parametrize("encoding", ["spki", "pkcs1"])
+def test_network_takes_our_key_in_either_encoding_and_split(tmp_path: Path, rsa_key: tuple[Path, str, bytes], dns_server: TxtServer,
+                                                           encoding: str) -> None:
+    path, public, pem = rsa_key
+    ours = serialization.load_pem_private_key(pem, password=None).public_key()
+    assert isinstance(ours, rsa.RSAPublicKey)
+    p = public if encoding == "spki" else pkcs1(ours)
+    dns_server.records.update(published(public) | {f"{SELECTOR}._domainkey.{DOMAIN}": [f"v=DKIM1; k=rsa; p={spaced(p)}"]})
+    proc = doctor(tmp_path, GOOD, "--network", "--nameserver", dns_server.address, key=path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one(proc, "ok", "dns-dkim", f"{SELECTOR}._domainkey.{DOMAIN}", "PUBLISHER_DKIM_KEY_PATH")
+
+
+@pytest.mark.parametrize("encoding", ["spki", "pkcs1", "garbage"])
+def test_network_a_really_different_key_is_an_error_in_either_encoding(tmp_path: Path, rsa_key: tuple[Path, str, bytes],
+                                                                       dns_server: TxtServer, encoding: str) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    p = {"spki": base64.b64encode(other.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode(),
+         "pkcs1": pkcs1(other), "garbage": "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"}[encoding]
+    dns_server.records.update(published(rsa_key[1]) | {f"{SELECTOR}._domainkey.{DOMAIN}": [f"v=DKIM1; k=rsa; p={spaced(p)}"]})
+    proc = doctor(tmp_path, GOOD, "--network", "--nameserver", dns_server.address, key=rsa_key[0])
+    only_error(proc, "dns-dkim", f"{SELECTOR}._domainkey.{DOMAIN}",
+               "not an RSA public key" if encoding == "garbage" else "different key")
+    assert f'"v=DKIM1; k=rsa; p={rsa_key[1][:200]}' in proc.stdout  # the record to publish instead
+
+
+def from_at(domain: str) -> dict[str, dict[str, object]]:
+    """GOOD with From and the envelope sender at ``domain`` (DKIM then signs as it too)."""
+    return changed(digest={"from_address": f"news@{domain}"}, delivery={"envelope_from": f"bounces@{domain}"})
+
+
+def records_for(domain: str, public: str) -> dict[str, list[str]]:
+    """SPF and DKIM right for a From domain, no DMARC record."""
+    return {domain: ["v=spf1 include:spf.relay-provider.net -all"], f"{SELECTOR}._domainkey.{domain}": [f"v=DKIM1; k=rsa; p={public}"]}
+
+
+def dmarc_asked(server: TxtServer) -> list[str]:
+    return list(dict.fromkeys(name for name in server.asked if name.startswith("_dmarc.")))  # a UDP retry asks twice
+
+
+def test_network_finds_dmarc_at_the_registered_domain_under_a_two_label_suffix(tmp_path: Path, rsa_key: tuple[Path, str, bytes],
+                                                                               dns_server: TxtServer) -> None:
+    # mail.harbour-press.co.uk: its record is at _dmarc.harbour-press.co.uk (the public suffix list's organisational
+    # domain), not at _dmarc.co.uk, which the last two labels would give.
+    domain = "mail.harbour-press.co.uk"
+    dns_server.records.update(records_for(domain, rsa_key[1]) | {"_dmarc.harbour-press.co.uk": ["v=DMARC1; p=reject"]})
+    proc = doctor(tmp_path, from_at(domain), "--network", "--nameserver", dns_server.address, key=rsa_key[0])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one(proc, "ok", "dns-dmarc", "_dmarc.harbour-press.co.uk", "reject")
+    assert dmarc_asked(dns_server) == [f"_dmarc.{domain}", "_dmarc.harbour-press.co.uk"]
+
+
+@pytest.mark.parametrize(("domain", "walk", "home"), [
+    ("mail.harbour-press.co.uk", ["mail.harbour-press.co.uk", "harbour-press.co.uk", "co.uk"], "harbour-press.co.uk"),
+    ("news.bay-gazette.com.au", ["news.bay-gazette.com.au", "bay-gazette.com.au", "com.au"], "bay-gazette.com.au"),
+    (f"lists.news.{DOMAIN}", [f"lists.news.{DOMAIN}", f"news.{DOMAIN}", DOMAIN], DOMAIN),
+    (DOMAIN, [DOMAIN], DOMAIN),
+])
+def test_network_without_dmarc_asks_each_parent_and_advises_the_registered_domain(
+        tmp_path: Path, rsa_key: tuple[Path, str, bytes], dns_server: TxtServer, domain: str, walk: list[str], home: str) -> None:
+    dns_server.records.update(records_for(domain, rsa_key[1]))
+    proc = doctor(tmp_path, from_at(domain), "--network", "--nameserver", dns_server.address, key=rsa_key[0])
+    only_error(proc, "dns-dmarc", "no DMARC record at " + " or ".join(f"_dmarc.{name}" for name in walk))
+    assert dmarc_asked(dns_server) == [f"_dmarc.{name}" for name in walk]  # never the single-label top-level domain
+    advice = [line.strip() for line in proc.stdout.splitlines() if " TXT \"v=DMARC1" in line]
+    assert advice == [f'_dmarc.{home} TXT "v=DMARC1; p=none; rua=mailto:dmarc-reports@{home}"'], proc.stdout
 
 
 def test_network_without_an_answer_is_an_error_not_a_missing_record(tmp_path: Path, rsa_key: tuple[Path, str, bytes]) -> None:
