@@ -273,3 +273,19 @@ def test_a_send_stopped_mid_way_gives_back_the_allowance_it_claimed_and_did_not_
     assert first.sent + second.sent == 200 and second.held == 50, second
     store.close()
     assert len(outbox(project)) == 200
+
+
+def test_a_row_taken_over_is_logged_with_the_message_id_it_is_sent_with(store) -> None:  # type: ignore[no-untyped-def]
+    """A deferred row made by a version before per-store ids keeps the old, guessable id in the log; the retry goes
+    out with the new one, and the log now says so."""
+    now = datetime.now(timezone.utc)
+    store.start_issue("2026-W02", now, now)
+    sub, _ = add_subscriber(store, "old@example.com", now - timedelta(days=1), confirmed=True)
+    old_id = f"<digest.2026-W02.{hashlib.sha256(f'2026-W02:{sub.id}'.encode()).hexdigest()[:24]}@example.org>"
+    assert store.claim_batch("2026-W02", "old-run", [(sub.id, old_id)], now, now) == {sub.id}
+    store.record_sends("2026-W02", [(sub.id, "deferred", "451 try later", 1, "")], now, run_id="old-run")
+    store.finish_run("old-run", now)
+    new_id = "<digest.2026-W02.0123456789abcdef0123456789abcdef@example.org>"
+    assert store.claim_batch("2026-W02", "new-run", [(sub.id, new_id)], now, now) == {sub.id}
+    with store.engine.connect() as conn:
+        assert conn.execute(select(tables.send_log.c.message_id)).scalar_one() == new_id

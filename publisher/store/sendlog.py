@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
 from ..models import Subscriber, SubscriberStatus
 from . import tables as t
@@ -208,7 +208,10 @@ class SendLogMixin:
                 # hint split it instead of queueing behind each other (and neither gets a row twice).
                 locked = select(sl.c.subscriber_id).where(*claimable).with_for_update(skip_locked=True)
                 claimable = [sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(locked)]
-            conn.execute(update(sl).where(*claimable).values(status="queued", claimed_by=run_id, updated_at=now))
+            # A row taken over keeps the Message-ID it is sent with now (the same on every retry; only a row made by a
+            # version before per-store ids, 0.9, gets its new one here, so the log says what the message carries).
+            ids_now = case(dict(candidates), value=sl.c.subscriber_id, else_=sl.c.message_id)
+            conn.execute(update(sl).where(*claimable).values(status="queued", claimed_by=run_id, updated_at=now, message_id=ids_now))
             got = conn.execute(select(sl.c.subscriber_id).where(sl.c.issue_id == issue_id, sl.c.subscriber_id.in_(ids),
                                                                  _row_status() == "queued", sl.c.claimed_by == run_id)).scalars()
             return set(got)
