@@ -7,10 +7,10 @@ before sending). Offline by default; :func:`check_dns` (``--network``) also read
 Nothing secret is ever part of a finding: not the signing key, not the DKIM private key, not a password. The DKIM
 *public* key is, since publishing it is the point.
 
-The organisational domain (DMARC's relaxed alignment) is taken as the last two labels of a name: no public-suffix
-library is installed, and the list it needs goes stale. For a domain under a two-label public suffix (``co.uk``,
-``com.au``) that is too short, so two unrelated domains there may be called aligned. The DMARC lookup does not rely on
-it: it asks the From domain and each of its parents in turn (see :func:`check_dmarc`), which finds the record wherever
+The organisational domain (DMARC's relaxed alignment) is guessed without a public-suffix library (none is installed,
+and the list goes stale): the last two labels of a name, or three under a country's second level such as ``co.uk`` or
+``com.au`` (see :func:`registrable_guess`). A suffix that rule does not know (``blogspot.com``) can still call two
+unrelated names aligned. The DMARC lookup does not rely on it: it asks the From domain and each of its parents in turn (see :func:`check_dmarc`), which finds the record wherever
 it is published for that name.
 """
 
@@ -62,8 +62,9 @@ class Finding:
 # -- domains -------------------------------------------------------------------------------------
 
 def org_domain(domain: str) -> str:
-    """DMARC's organisational domain, taken simply as the last two labels (see the module's docstring)."""
-    return ".".join(domain.lower().rstrip(".").split(".")[-2:])
+    """DMARC's organisational domain, guessed without the public suffix list (see :func:`registrable_guess`): the last
+    two labels, or three under a country's second level (example.co.uk, not co.uk)."""
+    return registrable_guess(domain)
 
 
 def aligned(a: str, b: str) -> bool:
@@ -147,7 +148,7 @@ def check_alignment(cfg: Config) -> list[Finding]:
                             f"organisational domain of the From address {sender!r}: Mailgun signs with, and takes bounces at, that "
                             f"domain, so DMARC fails. Use a Mailgun sending domain under {org}, e.g. 'mg.{org}'.")]
         return [Finding("ok", "alignment", f"the From domain {domain} and Mailgun's sending domain {sending} share the organisational "
-                        f"domain {org} (taken as the last two labels of the name).")]
+                        f"domain {org} (guessed from the name's last labels).")]
     return [Finding("note", "alignment", f"{name} signs the messages and sets their envelope sender: for DMARC to pass, verify {domain} "
                     f"in {name}'s dashboard and publish the DKIM records it shows (and, for SPF alignment, its custom "
                     f"Return-Path under {org}). From is {sender!r}.")]
@@ -184,7 +185,7 @@ def _alignment_here(cfg: Config, domain: str, org: str) -> list[Finding]:
             parts.append(f"the DKIM signing domain {signing}")
         parts.append(f"the envelope sender's domain {bounce_domain}")
         out.append(Finding("ok", "alignment", f"{', '.join(parts[:-1])} and {parts[-1]} share the organisational domain {org} "
-                           "(taken as the last two labels of the name): DMARC alignment holds."))
+                           "(guessed from the name's last labels): DMARC alignment holds."))
     return out
 
 

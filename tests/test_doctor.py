@@ -158,6 +158,14 @@ def test_a_dkim_domain_outside_the_from_domain_is_an_error(tmp_path: Path, rsa_k
     only_error(proc, "alignment", "[delivery].dkim_domain", "mailer-host.net", DOMAIN)
 
 
+def test_two_names_under_a_countrys_second_level_are_not_one_organisation(tmp_path: Path, rsa_key: tuple[Path, str, bytes]) -> None:
+    """harbour-press.co.uk and other-press.co.uk share only co.uk: a DKIM signature of the one does not align with
+    mail from the other (the last two labels alone would have said it does)."""
+    config = changed(digest={"from_address": "digest@harbour-press.co.uk"}, delivery={"envelope_from": "bounces@harbour-press.co.uk",
+                                                                                     "dkim_domain": "other-press.co.uk"})
+    only_error(doctor(tmp_path, config, key=rsa_key[0]), "alignment", "[delivery].dkim_domain", "other-press.co.uk")
+
+
 def test_an_envelope_sender_elsewhere_is_a_warning_with_dkim_and_an_error_without(tmp_path: Path, rsa_key: tuple[Path, str, bytes]) -> None:
     elsewhere = changed(delivery={"envelope_from": "bounce@relay-provider.net"})
     proc = doctor(tmp_path, elsewhere, key=rsa_key[0])
