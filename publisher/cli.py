@@ -379,7 +379,7 @@ def doctor(c: Context, network: bool, nameserver: str | None) -> None:
 
     \b
     Example:
-      $ publisher doctor
+      publisher doctor
       $ publisher doctor --network --nameserver 127.0.0.1:5353
     """
     from .doctor import parse_nameserver, report_lines, run_checks

@@ -241,6 +241,9 @@ def check(copy: Path, line: str, env: dict[str, str], seen: dict[str, object]) -
         (copy / "list.csv").write_text("email,topics\nimported@example.com,security-cooperation\n", encoding="utf-8")
     proc = sh(copy, line, env)
     out = proc.stdout + proc.stderr
+    if line == "publisher doctor":  # the sample config is not ready to send for real, and says what to change
+        assert proc.returncode == 1 and all(f"error: {check}:" in out for check in ("alignment", "unsubscribe", "postal-address")), out
+        return
     assert proc.returncode == 0, f"{line!r} exited {proc.returncode}:\n{out[-3000:]}"
     after = outbox(copy)
     new = after[len(before):]
