@@ -20,7 +20,7 @@ from sqlalchemy import select
 from publisher.config import Config
 from publisher.delivery.send import retry_deferred
 from publisher.pipeline import run_ingest, send_digest
-from publisher.store import open_store, tables
+from publisher.store import Store, open_store, tables
 from subscribers import add_subscriber
 
 from .conftest import REPO
@@ -123,13 +123,21 @@ def test_the_size_cap_counts_the_html_as_encoded_in_the_message(cfg: Config) -> 
 # -- 4. warm-up --------------------------------------------------------------------------------------------------------
 
 
-def _warming(project: Path) -> Config:
+def _warming(project: Path, readers: int = 250) -> tuple[Config, Store, datetime]:
+    """The sample project with the warm-up on, its content ingested and ``readers`` confirmed subscribers: (the
+    config, the open store, now)."""
     from publisher.config import load_config
 
     from .test_delivery_faults import configure
 
     configure(project, ("warmup = false ", "warmup = true "))
-    return load_config(project / "config.toml")
+    cfg = load_config(project / "config.toml")
+    store = open_store(cfg.store_url)
+    today = datetime.now(timezone.utc)
+    run_ingest(cfg, store, today)
+    for n in range(readers):
+        add_subscriber(store, f"reader{n}@example.com", today - timedelta(days=1), confirmed=True)
+    return cfg, store, today
 
 
 def test_the_warm_up_holds_back_what_exceeds_the_days_allowance_and_sends_it_the_next_day(project: Path) -> None:
@@ -140,12 +148,7 @@ def test_the_warm_up_holds_back_what_exceeds_the_days_allowance_and_sends_it_the
 
     from .test_first_hour import run_ok
 
-    cfg = _warming(project)
-    store = open_store(cfg.store_url)
-    today = datetime.now(timezone.utc)
-    run_ingest(cfg, store, today)
-    for n in range(250):
-        add_subscriber(store, f"reader{n}@example.com", today - timedelta(days=1), confirmed=True)
+    cfg, store, today = _warming(project)
     first = send_digest(cfg, store, today)
     record_outcome(store, first)
     assert (first.sent, first.held, first.finished) == (200, 50, False), first
@@ -251,12 +254,7 @@ def test_a_send_stopped_mid_way_gives_back_the_allowance_it_claimed_and_did_not_
 
     from publisher.delivery.send import warmup_allowance
 
-    cfg = _warming(project)
-    store = open_store(cfg.store_url)
-    today = datetime.now(timezone.utc)
-    run_ingest(cfg, store, today)
-    for n in range(250):
-        add_subscriber(store, f"reader{n}@example.com", today - timedelta(days=1), confirmed=True)
+    cfg, store, today = _warming(project)
     stop, sent = threading.Event(), []
 
     def progress(status: str, n: int) -> None:
