@@ -287,3 +287,19 @@ def test_a_row_taken_over_is_logged_with_the_message_id_it_is_sent_with(store) -
     assert store.claim_batch("2026-W02", "new-run", [(sub.id, new_id)], now, now) == {sub.id}
     with store.engine.connect() as conn:
         assert conn.execute(select(tables.send_log.c.message_id)).scalar_one() == new_id
+
+
+def test_a_send_running_past_midnight_moves_on_to_the_next_days_allowance(store) -> None:  # type: ignore[no-untyped-def]
+    """The first day's 200 are used half a second before midnight; the send goes on past it and draws on the second
+    day's 236, not on what is left of the first."""
+    import time
+
+    from publisher.delivery.warmup import Allowance, Ramp
+
+    midnight = datetime(2027, 3, 1, tzinfo=timezone.utc)
+    allowance = Allowance(store, Ramp(), "example.org", midnight - timedelta(seconds=0.5), "UTC")
+    assert allowance.take(250) == 200 and allowance.take(1) == 0 and allowance.day_number == 0
+    time.sleep(0.6)
+    assert allowance.take(250) == 236 and allowance.day_number == 1 and allowance.today.isoformat() == "2027-03-01"
+    allowance.give_back(6)  # to the day it was taken from
+    assert allowance.state().used == 230

@@ -16,6 +16,7 @@ The count is kept in the store (one row per domain and day, taken under a row lo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -61,31 +62,43 @@ class Day:
 
 
 class Allowance:
-    """Today's allowance of one domain, taken by the engine before it claims recipients."""
+    """Today's allowance of one domain, taken by the engine before it claims recipients. ``now`` is the send's clock
+    (injected in tests); a send that runs past midnight moves on to the next day's allowance as it goes."""
 
     def __init__(self, store: AllowanceStore, ramp: Ramp, domain: str, now: datetime, timezone: str) -> None:
-        zone = ZoneInfo(timezone)
-        local = now.astimezone(zone)
-        self.store, self.ramp, self.domain = store, ramp, domain
-        self.today = local.date()
-        self.first = store.warmup_started(domain, self.today)  # None: nothing sent from it yet, today would be day 0
-        self.day_number = (self.today - self.first).days if self.first else 0
-        self.limit = ramp.allowance(self.day_number)
-        self.key = f"warmup:{domain}:{self.today.isoformat()}"
-        self.resumes_at = datetime.combine(self.today + timedelta(days=1), datetime.min.time(), zone)
+        self.store, self.ramp, self.domain, self.zone = store, ramp, domain, ZoneInfo(timezone)
+        self._now, self._since = now, time.monotonic()
+        self._set_day(now.astimezone(self.zone).date())
+        self._taken_key = self.key
+
+    def _set_day(self, today: date) -> None:
+        self.today = today
+        self.first = self.store.warmup_started(self.domain, today)  # None: nothing sent from it yet, today would be day 0
+        self.day_number = (today - self.first).days if self.first else 0
+        self.limit = self.ramp.allowance(self.day_number)
+        self.key = f"warmup:{self.domain}:{today.isoformat()}"
+        self.resumes_at = datetime.combine(today + timedelta(days=1), datetime.min.time(), self.zone)
+
+    def _roll(self) -> None:
+        """A new day since the send started: its own allowance from now on."""
+        today = (self._now + timedelta(seconds=time.monotonic() - self._since)).astimezone(self.zone).date()
+        if today != self.today:
+            self._set_day(today)
 
     def take(self, n: int) -> int:
         """Up to ``n`` of today's messages: how many may go (0 when the day's allowance is used)."""
+        self._roll()
         if self.limit is None or n <= 0:
             return n
         if self.first is None:
             self.first = self.store.warmup_started(self.domain, self.today, begin=True)
+        self._taken_key = self.key
         return self.store.take_allowance(self.key, n, self.limit)
 
     def give_back(self, n: int) -> None:
-        """Taken and not sent after all (not claimable: sent already, unsubscribed)."""
+        """Taken and not sent after all (not claimable: sent already, unsubscribed): to the day it was taken from."""
         if self.limit is not None and n > 0:
-            self.store.take_allowance(self.key, -n, self.limit)
+            self.store.take_allowance(self._taken_key, -n, self.limit)
 
     def state(self) -> Day:
         return Day(self.domain, self.day_number, self.limit, self.store.allowance_used(self.key) if self.limit is not None else 0,
