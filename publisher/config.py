@@ -285,8 +285,23 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
                               broker_secret=Secret(env.get("PUBLISHER_BROKER_URL", "")))
     from .config_checks import validate  # here: it needs this module's types and parse_duration
 
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        var = _env_var_for(exc.key, env)
+        if var is None:
+            raise
+        # The value came from the environment: say so, or the operator looks for it in a file that does not have it.
+        raise ConfigError(f"{exc.reason.rstrip('.')} (from ${var}: fix or unset it).", key=exc.key) from None
     return dataclasses.replace(cfg, secret_key=_secret_key(cfg, env), old_secret_keys=_old_secret_keys(env))
+
+
+def _env_var_for(key: str | None, env: Mapping[str, str]) -> str | None:
+    """The environment variable that set the setting ``key`` ("delivery.warmup_start"), if one did."""
+    if not key:
+        return None
+    wanted = ENV_PREFIX + "__".join(key.split(".")).upper()
+    return next((name for name in env if name.upper() == wanted), None)
 
 
 def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -29,6 +29,7 @@ class ConfigError(PublisherError):
     def __init__(self, message: str, *, file: Path | str | None = None, key: str | None = None) -> None:
         self.file = str(file) if file is not None else None
         self.key = key
+        self.reason = message
         where = ""
         if self.file:
             where += f"{self.file}: "

@@ -326,3 +326,17 @@ def test_parse_duration_rejects_other_text(text: str) -> None:
     with pytest.raises(ConfigError, match="expected a duration") as info:
         parse_duration(text, "scheduler.ingest_every")
     assert info.value.key == "scheduler.ingest_every"
+
+
+def test_a_bad_value_from_the_environment_is_named_by_its_variable_not_the_file(tmp_path: Path) -> None:
+    """The check that refuses it runs after the file and the environment are merged: the message names the variable
+    (the file does not hold the value, and an operator would look for it there)."""
+    (tmp_path / "config.toml").write_text("[delivery]\nwarmup_start = 200\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "config.toml", env={"PUBLISHER_DELIVERY__WARMUP_START": "0"})
+    message = str(caught.value)
+    assert message == "[delivery.warmup_start] expected at least 1, got 0 (from $PUBLISHER_DELIVERY__WARMUP_START: fix or unset it)."
+    with pytest.raises(ConfigError) as caught:  # a bad value in the file is still the file's
+        (tmp_path / "config.toml").write_text("[delivery]\nwarmup_start = 0\n", encoding="utf-8")
+        load_config(tmp_path / "config.toml", env={})
+    assert str(caught.value).startswith(f"{tmp_path / 'config.toml'}: [delivery.warmup_start] expected at least 1")
