@@ -179,7 +179,13 @@ def worker(c: Context, name: str | None) -> None:
 
 
 def _print_ingest(report: Any) -> None:
-    click.echo(f"ingest: {len(report.new)} new, {len(report.updated)} updated, {report.unchanged} unchanged, {len(report.errors)} skipped")
+    withdrawn = f", {len(report.withdrawn)} withdrawn" if report.withdrawn else ""
+    drafts = f", {report.drafts} draft{'s' if report.drafts != 1 else ''}" if report.drafts else ""
+    click.echo(f"ingest: {len(report.new)} new, {len(report.updated)} updated, {report.unchanged} unchanged, {len(report.errors)} skipped"
+               f"{withdrawn}{drafts}")
+    for title, why in report.withdrawn_titles:
+        title = "".join(ch if ch.isprintable() else " " for ch in title)
+        click.echo(f'  withdrawn: "{title}" ({why})')
     for err in report.errors:
         click.echo(f"  skipped {err}", err=True)
     for warning in report.warnings:

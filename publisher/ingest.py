@@ -46,10 +46,15 @@ class IngestReport:
     files_not_read: int = 0
     files_not_parsed: int = 0
     files_gone: list[str] = field(default_factory=list)
+    # Publications unpublished because their file was deleted or made a draft (and no other file gives their id):
+    # their ids, and (title, why) as the CLI prints them; how many files are drafts (kept out).
+    withdrawn: list[str] = field(default_factory=list)
+    withdrawn_titles: list[tuple[str, str]] = field(default_factory=list)
+    drafts: int = 0
 
     @property
     def changed(self) -> bool:
-        return bool(self.new or self.updated or self.topics_changed)
+        return bool(self.new or self.updated or self.topics_changed or self.withdrawn)
 
 
 def build_sources(cfg: Config, *, states: dict[str, dict] | None = None, fetcher: Fetcher | None = None) -> list[Source]:
@@ -122,6 +127,9 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
     # The topics a publication may name besides its own folder's: the store's (any source's, earlier ingests'), the
     # remote sources' configured ones, and those this ingest stores. Read once per ingest, not per file.
     known_topics = {t.slug for t in store.topics()} | {t for s in sources if not isinstance(s, FilesSource) for t in getattr(s, "topics", ())}
+    # Publications whose file was deleted or made a draft: (source, id, why). Withdrawn once every source has been read,
+    # unless one of them still gives the id (a file renamed or moved, keeping its id): then it was an update.
+    to_withdraw: list[tuple[str, str, str]] = []
     for source in sources:
         if isinstance(source, FilesSource):
             source.known = store.content_files(source.name)
@@ -182,7 +190,14 @@ def ingest(sources: list[Source], store: Store, now: datetime) -> IngestReport:
                 report.unchanged += 1
             _keep(kept, result, pub, content_hash(pub))
         if isinstance(source, FilesSource):
+            known = source.known or {}
+            report.drafts += len(result.drafts)
+            kept.extend(result.drafts)
+            to_withdraw += [(source.name, known[p].item_id, f"{p} deleted") for p in result.gone if known[p].kind == "publication"]
+            to_withdraw += [(source.name, known[d.path].item_id, f"{d.path} is a draft") for d in result.drafts
+                            if d.path in known and known[d.path].kind == "publication"]
             _record_files(store, source, result, kept, report)
+    _withdraw(store, report, [w for w in to_withdraw if w[1] not in seen_ids])
     new.sort(key=lambda n: n[0], reverse=True)  # stable: the same instant keeps the order of ingest
     report.new_titles = [(title, where) for _, title, where in new]
     return report
@@ -194,18 +209,37 @@ def _keep(kept: list[FileState], result: SourceResult, item: object, item_hash: 
         kept.append(replace(state, item_hash=item_hash))
 
 
+def _withdraw(store: Store, report: IngestReport, wanted: list[tuple[str, str, str]]) -> None:
+    """Unpublish what ``wanted`` names ((source, id, why)), each id once; only a publication its own files source gave."""
+    by_source: dict[str, dict[str, str]] = {}
+    for source, pub_id, why in wanted:
+        by_source.setdefault(source, {}).setdefault(pub_id, why)
+    for source, whys in by_source.items():
+        titles = store.withdraw_publications(whys, source)
+        for pub_id in sorted(titles, key=lambda i: whys[i]):
+            report.withdrawn.append(pub_id)
+            report.withdrawn_titles.append((titles[pub_id], whys[pub_id]))
+            log.info("%s: withdrawn %r (%s): no longer in the store, the feeds or the site", source, pub_id, whys[pub_id])
+
+
 def _record_files(store: Store, source: FilesSource, result: SourceResult, kept: list[FileState], report: IngestReport) -> None:
-    """Save the states of the files ingested, forget the others (failed, duplicates, gone): one batch, only what moved."""
+    """Save the states of the files ingested and forget those gone: one batch, only what moved.
+
+    A file that failed (or gave a duplicate id) keeps the state of what it last gave, so that deleting it later still
+    withdraws that; and so do the files ``held`` (the folder looks lost, not emptied: see FilesSource._gone).
+    """
     known = source.known or {}
     changed = [s for s in kept if known.get(s.path) is not s]
-    forget = set(known) - {s.path for s in kept}
-    store.save_content_files(source.name, changed, forget)
+    store.save_content_files(source.name, changed, result.gone)
     report.files_not_read += result.not_read
     report.files_not_parsed += len(result.unchanged) - result.not_read
     report.files_gone.extend(result.gone)
     if result.gone:
-        log.info("%s: %d file(s) gone since the last ingest (their publications stay in the store): %s", source.name,
-                 len(result.gone), ", ".join(result.gone[:5]) + (", ..." if len(result.gone) > 5 else ""))
+        log.info("%s: %d file(s) gone since the last ingest, their publications withdrawn unless another file gives their ids: %s",
+                 source.name, len(result.gone), ", ".join(result.gone[:5]) + (", ..." if len(result.gone) > 5 else ""))
+    if result.held:
+        log.info("%s: %d file(s) not found and not withdrawn (see the error): %s", source.name, len(result.held),
+                 ", ".join(result.held[:5]) + (", ..." if len(result.held) > 5 else ""))
 
 
 def _skip(report: IngestReport, err: SourceError) -> None:

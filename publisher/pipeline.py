@@ -102,14 +102,14 @@ def run_signups(cfg: Config, store: Store, *, stop: threading.Event | None = Non
 def run_feeds(cfg: Config, store: Store, report: IngestReport | None = None, builder: FeedBuilder | None = None) -> list[Path]:
     """Write the feeds; after an ingest, only the feeds its new publications are in.
 
-    Publications that were updated, or topics that changed, can move between feeds: then every feed is
+    Publications that were updated or withdrawn, or topics that changed, can move between feeds: then every feed is
     rebuilt (unchanged files are still left alone). Returns the feed files whose bytes changed.
     """
     builder = builder or FeedBuilder(cfg)
     copy_media(cfg)
     topics = store.topics()
     specs = feed_specs(store, cfg, topics)
-    if report is not None and report.new and not (report.updated or report.topics_changed):
+    if report is not None and report.new and not (report.updated or report.topics_changed or report.withdrawn):
         specs = specs_holding(specs, builder.remember(store.publications(ids=report.new)))
     builder.topic_names = {t.slug: t.name for t in topics}
     listings = builder.listings(store, specs)

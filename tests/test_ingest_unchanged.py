@@ -131,7 +131,7 @@ def test_a_touched_file_is_read_but_not_parsed(folder: Path, store: Store, trust
     assert (again.files_not_read, again.files_not_parsed) == (4, 0)
 
 
-def test_a_deleted_file_is_forgotten_and_read_again_when_it_comes_back(folder: Path, store: Store, trust_stats: None,
+def test_a_deleted_file_is_withdrawn_and_read_again_when_it_comes_back(folder: Path, store: Store, trust_stats: None,
                                                                        parsed: list[str]) -> None:
     run(folder, store)
     path = folder / "publications" / "c.md"
@@ -141,12 +141,12 @@ def test_a_deleted_file_is_forgotten_and_read_again_when_it_comes_back(folder: P
     assert report.files_gone == ["publications/c.md"]
     assert (report.unchanged, report.errors) == (2, [])
     assert "publications/c.md" not in store.content_files("content")
-    assert store.count_publications() == 3  # as before: a deleted file's publication stays published
+    assert store.count_publications() == 2 and report.withdrawn == ["publications/c"]  # unpublished (tests/test_withdraw.py)
 
     parsed.clear()
     write(folder, "publications/c.md", text)
     back = run(folder, store, 2)
-    assert parsed == ["c.md"] and back.unchanged == 3 and back.files_gone == []
+    assert parsed == ["c.md"] and back.new == ["publications/c"] and back.unchanged == 2 and back.files_gone == []
 
 
 def test_a_broken_file_is_reported_on_every_ingest(folder: Path, store: Store, trust_stats: None) -> None:
@@ -158,7 +158,9 @@ def test_a_broken_file_is_reported_on_every_ingest(folder: Path, store: Store, t
         [err] = report.errors
         assert isinstance(err, ContentFileError) and err.path == str(path) and err.line == 2
         assert report.unchanged == 2
-    assert "publications/a.md" not in store.content_files("content")
+    # What it last gave stays published, and its state recorded: deleting the file later still withdraws that.
+    assert store.content_files("content")["publications/a.md"].item_id == "publications/a"
+    assert [p.title for p in store.publications(ids=["publications/a"])] == ["Alpha"]
 
 
 def test_a_changed_setting_parses_every_file_again(folder: Path, store: Store, trust_stats: None) -> None:
@@ -234,7 +236,9 @@ def test_a_recorded_file_made_a_symlink_out_of_the_folder_is_refused(folder: Pat
     path.symlink_to(outside)
     report = run(folder, store, 1)
     [err] = report.errors
-    assert "outside" in str(err) and report.files_gone == ["publications/a.md"]
+    # Refused, not gone: an error like any other, and what it gave stays published.
+    assert "outside" in str(err) and report.files_gone == [] and report.withdrawn == []
+    assert store.count_publications() == 3
 
 
 def test_a_duplicate_id_is_reported_every_time_and_the_file_first_ingested_keeps_it(folder: Path, store: Store, trust_stats: None) -> None:

@@ -19,7 +19,11 @@ class SourceResult:
     # was read and parsed (an item's id() -> its file's state, to record once the store took it), and files gone.
     unchanged: list[FileState] = field(default_factory=list)
     file_states: dict[int, FileState] = field(default_factory=dict)
-    gone: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # their publications are withdrawn (unless another file gives their ids)
+    # Files known and missing whose publications are NOT withdrawn: the folder (or its publications/) is missing or
+    # unreadable, or every known publication file is gone at once; ``errors`` says why. Their states are kept.
+    held: list[str] = field(default_factory=list)
+    drafts: list[FileState] = field(default_factory=list)  # files with draft = true (kind "draft"): kept out
     not_read: int = 0  # of the unchanged: files whose stat said so (the rest were read and their bytes compared)
 
 
@@ -28,7 +32,7 @@ class FileState:
     """A content file as last ingested: see the content_files table."""
 
     path: str  # relative to the source's folder, with "/"
-    kind: str  # publication / topic
+    kind: str  # publication / topic / draft (a publication file with draft = true: item_id is the id it would have)
     item_id: str
     item_hash: str  # the publication's content hash (or the topic's) the store held; "" when it no longer does
     size: int

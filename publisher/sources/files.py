@@ -3,7 +3,9 @@
 Files under ``topics/`` describe topics (``slug``, ``name``; the body is the description).
 Every other ``*.md`` file is a publication. See content/README.md for the keys. A publication must have a date,
 and each of its topics must be known (a file under ``topics/``, or a topic the store already holds): an unknown one
-is most often a typo, and is reported with the closest known slug.
+is most often a typo, and is reported with the closest known slug. A publication file with ``draft = true`` is kept
+out (``SourceResult.drafts``), and checked no further; files known and gone are sorted into ``gone`` (withdrawn by the
+ingest) and ``held`` (not: the folder looks lost rather than emptied; see ``FilesSource._gone``).
 
 The folder is treated as hostile: a symlink out of it is refused (files and images alike), a file over
 ``[ingest].max_file_size`` is refused before it is read, and every slug is checked, since slugs become
@@ -44,7 +46,7 @@ _md = MarkdownIt("commonmark", {"html": False, "typographer": False}).enable("ta
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 PUBLICATION_KEYS = {
     "id", "title", "date", "updated", "content_type", "topics", "authors", "summary", "url",
-    "featured", "featured_rank", "image",
+    "featured", "featured_rank", "image", "draft",
 }
 IMAGE_KEYS = {"src", "alt", "caption", "credit"}
 TYPE_MAX = 100  # publications.content_type is VARCHAR(100)
@@ -104,7 +106,15 @@ class FilesSource:
     def fetch(self) -> SourceResult:
         result = SourceResult()
         if not self.folder.is_dir():
-            result.errors.append(ContentFileError(self.name, self.folder, None, "folder not found; create it or fix [sources.NAME].path"))
+            known = self.known or {}
+            fix = f"fix [sources.{self.name}].path in config.toml"
+            if any(s.kind == "publication" for s in known.values()):  # the folder moved, or a mount is missing: withdraw nothing
+                count = sum(s.kind == "publication" for s in known.values())
+                reason = f"folder not found: nothing was withdrawn (the store knows {count} publication file(s) from it). If the folder moved, {fix}"
+            else:
+                reason = f"folder not found; create it or {fix}"
+            result.errors.append(ContentFileError(self.name, self.folder, None, reason))
+            result.held = sorted(known)
             return result
         walk = walk_inside(self.folder, _is_content_file)
         result.errors.extend(self._shown(ContentFileError(self.name, r.path, None, r.reason)) for r in walk.refused)
@@ -135,6 +145,9 @@ class FilesSource:
                         pass  # reading it says why
                     else:
                         if _same_stat(old, st) and not _racy(old) and self._same_image(old, images):
+                            if old.kind == "draft":
+                                result.drafts.append(old)
+                                continue
                             if old.kind == "topic" and self._topics_now is not None:
                                 self._topics_now.add(old.item_id)
                             result.unchanged.append(old)
@@ -148,8 +161,12 @@ class FilesSource:
                 state = FileState(path=key, kind="topic" if rel.parts[0] == "topics" else "publication", item_id="", item_hash="",
                                   size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, file_id=f"{st.st_dev}:{st.st_ino}",
                                   read_ns=read_ns, file_hash=file_hash, settings=settings)
-                if usable and old is not None and old.file_hash == file_hash and old.kind == state.kind and self._same_image(old, images):
+                if (usable and old is not None and old.file_hash == file_hash and old.kind in (state.kind, "draft" if state.kind == "publication" else "")
+                        and self._same_image(old, images)):
                     # Touched, checked out again, or read too soon after a write: the same bytes give the same item.
+                    if old.kind == "draft":
+                        result.drafts.append(_replace(old, state))
+                        continue
                     if old.kind == "topic" and self._topics_now is not None:
                         self._topics_now.add(old.item_id)
                     result.unchanged.append(_replace(old, state))
@@ -162,6 +179,8 @@ class FilesSource:
                         self._topics_now.add(topic.slug)
                     result.topics.append(topic)
                     result.file_states[id(topic)] = replace(state, item_id=topic.slug)
+                elif (draft_id := self._draft(path, rel, fm)) is not None:  # kept out, and not checked any further
+                    result.drafts.append(replace(state, kind="draft", item_id=draft_id, item_hash=file_hash))
                 else:
                     pub, warnings, image = self._publication(path, rel, fm)
                     result.publications.append(pub)
@@ -171,8 +190,56 @@ class FilesSource:
             except ContentFileError as exc:
                 result.errors.append(self._shown(exc))
         self._topics_now = None
-        result.gone = sorted(set(known) - seen)
+        self._gone(result, known, seen, [r.path for r in walk.refused])
         return result
+
+    def _gone(self, result: SourceResult, known: dict[str, FileState], seen: set[str], refused: list[str]) -> None:
+        """Sort the files known and not found now into ``gone`` (their publications are withdrawn) and ``held`` (not).
+
+        A file under a folder that could not be listed, or refused itself (a symlink out), is not gone: it is an error
+        like any other, and what it gave stays. Nor is anything when the publications look lost rather than deleted:
+        publications/ missing while the store knows files in it, or every known publication file gone at once (at
+        least 2): that is a folder moved or unmounted far more often than an editor's decision, so nothing is withdrawn
+        and the error says how to withdraw them all on purpose."""
+        prefix = os.path.join(str(self.folder), "")
+        under = ["" if r == str(self.folder) else r[len(prefix):].replace(os.sep, "/") for r in refused if r == str(self.folder) or r.startswith(prefix)]
+        missing = set(known) - seen
+        held = {k for k in missing if any(not u or k == u or k.startswith(u + "/") for u in under)}
+        gone = missing - held
+        published = [k for k, s in known.items() if s.kind == "publication"]
+        inside = [k for k in published if k.startswith("publications/")]
+        sub = self.folder / "publications"
+        where, count, what = None, 0, ""
+        if inside and not sub.is_dir():
+            where, count, what = sub, len(inside), "has none of the {count} files the store knows (the folder is missing)"
+        elif len(published) >= 2 and all(k in missing for k in published):
+            where, count = (sub, len(inside)) if len(inside) == len(published) else (self.folder, len(published))
+            what = "has none of the {count} files the store knows"
+        if where is not None:
+            result.errors.append(ContentFileError(
+                self.name, f"{where}{os.sep}", None,
+                f"{what.format(count=count)}: nothing was withdrawn. If the folder moved, fix [sources.{self.name}].path in config.toml; "
+                f"if you meant to withdraw them all, set draft = true (draft: true in YAML front matter) in each of them, let one ingest "
+                f"run (it withdraws them), then delete them"))
+            held |= gone
+            gone = set()
+        result.gone = sorted(gone)
+        result.held = sorted(held)
+
+    def _draft(self, path: Path, rel: Path, fm: FrontMatter) -> str | None:
+        """The id a publication file with ``draft = true`` would have (None when it is no draft). Nothing else in it is
+        checked: editors keep drafts incomplete."""
+        if "draft" not in fm.data:
+            return None
+        value = fm.data["draft"]
+        if not isinstance(value, bool):
+            spelt = "draft = true" if fm.fence == "+++" else "draft: true"
+            raise _error(self.name, path, fm, "draft", f"draft must be true or false, got {value!r}; write {spelt} to keep the file "
+                                                       "unpublished, or remove the line to publish it")
+        if not value:
+            return None
+        given = fm.data.get("id")
+        return given if isinstance(given, str) and given else rel.with_suffix("").as_posix()
 
     def _shown(self, exc: ContentFileError) -> ContentFileError:
         """The error with its file named from the folder (``publications/x.md:4``); its ``path`` stays the full one."""

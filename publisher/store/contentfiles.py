@@ -46,6 +46,8 @@ class ContentFilesMixin:
              image_src, image_rel, warnings, pub_hash, topic_name, topic_description) in rows:
             if kind == "topic":
                 current = topic_hash(Topic(item_id, topic_name, topic_description)) if topic_name is not None else None
+            elif kind == "draft":  # a publication kept out (draft: true): nothing in the store to compare with
+                current = item_hash
             else:
                 current = pub_hash
             found[path] = FileState(path, kind, item_id, item_hash if current == item_hash else "", size, mtime_ns, ctime_ns, file_id,

@@ -424,6 +424,27 @@ class Store(SendLogMixin, AudienceMixin, OperationsMixin, SignupMixin, ContentFi
         with self._tx() as conn:
             return list(conn.execute(select(seen.c.ct).where(seen.c.ct.is_not(None)).order_by(seen.c.ct)).scalars())
 
+    def withdraw_publications(self, ids: Iterable[str], source: str) -> dict[str, str]:
+        """Unpublish these publications of ``source`` (an editor deleted their files, or made them drafts): id → title of
+        those it held. One transaction: the row, its topic links and its rendered feed entries go, and so do the compiled
+        variants of every issue (engine = "celery"), which a retry of a deferred recipient would otherwise send as they
+        were; a worker that finds none renders the issue again from the store, without them. What was sent stays history:
+        digest_issues and the send log keep no publication, and a web copy in public/digests/ is left as it was."""
+        ids = sorted(set(ids))
+        if not ids:
+            return {}
+        p, pt, f = t.publications, t.publication_topics, t.feed_fragments
+        with self._tx() as conn:
+            found = {r.id: r.title for r in conn.execute(select(p.c.id, p.c.title).where(self._among(p.c.id, ids), p.c.source == source))}
+            if found:
+                gone = sorted(found)
+                # Explicit, not left to ON DELETE CASCADE: a SQLite connection made without PRAGMA foreign_keys ignores it.
+                conn.execute(delete(f).where(self._among(f.c.publication_id, gone)))
+                conn.execute(delete(pt).where(self._among(pt.c.publication_id, gone)))
+                conn.execute(delete(p).where(self._among(p.c.id, gone)))
+                conn.execute(delete(t.issue_variants))
+        return found
+
     def count_publications(self) -> int:
         with self._tx() as conn:
             return conn.execute(select(func.count()).select_from(t.publications)).scalar_one()

@@ -216,7 +216,8 @@ source_state = Table(
 
 # Each content file a files source last read: its stat (to skip reading it while that stays the same), the hash
 # of its bytes (to skip parsing it when only its stat moved: a touch, a checkout), what it gave the store and
-# what that depended on. Only files that were ingested have a row; a file that failed is read again next time.
+# what that depended on. Only files that were ingested have a row (kind "draft": a file kept out by draft = true); a
+# file that fails later keeps the row of what it last gave, and is read again until it is fixed (deleted, it withdraws that).
 content_files = Table(
     "content_files",
     metadata,
