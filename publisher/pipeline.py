@@ -165,9 +165,11 @@ WARMUP_SETTING = "delivery.warmup_held_until"  # an issue waits for the next day
 def warmup_held(cfg: Config, store: Store, now: datetime) -> SendOutcome | None:
     """The outcome of a send that would find today's warm-up allowance used, without planning or rendering (the
     service looks every 20 seconds); None when something may go."""
+    if not cfg.delivery.warmup:
+        return None  # off (the default): no look at the store every 20 seconds
     until = store.setting(WARMUP_SETTING)
-    opened = store.open_issue()
-    if not (cfg.delivery.warmup and until and opened):
+    opened = store.open_issue() if until else None
+    if not (until and opened):
         return None
     try:
         resumes = datetime.fromisoformat(until)

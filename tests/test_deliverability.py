@@ -26,7 +26,7 @@ from subscribers import add_subscriber
 from .conftest import REPO
 from .smtp_faults import relay
 from .test_first_hour import outbox, run_ok
-from .test_retries import PerRecipient, smtp
+from .test_retries import b_is_over_quota, smtp
 
 ID = re.compile(r"^<digest\.(?P<issue>[^.]+)\.(?P<tag>[0-9a-f]{32})@example\.org>$")
 
@@ -62,13 +62,7 @@ def test_two_installs_give_the_same_issue_different_unguessable_message_ids(tmp_
 def test_a_retried_recipient_gets_the_message_id_of_its_first_attempt(cfg: Config) -> None:
     """b is deferred (mailbox full), then delivered by the service's retry, through a new engine and a store opened
     again: the message b receives carries the id the send log recorded at the first attempt."""
-    store = open_store(cfg.store_url)
-    now = datetime.now(timezone.utc)
-    run_ingest(cfg, store, now)
-    for address in ("a@example.com", "b@example.com"):
-        add_subscriber(store, address, now - timedelta(days=1), confirmed=True)
-    handler = PerRecipient()
-    handler.answers["b@example.com"] = "452 4.2.2 <b@example.com>: Mailbox temporarily over quota"
+    store, handler, now = b_is_over_quota(cfg)
     with relay(handler) as port:
         c = smtp(cfg, port)
         first = send_digest(c, store, now)

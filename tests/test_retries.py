@@ -43,6 +43,19 @@ class PerRecipient(FaultyRelay):
         return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
 
 
+def b_is_over_quota(cfg: Config) -> tuple[Store, PerRecipient, datetime]:
+    """The sample content ingested on the real clock (the engine stamps rows with it), readers a@ and b@ confirmed,
+    and a relay whose answer to b is "mailbox full": (the open store, the relay's handler, now)."""
+    store = open_store(cfg.store_url)
+    now = datetime.now(timezone.utc)
+    run_ingest(cfg, store, now)
+    for address in ("a@example.com", "b@example.com"):
+        add_subscriber(store, address, now - timedelta(days=1), confirmed=True)
+    handler = PerRecipient()
+    handler.answers["b@example.com"] = "452 4.2.2 <b@example.com>: Mailbox temporarily over quota"
+    return store, handler, now
+
+
 def smtp(cfg: Config, port: int) -> Config:
     d = replace(cfg.delivery, backend="smtp", smtp=replace(cfg.delivery.smtp, host="127.0.0.1", port=port, security="none"))
     return replace(cfg, delivery=d)

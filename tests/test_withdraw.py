@@ -22,12 +22,11 @@ from publisher.ingest import ingest
 from publisher.pipeline import run_ingest, send_digest
 from publisher.sources.files import FilesSource
 from publisher.store import open_store
-from subscribers import add_subscriber
 
 from .conftest import NOW
 from .smtp_faults import relay
 from .test_first_hour import run_ok
-from .test_retries import PerRecipient, smtp
+from .test_retries import b_is_over_quota, smtp
 
 STEM = "2024-02-26-yes-to-striking-iranian-backed-militants"
 TITLE = "Yes to Striking Iranian-Backed Militants"
@@ -191,13 +190,7 @@ def test_withdrawing_them_all_on_purpose_as_the_error_says(cfg: Config) -> None:
 
 
 def test_a_deferred_recipients_retry_no_longer_carries_a_withdrawn_publication(cfg: Config) -> None:
-    store = open_store(cfg.store_url)
-    now = datetime.now(timezone.utc)  # the engine stamps rows with the real clock
-    run_ingest(cfg, store, now)
-    for address in ("a@example.com", "b@example.com"):
-        add_subscriber(store, address, now - timedelta(days=1), confirmed=True)
-    handler = PerRecipient()
-    handler.answers["b@example.com"] = "452 4.2.2 <b@example.com>: Mailbox temporarily over quota"
+    store, handler, now = b_is_over_quota(cfg)
     with relay(handler) as port:
         c = smtp(cfg, port)
         first = send_digest(c, store, now)
